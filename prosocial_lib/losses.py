@@ -1,0 +1,225 @@
+r"""The socially aware n-pair loss (method.md section 2): pure torch, no I/O.
+
+Sohn's multi-class n-pair loss is a softmax cross-entropy over one positive and the negatives. For a dialog
+context :math:`c`, the prosocial reply :math:`y^+` and negatives :math:`y^-_1..y^-_K` with social weights
+:math:`w_j \ge 0` and temperature :math:`\tau`:
+
+.. math::
+
+    L_\text{npair} = -\log \frac{e^{s^+/\tau}}{e^{s^+/\tau} + \sum_j w_j\, e^{s^-_j/\tau}}
+                   = \operatorname{logsumexp}\big(s^+/\tau,\; s^-_j/\tau + \log w_j\big) - s^+/\tau
+
+and the training objective is :math:`L = L_\text{CE}(y^+ \mid c) + \lambda L_\text{npair}`.
+
+Two scores :math:`s(c, y)` (a reconstruction; the paper's equations are not available to us):
+
+- ``"likelihood"``: the length-normalised log-probability of the reply given the context
+  (:func:`response_logprobs` then :func:`likelihood_scores`);
+- ``"embedding"``: the cosine of mean-pooled hidden states of context and reply, optionally through a
+  :class:`ProjectionHead` (:func:`mean_pool`, :func:`embedding_scores`).
+
+Conventions: the positive is column 0 of a ``(B, 1+K)`` score matrix; padded negatives (groups with fewer than
+``K``) are masked with ``-inf`` logits, never zeros; every reduction runs in float32, also for bf16/fp16 inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100
+
+
+def _at_least_f32(x: Tensor) -> Tensor:
+    """Upcast half precision (and integers) to float32; keep float64 (gradcheck, references)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32)) if x.dtype != torch.float64 else x
+
+
+# ---------------------------------------------------------------------- the likelihood score
+def response_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sequence sum of token log-probs of the labelled tokens and their count.
+
+    ``logits`` (N, T, V) from a causal LM, ``labels`` (N, T) aligned with the *input* ids and ``-100`` where a
+    token is not scored (context, padding); the shift (position t predicts token t+1) happens here.
+    Computed in float32. Returns ``(sum_logp (N,), n_tokens (N,))``.
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"expected logits (N, T, V) and labels (N, T); got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    shift_logits = _at_least_f32(logits[:, :-1, :])
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
+    n_tokens = (shift_labels != IGNORE_INDEX).sum(dim=-1)
+    return -nll.sum(dim=-1), n_tokens
+
+
+def likelihood_scores(sum_logp: Tensor, n_tokens: Tensor) -> Tensor:
+    """Length-normalised log-likelihood ``sum_logp / n_tokens`` (so long replies are not penalised for length).
+
+    A sequence with no scored tokens (e.g. a padding slot) gets 0; mask it out with ``neg_mask``.
+    """
+    sum_logp = _at_least_f32(sum_logp)
+    return sum_logp / n_tokens.clamp(min=1).to(sum_logp.dtype)
+
+
+# ---------------------------------------------------------------------- the embedding score
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``hidden`` (N, T, D) over the positions where ``mask`` (N, T) is true/1, in float32."""
+    if hidden.shape[:2] != mask.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and mask {tuple(mask.shape)} disagree on (N, T)")
+    hidden = _at_least_f32(hidden)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+def embedding_scores(ctx_emb: Tensor, cand_emb: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cosine similarity of each context (B, D) with its candidates (B, 1+K, D) -> (B, 1+K), float32."""
+    if ctx_emb.dim() != 2 or cand_emb.dim() != 3 or cand_emb.shape[0] != ctx_emb.shape[0] \
+            or cand_emb.shape[2] != ctx_emb.shape[1]:
+        raise ValueError(f"expected ctx_emb (B, D) and cand_emb (B, 1+K, D); got {tuple(ctx_emb.shape)} and "
+                         f"{tuple(cand_emb.shape)}")
+    return F.cosine_similarity(_at_least_f32(ctx_emb).unsqueeze(1), _at_least_f32(cand_emb), dim=-1, eps=eps)
+
+
+def in_batch_embedding_scores(ctx_emb: Tensor, pos_emb: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(B, B)`` cosines ``[i, j] = cos(context_i, positive_j)``: what ``npair_loss(..., in_batch=True)`` needs.
+
+    Only the embedding score gives this matrix cheaply (B + B encodings); for the likelihood score it would
+    take B * B forward passes, so in-batch negatives are an embedding-score option.
+    """
+    if ctx_emb.shape != pos_emb.shape or ctx_emb.dim() != 2:
+        raise ValueError(f"expected ctx_emb and pos_emb both (B, D); got {tuple(ctx_emb.shape)} and "
+                         f"{tuple(pos_emb.shape)}")
+    c = F.normalize(_at_least_f32(ctx_emb), dim=-1, eps=eps)
+    p = F.normalize(_at_least_f32(pos_emb), dim=-1, eps=eps)
+    return c @ p.T
+
+
+class ProjectionHead(torch.nn.Module):
+    """Optional head mapping pooled states to the space the cosine is taken in (SimCLR's trick: the LM's own
+    states need not be reshaped by the contrastive term). ``hidden_dim`` None gives one linear layer."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None):
+        super().__init__()
+        if hidden_dim is None:
+            self.net = torch.nn.Linear(in_dim, out_dim)
+        else:
+            self.net = torch.nn.Sequential(torch.nn.Linear(in_dim, hidden_dim), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        first = self.net if isinstance(self.net, torch.nn.Linear) else self.net[0]
+        return self.net(x.to(first.weight.dtype))
+
+
+# ---------------------------------------------------------------------- the loss
+@dataclass
+class NPairOutput:
+    """``loss``: mean over groups (scalar, float32, differentiable). ``per_group`` (B,). ``accuracy``: share of
+    groups whose positive scores strictly above every real negative. ``margin``: mean over groups of
+    ``s+ - mean(real negatives' s)``. Accuracy and margin use raw scores (no tau, no weights), ignore in-batch
+    negatives, are detached, and are taken over the ``n_scored`` groups that have a real negative (0 when none)."""
+
+    loss: Tensor
+    per_group: Tensor
+    accuracy: Tensor
+    margin: Tensor
+    n_scored: int
+
+
+def npair_loss(
+    scores: Tensor,
+    neg_weights: Tensor | None = None,
+    neg_mask: Tensor | None = None,
+    tau: float = 1.0,
+    in_batch: bool = False,
+    batch_scores: Tensor | None = None,
+) -> NPairOutput:
+    """The socially aware n-pair loss over ``scores`` (B, 1+K), positive in column 0.
+
+    - ``neg_weights`` (B, K) >= 0: ``log w`` is added to each negative's logit (w = 1: Sohn's loss; w = 0 drops
+      the negative).
+    - ``neg_mask`` (B, K) bool, True = a real negative; padded slots get ``-inf`` logits. A group without any
+      negative contributes 0 loss (it still counts in the mean over the B groups).
+    - ``in_batch``: the other groups' positives become extra negatives with weight 1. This needs
+      ``batch_scores`` (B, B) with ``[i, j] = s(context_i, positive_j)`` (see :func:`in_batch_embedding_scores`);
+      the likelihood score cannot provide it without B * B forward passes, so it raises without it.
+      (Two groups sharing the same positive text would then push against each other: deduplicate upstream.)
+    """
+    if scores.dim() != 2 or scores.shape[1] < 1:
+        raise ValueError(f"scores must be (B, 1+K) with the positive in column 0; got {tuple(scores.shape)}")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    B, K = scores.shape[0], scores.shape[1] - 1
+    logits = _at_least_f32(scores) / tau
+    pos = logits[:, 0]
+    neg = logits[:, 1:]
+
+    real = torch.ones(B, K, dtype=torch.bool, device=scores.device)
+    if neg_mask is not None:
+        if neg_mask.shape != (B, K):
+            raise ValueError(f"neg_mask must be (B, K) = {(B, K)}, got {tuple(neg_mask.shape)}")
+        real = neg_mask.to(device=scores.device, dtype=torch.bool)
+    if neg_weights is not None:
+        if neg_weights.shape != (B, K):
+            raise ValueError(f"neg_weights must be (B, K) = {(B, K)}, got {tuple(neg_weights.shape)}")
+        w = neg_weights.detach().to(device=scores.device, dtype=logits.dtype)
+        if torch.isnan(w).any() or (w < 0).any():
+            raise ValueError("neg_weights must be >= 0 (and not NaN)")
+        real_for_loss = real & (w > 0)
+        neg = neg + torch.log(w.clamp(min=torch.finfo(w.dtype).tiny))
+    else:
+        real_for_loss = real
+    neg = neg.masked_fill(~real_for_loss, float("-inf"))
+
+    columns = [pos.unsqueeze(1), neg]
+    if in_batch:
+        if batch_scores is None:
+            raise ValueError(
+                "in_batch=True needs batch_scores (B, B) = s(context_i, positive_j). Only the 'embedding' score "
+                "provides it (in_batch_embedding_scores); the 'likelihood' score would need B*B forward passes, "
+                "so use loss.in_batch_negatives=false with it")
+        if batch_scores.shape != (B, B):
+            raise ValueError(f"batch_scores must be (B, B) = {(B, B)}, got {tuple(batch_scores.shape)}")
+        other = _at_least_f32(batch_scores) / tau
+        eye = torch.eye(B, dtype=torch.bool, device=scores.device)
+        columns.append(other.masked_fill(eye, float("-inf")))
+    all_logits = torch.cat(columns, dim=1)
+    per_group = torch.logsumexp(all_logits, dim=1) - pos  # >= 0; exactly 0 when every negative is masked
+    loss = per_group.mean()
+
+    with torch.no_grad():
+        raw = _at_least_f32(scores.detach())
+        has_neg = real.any(dim=1)
+        n_scored = int(has_neg.sum())
+        if n_scored:
+            max_neg = raw[:, 1:].masked_fill(~real, float("-inf")).max(dim=1).values
+            mean_neg = raw[:, 1:].masked_fill(~real, 0.0).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+            accuracy = (raw[:, 0] > max_neg)[has_neg].float().mean()
+            margin = (raw[:, 0] - mean_neg)[has_neg].mean()
+        else:
+            accuracy = margin = torch.zeros((), device=scores.device)
+    return NPairOutput(loss=loss, per_group=per_group, accuracy=accuracy, margin=margin, n_scored=n_scored)
+
+
+def social_weights(severity: Tensor, alpha: float) -> Tensor:
+    """``w = 1 + alpha * severity`` for a severity normalised to [0, 1]; ``alpha = 0`` turns weighting off."""
+    severity = torch.as_tensor(severity, dtype=torch.float32)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if torch.isnan(severity).any() or (severity < 0).any() or (severity > 1).any():
+        raise ValueError("severity must be normalised to [0, 1] (no NaN)")
+    return 1.0 + alpha * severity
+
+
+def combined_loss(ce: Tensor, npair: Tensor, npair_weight: float) -> Tensor:
+    """``CE + lambda * n-pair``; ``lambda = 0`` returns the CE itself (plain fine-tuning, no 0 * inf NaN)."""
+    if npair_weight < 0:
+        raise ValueError(f"npair_weight must be >= 0, got {npair_weight}")
+    if npair_weight == 0:
+        return ce
+    return ce + npair_weight * npair
