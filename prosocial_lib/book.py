@@ -6,7 +6,7 @@ Why a staging copy: the committed notebooks stay free of outputs; papermill writ
 both the papermill status and :func:`check_html` gate the build.
 
     prosocial book --preset cpu            # what `make book` runs
-    prosocial book --preset smoke --out _build/smoke
+    prosocial book --preset smoke --out /tmp/smoke-book   # HTML in /tmp/smoke-book/_build/html
 """
 
 from __future__ import annotations

