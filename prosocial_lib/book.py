@@ -26,7 +26,10 @@ import yaml
 # Files and folders at the book root that the staging copy needs (relative to the repository root).
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+               "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+# For every executed chapter: progress bars would render as frozen "0%" text in the HTML.
+BOOK_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
 
 
 @dataclass
@@ -97,7 +100,9 @@ def execute_notebooks(root: Path, staging: Path, preset: str, *, timeout: int = 
     import papermill as pm
 
     env_backup = dict(os.environ)
-    os.environ.update(OFFLINE_ENV)
+    os.environ.update(BOOK_ENV)
+    if preset != "gpu":  # the gpu preset loads the real data and models from the hub
+        os.environ.update(OFFLINE_ENV)
     if runs_dir is not None:
         os.environ["PROSOCIAL_RUNS_DIR"] = str(Path(runs_dir).resolve())
     runs: list[NotebookRun] = []
@@ -130,7 +135,7 @@ def build_html(staging: Path, out: Path, *, log=print) -> tuple[int, str]:
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
            "build", str(staging), "--path-output", str(out), "-W", "--keep-going", "--builder", "html"]
     log(f"[book] jupyter-book {' '.join(cmd[3:])}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **OFFLINE_ENV, "MPLBACKEND": "Agg"})
     output = proc.stdout + proc.stderr
     return proc.returncode, output
 

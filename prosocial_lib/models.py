@@ -454,7 +454,7 @@ def build_tiny_model(seed: int = 0, cache_dir: str | os.PathLike | None = None):
     """A random 2-layer Llama (hidden 64) sized to the tiny tokenizer; the same seed gives the same weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = build_tiny_tokenizer(cache_dir)
-    config = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+    config = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TINY_ARCH)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
