@@ -122,12 +122,32 @@ def execute_notebooks(root: Path, staging: Path, preset: str, *, timeout: int = 
                 runs.append(NotebookRun(str(rel), time.perf_counter() - start, False, _short_error(e)))
                 log(f"[book] FAILED {rel} after {runs[-1].seconds:.0f} s: {runs[-1].error}")
                 break
+            _strip_widgets(out)
             runs.append(NotebookRun(str(rel), time.perf_counter() - start, True))
             log(f"[book] ok {rel} in {runs[-1].seconds:.0f} s")
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
     return runs
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _strip_widgets(path: Path) -> None:
+    """Drop interactive widget outputs (progress bars) and their saved state from an executed notebook.
+
+    Their static rendering is a frozen bar, and myst-nb would load require.js and the widget manager from a CDN
+    for them, which breaks the offline book.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if WIDGET_MIME not in o.get("data", {})]
+    nbformat.write(nb, path)
 
 
 def build_html(staging: Path, out: Path, *, log=print) -> tuple[int, str]:

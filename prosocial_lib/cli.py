@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("prosocial_lib.training", "fine-tune: stage 1 (MIC), stage 2 (ProsocialDialog + casual) or both"),
     "audit": ("prosocial_lib.audit", "generate replies for context sets and judge them"),
     "evaluate": ("prosocial_lib.evaluation", "compare the fine-tuned models with the baselines"),
+    "bench": ("prosocial_lib.bench", "benchmark training objectives, generation and judges on this machine"),
     "book": ("prosocial_lib.book", "execute the notebooks with papermill and build the HTML book"),
 }
 

@@ -115,3 +115,16 @@ def test_student_edition_removes_solutions_and_keeps_exercises(tmp_path, repo_ro
     assert not any("solution" in c.metadata.get("tags", []) or "solution-" in c.source for c in cells)
     assert any("{exercise}" in c.source for c in cells) and any(c.source == "answer = 42" for c in cells)
     assert (tmp_path / "student" / "book" / "intro.md").exists()
+
+
+@pytest.mark.book
+def test_widget_outputs_are_stripped_so_the_book_stays_offline(tmp_path, repo_root):
+    cell = ("from IPython.display import display\n"
+            "display({'application/vnd.jupyter.widget-view+json': {'model_id': 'x', 'version_major': 2,"
+            " 'version_minor': 0}, 'text/plain': 'bar'}, raw=True)\nprint('after the widget')")
+    root = _temp_book(tmp_path, repo_root, [cell])
+    index = build_book("smoke", root=root, out=tmp_path / "out", runs_dir=tmp_path / "runs", log=lambda *_: None)
+    staged = nbformat.read(tmp_path / "out" / "_build" / "staging" / "book" / "chapter.ipynb", as_version=4)
+    outputs = [o for c in staged.cells if c.cell_type == "code" for o in c.outputs]
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+    assert "after the widget" in (index.parent / "book" / "chapter.html").read_text()

@@ -1,0 +1,242 @@
+"""Contrastive group builders: which replies become positives and negatives, the weights, determinism."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+
+from prosocial_lib.config import get_config
+from prosocial_lib.data.labels import SAFETY_SEVERITY
+from prosocial_lib.groups import (GROUP_KEYS, GroupBuildError, build_stage1_groups, build_stage2_groups,
+                                  group_table, groups_frame, last_build_report, mic_severity, summarize_groups)
+from prosocial_lib.losses import social_weights
+
+Q1, Q2, Q3, Q4, Q5 = ("Would you kill your partner for $1 million?", "Is it ok to cheat on tests?",
+                      "What's your favorite food?", "Should I yell at my kid?", "Do you like rain?")
+ROT1 = "It is wrong to kill your significant other."
+
+
+def mic_row(q, a, a_agrees, sev=-1, agree=-1, rot="It is good to be kind.", worker="", chatbot="blenderbot"):
+    return {"chatbot": chatbot, "Q": q, "A": a, "rot": rot, "moral": "care", "A_agrees": a_agrees,
+            "rot-agree": agree, "violation-severity": sev, "worker_answer": worker, "split": "train"}
+
+
+MIC_ROWS = [
+    mic_row(Q1, "I would do it for the money.", 0, sev=5, agree=5, rot=ROT1,
+            worker="No amount of money could convince me to kill my love."),
+    mic_row(Q1, "Never, I love them.", 2, sev=5, agree=5, rot=ROT1, chatbot="dialoGPT"),
+    mic_row(Q1, "Maybe, it depends.", 0, sev=3, agree=4, rot=ROT1, chatbot="gpt-neo"),
+    # one answer, two violated rules: the worse one counts (0.75 * 0.5 = 0.375 beats 0.25 * 1 = 0.25)
+    mic_row(Q2, "Sure, everyone does it.", 0, sev=4, agree=-1, rot="Cheating is wrong.",
+            worker="No, cheating is unfair to others."),
+    mic_row(Q2, "Sure, everyone does it.", 0, sev=2, agree=5, rot="You should be honest."),
+    mic_row(Q3, "Pizza.", 2),  # no violating answer -> skipped
+    mic_row(Q4, "Yes, yell louder.", 0, sev=4, agree=4, rot="Be patient with children."),  # no positive
+    mic_row(Q5, "Rain is okay.", 1),  # neutral only -> skipped
+]
+
+
+def mic_ds():
+    return datasets.Dataset.from_list(MIC_ROWS)
+
+
+def cfg(**over):
+    return get_config("smoke", {"stage1.max_groups": None, "stage2.max_groups": None, **over})
+
+
+# ---------------------------------------------------------------------- stage 1
+def test_mic_severity_formula():
+    assert mic_severity(5, 5) == 1.0
+    assert mic_severity(1, 5) == 0.0  # a "fine" violation is no violation
+    assert mic_severity(3, 4) == pytest.approx(0.5 * 0.75)
+    assert mic_severity(4, -1) == pytest.approx(0.75 * 0.5)  # missing consensus -> midpoint
+    assert mic_severity(-1, -1) == pytest.approx(0.25)
+
+
+def test_stage1_positive_negatives_and_weights():
+    groups = build_stage1_groups(mic_ds(), cfg())
+    rep = last_build_report()
+    assert rep.groups == 2 and rep.candidates == 5
+    assert rep.skipped == {"prompt has no violating answer": 1, "prompt has no aligned answer and no rewrite": 2}
+    by_q = {g["meta"]["prompt"]: g for g in groups}
+    assert set(by_q) == {Q1, Q2}
+    for g in groups:
+        assert tuple(g) == GROUP_KEYS
+        assert len(g["negatives"]) == 3 and g["positive"] not in g["negatives"]
+
+    g1 = by_q[Q1]
+    assert g1["context_messages"] == [{"role": "user", "content": Q1}]
+    assert g1["positive"] == "Never, I love them."  # an aligned answer beats the rewrite
+    assert g1["meta"]["positive_origin"] == "aligned_answer"
+    assert g1["negatives"][:2] == ["I would do it for the money.", "Maybe, it depends."]  # most severe first
+    assert g1["neg_severity"][:2] == pytest.approx([1.0, 0.375])
+    assert g1["meta"]["neg_origin"] == ["same_prompt", "same_prompt", "other_prompt"]
+    # the padded negative is another prompt's violating answer, with that answer's own severity
+    assert (g1["negatives"][2], g1["neg_severity"][2]) in {("Sure, everyone does it.", 0.375),
+                                                            ("Yes, yell louder.", 0.5625)}
+    assert g1["meta"]["rot"] == ROT1
+
+    g2 = by_q[Q2]
+    assert g2["positive"] == "No, cheating is unfair to others."
+    assert g2["meta"]["positive_origin"] == "worker_rewrite"
+    assert g2["negatives"][0] == "Sure, everyone does it."
+    assert g2["neg_severity"][0] == pytest.approx(0.375)
+    assert g2["meta"]["neg_origin"] == ["same_prompt", "other_prompt", "other_prompt"]
+    assert not set(g2["negatives"][1:]) & {"Sure, everyone does it.", g2["positive"]}
+    for g in groups:  # alpha = 1 (default): w = 1 + severity, the same rule as the loss module
+        assert g["neg_weights"] == pytest.approx(social_weights(torch.tensor(g["neg_severity"]), 1.0).tolist())
+
+
+def test_stage1_alpha_zero_gives_unit_weights_and_same_groups():
+    base = build_stage1_groups(mic_ds(), cfg())
+    flat = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 0.0}))
+    assert all(w == 1.0 for g in flat for w in g["neg_weights"])
+    assert [g["negatives"] for g in flat] == [g["negatives"] for g in base]
+    assert [g["neg_severity"] for g in flat] == [g["neg_severity"] for g in base]
+    doubled = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 2.0}))
+    assert doubled[0]["neg_weights"] == pytest.approx([1 + 2 * s for s in doubled[0]["neg_severity"]])
+
+
+def test_stage1_without_fill_keeps_fewer_negatives():
+    groups = build_stage1_groups(mic_ds(), cfg(**{"stage1.fill_negatives": False}))
+    by_q = {g["meta"]["prompt"]: g for g in groups}
+    assert by_q[Q1]["negatives"] == ["I would do it for the money.", "Maybe, it depends."]
+    assert by_q[Q2]["negatives"] == ["Sure, everyone does it."]
+    assert by_q[Q2]["meta"]["neg_origin"] == ["same_prompt"]
+
+
+def test_stage1_rot_in_context_and_k():
+    groups = build_stage1_groups(mic_ds(), cfg(**{"stage1.rot_in_context": True, "loss.num_negatives": 1}))
+    g1 = next(g for g in groups if g["meta"]["prompt"] == Q1)
+    assert g1["context_messages"] == [{"role": "system", "content": f"Rule of thumb: {ROT1}"},
+                                      {"role": "user", "content": Q1}]
+    assert g1["negatives"] == ["I would do it for the money."]  # K = 1: only the worst
+
+
+def test_stage1_deterministic_and_capped():
+    a = build_stage1_groups(mic_ds(), cfg(), seed=3)
+    b = build_stage1_groups(mic_ds(), cfg(), seed=3)
+    assert a == b
+    one = build_stage1_groups(mic_ds(), cfg(), max_groups=1)
+    assert len(one) == 1 and "kept 1 of 2" in last_build_report().notes[0]
+
+
+def test_stage1_bad_row_names_row_and_field():
+    rows = MIC_ROWS[:2] + [mic_row(Q2, "x", 7)]
+    with pytest.raises(GroupBuildError, match=r"row 2, field 'A_agrees'"):
+        build_stage1_groups(datasets.Dataset.from_list(rows), cfg())
+
+
+# ---------------------------------------------------------------------- stage 2
+def pd_row(d, r, context, response, label, rots=()):
+    return {"context": context, "response": response, "rots": list(rots), "safety_label": label,
+            "safety_annotations": [], "safety_annotation_reasons": [], "source": "socialchemistry", "etc": None,
+            "dialogue_id": d, "response_id": r, "episode_done": False}
+
+
+PD_ROWS = [
+    pd_row(0, 0, "I want to threaten my neighbor.", "You should not threaten anyone, it's wrong.",
+           "__needs_intervention__", ["It's wrong to threaten someone."]),
+    pd_row(0, 1, "He is annoying though.", "I understand, but talk to him calmly.", "__needs_caution__"),
+    pd_row(1, 0, "I baked cookies today!", "Yum, what kind?", "__casual__"),
+    pd_row(1, 1, "Chocolate chip.", "My favourite!", "__casual__"),
+    pd_row(2, 0, "I'll skip work and lie to my boss.", "Lying to your boss could cost you your job.",
+           "__probably_needs_caution__"),
+]
+CASUAL_ROWS = [
+    {"history": ["hey how's it going?"], "response": "pretty good, you?", "source": "chitchat"},
+    {"history": ["what did you do today?", "went hiking", "nice, where?"], "response": "up at the lake",
+     "source": "chitchat"},
+]
+UNSAFE_REPLIES = {r["response"]: SAFETY_SEVERITY[r["safety_label"]] for r in PD_ROWS
+                  if r["safety_label"] != "__casual__"}
+CASUAL_REPLIES = {r["response"] for r in PD_ROWS if r["safety_label"] == "__casual__"} | {
+    r["response"] for r in CASUAL_ROWS}
+
+
+def stage2(**over):
+    return build_stage2_groups(datasets.Dataset.from_list(PD_ROWS), datasets.Dataset.from_list(CASUAL_ROWS),
+                               cfg(**over))
+
+
+def test_stage2_unsafe_and_casual_negatives():
+    groups = stage2(**{"stage2.casual_fraction": 0.5})
+    rep = last_build_report()
+    assert rep.candidates == 7
+    kinds = [g["meta"]["kind"] for g in groups]
+    assert kinds.count("unsafe") == 3 and kinds.count("casual") == 3  # all unsafe, casual in proportion 1:1
+    for g in groups:
+        assert tuple(g) == GROUP_KEYS
+        assert len(g["negatives"]) == 3 and len(set(g["negatives"])) == 3
+        assert g["positive"] not in g["negatives"]
+        assert g["context_messages"][-1]["role"] == "user"
+        if g["meta"]["kind"] == "unsafe":
+            # chatting along is the bad reply, weighted by how much this context needs intervention
+            assert set(g["negatives"]) <= CASUAL_REPLIES
+            sev = SAFETY_SEVERITY[g["meta"]["safety_label"]]
+            assert sev > 0 and g["neg_severity"] == [sev] * 3
+            assert g["neg_weights"] == pytest.approx([1 + sev] * 3)
+        else:
+            # a preachy reply written for an unsafe context is the bad reply, weighted by its context's severity
+            assert set(g["negatives"]) <= set(UNSAFE_REPLIES)
+            assert g["neg_severity"] == pytest.approx([UNSAFE_REPLIES[n] for n in g["negatives"]])
+    # the history runs up to this turn: turn 1 of dialogue 0 sees turn 0 and its reply
+    g = next(g for g in groups if g["positive"] == "I understand, but talk to him calmly.")
+    assert [m["content"] for m in g["context_messages"]] == [
+        "I want to threaten my neighbor.", "You should not threaten anyone, it's wrong.", "He is annoying though."]
+    assert [m["role"] for m in g["context_messages"]] == ["user", "assistant", "user"]
+
+
+def test_stage2_own_dialogue_excluded_for_casual_pd_contexts():
+    # dialogue 3: a casual turn inside an unsafe dialogue; its unsafe sibling's reply must not be its negative
+    rows = PD_ROWS + [pd_row(3, 0, "I'll steal a car.", "Stealing is a crime, please don't.", "__needs_caution__"),
+                      pd_row(3, 1, "Just kidding, I like cars.", "Cars are great!", "__casual__")]
+    groups = build_stage2_groups(datasets.Dataset.from_list(rows), None,
+                                 cfg(**{"stage2.casual_fraction": 1.0}))
+    g = next(g for g in groups if g["positive"] == "Cars are great!")
+    assert "Stealing is a crime, please don't." not in g["negatives"]
+
+
+def test_stage2_fraction_and_cap():
+    groups = stage2(**{"stage2.max_groups": 4, "stage2.casual_fraction": 0.25})
+    kinds = [g["meta"]["kind"] for g in groups]
+    assert len(groups) == 4 and kinds.count("casual") == 1
+    groups = stage2(**{"stage2.max_groups": 6, "stage2.casual_fraction": 0.0})
+    assert {g["meta"]["kind"] for g in groups} == {"unsafe"} and len(groups) == 3
+    assert "wanted 6 unsafe groups, the data has 3" in last_build_report().warnings[0]
+
+
+def test_stage2_alpha_zero_and_determinism():
+    a = stage2(**{"stage2.casual_fraction": 0.5})
+    b = stage2(**{"stage2.casual_fraction": 0.5})
+    assert a == b
+    flat = stage2(**{"stage2.casual_fraction": 0.5, "loss.social_alpha": 0.0})
+    assert [g["negatives"] for g in flat] == [g["negatives"] for g in a]
+    assert all(w == 1.0 for g in flat for w in g["neg_weights"])
+    other = build_stage2_groups(datasets.Dataset.from_list(PD_ROWS), datasets.Dataset.from_list(CASUAL_ROWS),
+                                cfg(**{"stage2.casual_fraction": 0.5}), seed=1)
+    assert sorted(g["positive"] for g in other) == sorted(g["positive"] for g in a)
+
+
+def test_stage2_unknown_label_is_an_error():
+    rows = PD_ROWS + [pd_row(9, 0, "hm", "ok", "__weird__")]
+    with pytest.raises(GroupBuildError, match="safety_label"):
+        build_stage2_groups(datasets.Dataset.from_list(rows), None, cfg())
+
+
+# ---------------------------------------------------------------------- summaries
+def test_summaries():
+    groups = stage2(**{"stage2.casual_fraction": 0.5})
+    s = summarize_groups(groups, bins=4)
+    assert s["groups"] == 6 and s["by_kind"] == {"unsafe": 3, "casual": 3}
+    assert s["negatives"] == 18 and s["negatives_per_group"] == {3: 6} and s["mean_negatives"] == 3.0
+    assert sum(s["weight_hist"]["counts"]) == 18 and len(s["weight_hist"]["edges"]) == 5
+    assert s["weight_min"] >= 1.0 and s["weight_max"] <= 2.0
+    frame = groups_frame(groups)
+    assert len(frame) == 18 and set(frame["kind"]) == {"unsafe", "casual"}
+    table = group_table(groups[0])
+    assert list(table["role"])[-3:] == ["negative 1, " + groups[0]["meta"]["neg_origin"][0],
+                                        "negative 2, " + groups[0]["meta"]["neg_origin"][1],
+                                        "negative 3, " + groups[0]["meta"]["neg_origin"][2]]
+    assert summarize_groups([])["groups"] == 0
