@@ -581,7 +581,9 @@ def bench_generation(model, tok, histories: list[list[str]], settings: BenchSett
             generate_replies(model, tok, hs, batch_size=bs, max_new_tokens=1, progress=False)
             prefill = time.perf_counter() - t0
             replies[name] = [x[0] for x in r]
-            n_new = [len(tok(x, add_special_tokens=False)["input_ids"]) for x in replies[name]]
+            # reply length re-tokenized from the text (generate_replies returns text), at most max_new_tokens
+            n_new = [min(len(tok(x, add_special_tokens=False)["input_ids"]), settings.max_new_tokens)
+                     for x in replies[name]]
             out[name] = {"seconds": dt, "replies_per_s": len(hs) / dt, "mean_reply_tokens": statistics.mean(n_new),
                          "prefill_seconds": prefill, "decode_seconds": max(dt - prefill, 0.0)}
         b, o = out["batched"], out["one_at_a_time"]

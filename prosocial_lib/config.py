@@ -285,9 +285,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.lora_alpha": 32,
         "model.lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "model.max_length": 160,
-        "stage1.max_groups": 96,
-        "stage1.learning_rate": 1e-3,
-        "stage1.logging_steps": 4,
+        "stage1.max_groups": None,  # the embedded sample's 128 training questions, twice
+        "stage1.epochs": 2.0,
+        "stage1.learning_rate": 5e-4,
+        "stage1.logging_steps": 8,
         "stage1.eval_groups": 32,
         "stage2.max_groups": 64,
         "stage2.learning_rate": 1e-3,

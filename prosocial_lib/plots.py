@@ -128,11 +128,16 @@ def plot_training_curves(logs, metrics=tuple(TRAINING_METRIC_TITLES), title: str
     metrics = [m for m in metrics if (logs["metric"] == m).any()]
     if not metrics:
         raise ValueError("plot_training_curves: the logs hold none of " + ", ".join(TRAINING_METRIC_TITLES))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.2), squeeze=False)
+    cols = 2 if len(metrics) > 2 else len(metrics)
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
     hue = "stage" if "stage" in logs.columns else None
-    for ax, metric in zip(axes[0], metrics):
+    for ax, metric in zip(axes, metrics):
         sub = logs[logs["metric"] == metric]
-        sns.lineplot(data=sub, x="step", y="value", hue=hue, marker="o", ax=ax, legend=bool(hue) and ax is axes[0][0])
+        sns.lineplot(data=sub, x="step", y="value", hue=hue, marker="o", ax=ax, legend=bool(hue) and ax is axes[0])
         ax.set(title=TRAINING_METRIC_TITLES.get(metric, metric), xlabel="step", ylabel="")
         if metric == "contrastive_accuracy":
             ax.set_ylim(-0.05, 1.05)

@@ -531,6 +531,8 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
     head = None
     if cfg.loss.score == "embedding" and cfg.loss.projection_dim:
         head = ProjectionHead(model.config.hidden_size, cfg.loss.projection_dim).to(device)
+        if init_from is not None and (Path(init_from) / HEAD_FILE).exists():  # continue the previous stage's head
+            head.load_state_dict(torch.load(Path(init_from) / HEAD_FILE, map_location=device))
     before = evaluate_groups(model, tok, eval_groups, cfg, head=head, progress=progress,
                              desc=f"stage {stage}: held-out before")
     model = apply_lora(model, cfg.model)

@@ -287,3 +287,21 @@ def test_plots_draw(hand_results):
     with pytest.raises(ValueError, match="none of the requested"):
         plots.plot_evaluation_rates(rates[rates["metric"] == "unsafe"].assign(context_set="other"))
     plt.close("all")
+
+
+@pytest.mark.slow
+def test_shortened_budget_retrains_the_full_method_in_its_own_run(smoke_comparison):
+    """The cpu preset's path: eval.variant_max_steps = N retrains the full method (N steps per stage) in a run of
+    its own, scores every system on the chapter-03 held-out groups, and the ablations reuse its stage 2."""
+    cfg, judges, _, _ = smoke_comparison
+    short = get_config("smoke", {"runs_dir": cfg.runs_dir, "eval.judge_dir": cfg.eval.judge_dir,
+                                 "eval.variant_max_steps": 1, "eval.ablations": ["loss.social_alpha=0"]})
+    comp = E.compare(short, ["base", "npair-both"], judges=judges, progress=False)
+    full = comp.trained[1]
+    assert full.model == str(short.run_dir.parent / "smoke-npair-both" / "stage2")
+    for tv in comp.trained:
+        assert tv.heldout["groups"] == short.stage2.eval_groups  # the chapter-03 held-out groups, for everyone
+    abl = E.run_ablations(short, progress=False)
+    assert abl["reused"].tolist() == [True, False]  # the reference is the full method's own stage 2
+    assert abl["steps"].tolist() == [1, 1]
+    assert abl.iloc[0]["accuracy"] == pytest.approx(full.heldout["accuracy"])

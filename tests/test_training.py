@@ -11,7 +11,7 @@ from prosocial_lib.config import get_config
 from prosocial_lib.data import history_to_messages
 from prosocial_lib.losses import npair_loss
 from prosocial_lib.models import build_tiny_model, chat_prompt, chat_turn_end, load_model_and_tokenizer
-from prosocial_lib.training import (METRICS, GroupCollator, evaluate_groups, load_stage_result, run_stage,
+from prosocial_lib.training import (HEAD_FILE, METRICS, GroupCollator, evaluate_groups, load_stage_result, run_stage,
                                     run_stages, score_groups, stage_fingerprint, stage_groups)
 
 torch.set_num_threads(1)
@@ -305,6 +305,19 @@ def test_lambda_zero_is_plain_cross_entropy_and_ga_matches(tmp_path):
     lb = [h["loss"] for h in b.log_history if "loss" in h]
     assert lb == pytest.approx(la, rel=1e-4)
     assert b.metrics["after"]["npair"] == pytest.approx(a.metrics["after"]["npair"], rel=1e-4)
+
+
+def test_embedding_score_with_head_and_in_batch_negatives(tmp_path):
+    from safetensors import safe_open
+    over = {"loss.score": "embedding", "loss.projection_dim": 8, "loss.in_batch_negatives": True,
+            "stage1.max_steps": 2, "stage2.max_steps": 2}
+    results = run_stages(tiny_cfg(tmp_path, name="emb", **over), progress=False)
+    for r in results.values():
+        assert (r.checkpoint_dir / HEAD_FILE).exists()
+        with safe_open(str(r.checkpoint_dir / "model.safetensors"), "pt") as f:  # the head is saved apart
+            assert not any("projection" in k for k in f.keys())
+        logs = [h for h in r.log_history if "npair" in h]
+        assert len(logs) == 2 and all(abs(h["margin"]) <= 2 for h in logs)  # cosines: bounded margins
 
 
 # ---------------------------------------------------------------------- the command line
