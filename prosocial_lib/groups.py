@@ -391,7 +391,13 @@ def _sample_negatives(pool: list[tuple], ctx: dict[str, Any], k: int, rng: np.ra
     n = len(pool)
     # a few random draws usually suffice; fall back to a full permutation for tiny pools
     draws = rng.integers(0, n, size=min(n, 4 * k + 8)) if n > 16 * k else rng.permutation(n)
-    for j in draws:
+
+    def candidates():
+        yield from draws
+        if n > 16 * k:  # unlucky draws: finish with a full pass (drawn only when needed)
+            yield from rng.permutation(n)
+
+    for j in candidates():
         item = pool[int(j)]
         reply, key = item[0], item[-1]
         if reply in seen or key == ctx["dialogue"]:
@@ -401,17 +407,6 @@ def _sample_negatives(pool: list[tuple], ctx: dict[str, Any], k: int, rng: np.ra
         severity.append(ctx["severity"] if kind == "unsafe" else float(item[1]))
         if len(negatives) == k:
             break
-    if len(negatives) < k and n > 16 * k:  # unlucky draws: finish with a full pass
-        for j in rng.permutation(n):
-            item = pool[int(j)]
-            reply, key = item[0], item[-1]
-            if reply in seen or key == ctx["dialogue"]:
-                continue
-            seen.add(reply)
-            negatives.append(reply)
-            severity.append(ctx["severity"] if kind == "unsafe" else float(item[1]))
-            if len(negatives) == k:
-                break
     return negatives, severity
 
 
