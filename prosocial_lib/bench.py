@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import statistics
 import sys
@@ -142,20 +141,15 @@ def bench_path(cfg: Config) -> Path:
 def machine_header(cfg: Config, device: torch.device, model=None) -> dict[str, Any]:
     """Where the numbers come from: CPU model and cores, torch threads and versions, device, preset, model."""
     import transformers
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if m:
-            cpu = m.group(1).strip()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        usable = os.cpu_count()
+
+    from .book import machine_info
+    info = machine_info()
     header: dict[str, Any] = {
-        "preset": cfg.preset, "model": cfg.model.name, "device": str(device), "cpu": cpu,
-        "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable, "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "load_average_start": _loadavg(),
+        "preset": cfg.preset, "model": cfg.model.name, "device": str(device), "cpu": info["cpu"],
+        "cpu_cores": info["cpu_cores"], "cpu_cores_usable": info["cpu_cores_usable"],
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": info["python"], "platform": info["platform"],
+        "load_average_start": _loadavg(),
     }
     with contextlib.suppress(ImportError):
         import trl
@@ -379,10 +373,8 @@ def _summarise_steps(times: list[float], warmup: int) -> dict[str, Any]:
 
 def _quiet(trainer):
     """No per-run log lines or progress bars inside the benchmark."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    for cb in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(cb)
-    return trainer
+    from .training import quiet_trainer
+    return quiet_trainer(trainer, progress=False)
 
 
 def _train_row(make_trainer: Callable[[], Any], device: torch.device, settings: BenchSettings,

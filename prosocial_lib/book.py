@@ -92,10 +92,14 @@ def stage(root: Path, staging: Path) -> Path:
 
 
 def execute_notebooks(root: Path, staging: Path, preset: str, *, timeout: int = 1800,
-                      runs_dir: Path | None = None, log=print) -> list[NotebookRun]:
+                      runs_dir: Path | None = None, report_path: Path | None = None, log=print
+                      ) -> list[NotebookRun]:
     """Run every notebook in the table of contents with papermill, in order, writing into ``staging``.
 
-    Stops at the first failure (later chapters build on earlier ones) and returns one record per notebook run.
+    Notebooks whose metadata sets ``prosocial.execute_last`` (the course guide, which shows how long the chapters
+    took) run after all the others, with ``$PROSOCIAL_BOOK_REPORT`` naming the report of the chapters so far
+    (written to ``report_path``). Stops at the first failure (later chapters build on earlier ones) and returns
+    one record per notebook run.
     """
     import papermill as pm
 
@@ -106,11 +110,14 @@ def execute_notebooks(root: Path, staging: Path, preset: str, *, timeout: int = 
     if runs_dir is not None:
         os.environ["PROSOCIAL_RUNS_DIR"] = str(Path(runs_dir).resolve())
     runs: list[NotebookRun] = []
+    notebooks = [p for p in toc_files(root) if p.suffix == ".ipynb"]
+    last = [p for p in notebooks if _executes_last(p)]
     try:
-        for src in toc_files(root):
-            if src.suffix != ".ipynb":
-                continue
+        for src in [p for p in notebooks if p not in last] + last:
             rel = src.relative_to(root)
+            if src in last and report_path is not None:  # it reads the times of the chapters run so far
+                write_report(report_path, preset, runs)
+                os.environ[REPORT_ENV] = str(report_path)
             out = staging / rel
             log(f"[book] executing {rel} (preset={preset}) ...")
             start = time.perf_counter()
@@ -129,6 +136,51 @@ def execute_notebooks(root: Path, staging: Path, preset: str, *, timeout: int = 
         os.environ.clear()
         os.environ.update(env_backup)
     return runs
+
+
+REPORT_ENV = "PROSOCIAL_BOOK_REPORT"
+
+
+def _executes_last(path: Path) -> bool:
+    import nbformat
+    return bool(nbformat.read(path, as_version=4).metadata.get("prosocial", {}).get("execute_last"))
+
+
+def machine_info() -> dict[str, object]:
+    """Where a report's times were measured: CPU model and cores, GPU, platform, date."""
+    import platform
+    import re
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        usable = os.cpu_count()
+    info: dict[str, object] = {"cpu": cpu, "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
+                               "platform": platform.platform(), "python": platform.python_version(),
+                               "date": time.strftime("%Y-%m-%d")}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def write_report(path: Path, preset: str, runs: list[NotebookRun], **extra) -> dict:
+    """The execution report: every notebook's time, the machine, and ``extra`` fields (build time, problems)."""
+    report = {"preset": preset, "machine": machine_info(), "notebooks": [asdict(r) for r in runs],
+              "execute_seconds": round(sum(r.seconds for r in runs), 1), **extra}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2))
+    return report
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -238,16 +290,16 @@ def build_book(preset: str = "cpu", *, root: Path | None = None, out: Path | Non
     staging = stage(root, build / "staging")
     runs: list[NotebookRun] = []
     start = time.perf_counter()
+    report_path = build / f"execution-report-{preset}.json"
     if execute:
-        runs = execute_notebooks(root, staging, preset, timeout=timeout, runs_dir=runs_dir or root / "runs", log=log)
-    report = {"preset": preset, "notebooks": [asdict(r) for r in runs],
-              "execute_seconds": round(sum(r.seconds for r in runs), 1)}
+        runs = execute_notebooks(root, staging, preset, timeout=timeout, runs_dir=runs_dir or root / "runs",
+                                 report_path=report_path, log=log)
+    execute_seconds = sum(r.seconds for r in runs)
     rc, output = build_html(staging, build.parent, log=log)
-    report["build_seconds"] = round(time.perf_counter() - start - report["execute_seconds"], 1)
+    build_seconds = round(time.perf_counter() - start - execute_seconds, 1)
     html = build / "html"
     problems = check_html(html) if html.exists() else [f"{html} was not created"]
-    report["html_problems"] = problems
-    (build / f"execution-report-{preset}.json").write_text(json.dumps(report, indent=2))
+    write_report(report_path, preset, runs, build_seconds=build_seconds, html_problems=problems)
     failed = [r for r in runs if not r.ok]
     if failed:
         raise BookBuildError(f"notebook {failed[0].notebook} failed: {failed[0].error}")

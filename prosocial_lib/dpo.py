@@ -180,6 +180,7 @@ def train_dpo(
     max_negatives_per_group: int | None = None,
     sft_weight: float = 0.0,
     force: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """DPO-train the model (``init_from``, else ``cfg.model.name``) on the groups' pairs; save it and its metrics.
 
@@ -195,6 +196,7 @@ def train_dpo(
     from trl import DPOConfig, DPOTrainer
 
     from .models import load_model_and_tokenizer, resolve_device, resolve_dtype
+    from .training import quiet_trainer
 
     if stage not in ("stage1", "stage2"):
         raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
@@ -258,6 +260,7 @@ def train_dpo(
     train_pairs = pairs.select_columns(["prompt", "chosen", "rejected"])
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_pairs,
                          processing_class=tok, peft_config=peft_config)
+    quiet_trainer(trainer, progress=progress)
     n_kept = len(trainer.train_dataset)
     result = trainer.train()
     history = [dict(h) for h in trainer.state.log_history]

@@ -175,7 +175,8 @@ def train_variant(cfg: Config, variant: Variant, *, progress: bool = True) -> Tr
             raise EvaluationError(f"variant {variant.key!r}: DPO runs on the stage-2 groups only")
         groups = stage_groups(vc, 2, "train")
         out = vc.run_dir / "dpo"
-        m = train_dpo(vc, groups, None, out, beta=cfg.eval.dpo_beta, sft_weight=cfg.eval.dpo_sft_weight)
+        m = train_dpo(vc, groups, None, out, beta=cfg.eval.dpo_beta, sft_weight=cfg.eval.dpo_sft_weight,
+                      progress=progress)
         return TrainedVariant(variant, str(out), str(m["fingerprint"]), reused=bool(m.get("reused")),
                               train_seconds=0.0 if m.get("reused") else float(m.get("train_seconds", 0.0)),
                               details={"dpo": {k: m.get(k) for k in ("pairs", "pairs_trained", "steps", "beta",
@@ -270,7 +271,8 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
             out_dir: str | Path | None = None) -> Comparison:
     """Train (or reuse) every variant, generate greedy replies to the same contexts, judge them and measure
     quality; save everything in ``out_dir`` (default ``<run_dir>/evaluation``) and return a :class:`Comparison`.
-    Generations, perplexities and held-out scores are cached there and reused while the model is unchanged."""
+    Replies are cached with the audit's (``<run_dir>/generations``, keyed by the model's weights), perplexities
+    and held-out scores in ``out_dir/cache`` (keyed by the run's fingerprint): reruns reuse them."""
     from .audit import AuditSystem, build_context_sets, run_audit
     from .judges import load_judges
 
@@ -291,7 +293,6 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
     context_sets = build_context_sets(ec)
     systems = [AuditSystem(name=tv.variant.label, model=tv.model, max_new_tokens=ec.eval.max_new_tokens)
                for tv in trained]
-    _forget_stale_generations(out_dir, systems, trained, context_sets, ec)
     if judges is None:
         t = time.perf_counter()
         judges = load_judges(cfg)
@@ -322,23 +323,6 @@ def _fill_heldout(cfg: Config, trained: list[TrainedVariant], out_dir: Path, *, 
         if tv.heldout is None:
             tv.heldout = heldout_metrics(cfg, tv.model, tv.fingerprint, tv.variant.key, out_dir / "cache",
                                          progress=progress)
-
-
-def _forget_stale_generations(out_dir: Path, systems, trained: list[TrainedVariant], context_sets, ec: Config
-                              ) -> None:
-    """Saved replies are keyed by the model's folder, not its weights: when a variant was retrained since, delete
-    its saved replies so they are generated again (``models.json`` records the fingerprint each came from)."""
-    from .audit import generations_path
-
-    manifest_path = out_dir / "models.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    prompt_tokens = max(16, ec.model.max_length - ec.eval.max_new_tokens)
-    for system, tv in zip(systems, trained):
-        if manifest.get(system.name) != tv.fingerprint:
-            for set_name, contexts in context_sets.items():
-                generations_path(out_dir, system, set_name, contexts, prompt_tokens).unlink(missing_ok=True)
-        manifest[system.name] = tv.fingerprint
-    manifest_path.write_text(json.dumps(manifest, indent=1))
 
 
 def gold_perplexities(cfg: Config, trained: TrainedVariant, context_sets: dict[str, Any], out_dir: Path, *,

@@ -6,8 +6,9 @@ Why it is more than ``model.generate``:
   on :func:`prosocial_lib.data.history_to_messages`, so a fine-tuned model is asked in exactly the format it was
   trained on. Models without a chat template (DialoGPT, BlenderBot) get a template that reproduces their native
   input format (:func:`ensure_chat_template`), so the rest of the code does not need a special case.
-- **Left padding and length-sorted batches.** Prompts are sorted by length (little padding), left-padded so new
-  tokens follow each prompt directly, and the replies are put back in the caller's order. Greedy replies in a
+- **Left padding and length-sorted batches.** Prompts are sorted by length (little padding; optionally a cap on
+  a batch's padded prompt tokens, :func:`length_batches`), left-padded so new tokens follow each prompt
+  directly, and the replies are put back in the caller's order. Greedy replies in a
   batch equal one-at-a-time greedy replies (tested).
 - **Sampling reproducible per reply.** Each (context, sample) row draws its randomness from its own generator,
   seeded by ``seed``, the prompt text and the sample index, and the sample is taken with the Gumbel-max trick on
@@ -194,12 +195,14 @@ def generate_replies(
     seed: int = 0,
     progress: bool = True,
     max_prompt_tokens: int | None = None,
+    max_batch_tokens: int | None = None,
 ) -> list[list[str]]:
     """``num_samples`` replies to each history (a list of turns, the last one the user's), in input order.
 
     Greedy (``do_sample=False``) gives ``num_samples`` copies of the one greedy reply. Sampling uses
     ``temperature`` and nucleus ``top_p`` and is reproducible per reply for a given ``seed`` (module docstring).
-    Prompts longer than ``max_prompt_tokens`` (or an encoder's position limit) keep their last tokens.
+    Prompts longer than ``max_prompt_tokens`` (or an encoder's position limit) keep their last tokens;
+    ``max_batch_tokens`` caps a batch's padded prompt tokens (:func:`length_batches`).
     Replies stop at the end of the turn; special tokens are stripped.
     """
     from tqdm.auto import tqdm
@@ -240,8 +243,7 @@ def generate_replies(
     bar = tqdm(total=len(rows), desc="generating", unit="reply", disable=not progress)
     try:
         with padding_side(tokenizer, "right" if encoder_decoder else "left"):
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start:start + batch_size]
+            for batch in length_batches(rows, [len(encoded[i]) for i, _ in rows], batch_size, max_batch_tokens):
                 inputs = tokenizer.pad({"input_ids": [encoded[i] for i, _ in batch]}, return_tensors="pt")
                 inputs = {k: v.to(model.device) for k, v in inputs.items()}
                 processors = LogitsProcessorList()
@@ -259,6 +261,32 @@ def generate_replies(
         bar.close()
         model.train(was_training)
     return [[replies[(i, s if do_sample else 0)] for s in range(num_samples)] for i in range(len(histories))]
+
+
+def length_batches(rows: Sequence[Any], lengths: Sequence[int], batch_size: int,
+                   max_tokens: int | None = None) -> list[list[Any]]:
+    """Consecutive batches of ``rows`` (sorted longest first) of at most ``batch_size`` rows and, when given, at
+    most ``max_tokens`` padded prompt tokens (rows x the batch's longest prompt).
+
+    Why a token budget: a left-padded batch computes every row at the length of its longest prompt, and on a GPU
+    the longest prompts of a full batch can run out of memory. It is off by default: measured on a 2-core CPU
+    (the appendix's contexts), smaller batches for long prompts saved less in the prompt pass than they cost in
+    decoding, where the batch size is what pays."""
+    if len(rows) != len(lengths):
+        raise ValueError(f"{len(rows)} rows but {len(lengths)} lengths")
+    if any(a < b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("length_batches expects rows sorted by decreasing length")
+    if not rows:
+        return []
+    budget = max_tokens or batch_size * max(lengths)  # None: batch_size rows whatever their length
+    batches: list[list[Any]] = []
+    start = 0
+    while start < len(rows):
+        longest = max(1, lengths[start])
+        size = max(1, min(batch_size, budget // longest, len(rows) - start))
+        batches.append(list(rows[start:start + size]))
+        start += size
+    return batches
 
 
 def decode_reply(tokenizer, ids: Sequence[int], stops: Sequence[int]) -> str:

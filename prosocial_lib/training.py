@@ -39,6 +39,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +52,22 @@ from .losses import (ProjectionHead, combined_loss, embedding_scores, in_batch_e
                      mean_pool, npair_loss)
 
 log = logging.getLogger(__name__)
+# transformers 5 warns about its own deprecated alias when peft or the Trainer asks for it: not the reader's concern
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def quiet_trainer(trainer, *, progress: bool = False):
+    """Keep a Trainer's console output to a tqdm bar (or nothing): no log lines printed per step, and no
+    notebook progress table, which would land in the book as a frozen HTML table (the chapters plot the logs).
+    ``$TQDM_DISABLE`` (set while the book executes) means no bar: the bar's log lines would still print."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    progress = progress and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
+    from transformers.utils.notebook import NotebookProgressCallback
+    for cb in (PrinterCallback, NotebookProgressCallback) + (() if progress else (ProgressCallback,)):
+        trainer.remove_callback(cb)
+    if progress and not any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks):
+        trainer.add_callback(ProgressCallback)
+    return trainer
 
 RUN_CONFIG = "run_config.json"  # the experiment config (the model's own config.json sits beside it)
 METRICS = "metrics.json"  # written last: its presence (with a matching fingerprint) marks a finished stage
@@ -445,10 +462,11 @@ class StageResult:
     reused: bool = False
 
 
-def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | None = None) -> str:
-    """What decides a stage's result: data, model, loss, this stage's settings, the seed, and the starting
-    checkpoint (its own fingerprint when it is one of ours). Knobs that do not change the result (threads,
-    checkpoint frequency) are left out."""
+def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | None = None,
+                      train_groups: Sequence[dict[str, Any]] | None = None) -> str:
+    """What decides a stage's result: data, model, loss, this stage's settings, the seed, the starting
+    checkpoint (its own fingerprint when it is one of ours) and, when the caller brings them, the training
+    groups themselves. Knobs that do not change the result (threads, checkpoint frequency) are left out."""
     import hashlib
     d = cfg.to_dict()
     st = dict(d[f"stage{stage}"])
@@ -464,6 +482,9 @@ def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | No
             start = json.loads(rc.read_text()).get("fingerprint", start)
     payload = {"stage": stage, "data": d["data"], "model": model, "loss": d["loss"], "stage_cfg": st,
                "seed": d["seed"], "init_from": start}
+    if train_groups is not None:
+        payload["train_groups"] = hashlib.sha256(json.dumps(list(train_groups), sort_keys=True, default=str)
+                                                 .encode()).hexdigest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -492,11 +513,15 @@ def _training_model_cfg(cfg: Config, init_from) -> tuple[ModelConfig, torch.dtyp
 
 
 def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = None, *,
-              callbacks: list[TrainerCallback] | None = None, progress: bool = True) -> StageResult:
+              callbacks: list[TrainerCallback] | None = None, progress: bool = True,
+              train_groups: Sequence[dict[str, Any]] | None = None) -> StageResult:
     """Train one stage (or reuse its finished checkpoint) and return its :class:`StageResult`.
 
     ``init_from``: the folder of the model to start from (stage 2 normally starts from stage 1's); None = the
-    configured base model. Outputs go to ``cfg.run_dir / f"stage{stage}"`` (module docstring).
+    configured base model. ``train_groups``: your own training groups (e.g. from another negative sampler,
+    built with :func:`prosocial_lib.groups.make_group`) instead of :func:`stage_groups`; their content is part
+    of the fingerprint, so other groups never reuse this checkpoint. Outputs go to
+    ``cfg.run_dir / f"stage{stage}"`` (module docstring).
     """
     from transformers import set_seed
     from .groups import last_build_report, summarize_groups
@@ -505,7 +530,7 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
     cfg.validate()
     st = _stage_cfg(cfg, stage)
     out = Path(cfg.run_dir) / f"stage{stage}"
-    fp = stage_fingerprint(cfg, stage, init_from)
+    fp = stage_fingerprint(cfg, stage, init_from, train_groups)
     done = load_stage_result(out)
     if done is not None and done.metrics.get("fingerprint") == fp:
         log.warning("stage %d: reusing the finished checkpoint in %s (same config)", stage, out)
@@ -516,8 +541,11 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
                     stage, out, done.metrics.get("fingerprint"), fp)
 
     t_start = time.perf_counter()
-    train_groups = stage_groups(cfg, stage, "train")
-    train_report = last_build_report()
+    if train_groups is None:
+        train_groups = stage_groups(cfg, stage, "train")
+        train_report = last_build_report()
+    else:
+        train_groups, train_report = list(train_groups), None
     eval_groups = stage_groups(cfg, stage, "validation")
     if not train_groups:
         raise TrainingSetupError(f"stage {stage}: no training groups "
@@ -553,9 +581,7 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=list(train_groups), data_collator=collator,
                                  processing_class=tok, loss_cfg=cfg.loss, projection_head=head,
                                  callbacks=list(callbacks or []))
-    if not progress:
-        from transformers.trainer_callback import ProgressCallback
-        trainer.remove_callback(ProgressCallback)
+    quiet_trainer(trainer, progress=progress)
     t_train = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - t_train

@@ -1,5 +1,6 @@
 """The book pipeline: papermill execution, Jupyter Book build, and the HTML check that gates them."""
 
+import html as html_lib
 import json
 import shutil
 from pathlib import Path
@@ -45,33 +46,52 @@ def test_external_links_are_not_loads(tmp_path):
 
 
 # ------------------------------------------------------------------ a temporary book
-def _temp_book(tmp_path: Path, repo_root: Path, cells: list[str]) -> Path:
+def _notebook(title: str, cells: list[str]):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('preset = "cpu"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), nbformat.v4.new_code_cell(SETUP_CELL), params]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    return nb
+
+
+def _temp_book(tmp_path: Path, repo_root: Path, cells: list[str], guide: list[str] | None = None) -> Path:
+    """A one-chapter book; with ``guide``, a page listed before the chapter that executes last."""
     root = tmp_path / "book_root"
     (root / "book").mkdir(parents=True)
     for name in ("_config.yml", "references.bib", "_static"):
         src = repo_root / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
-    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapter\n")
+    files = ["book/guide", "book/chapter"] if guide is not None else ["book/chapter"]
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n"
+                                   + "".join(f"  - file: {f}\n" for f in files))
     (root / "book" / "intro.md").write_text("# Intro\n\nMath: $a^2 + b^2 = c^2$, see {doc}`chapter`.\n")
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('preset = "cpu"')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# Chapter"), nbformat.v4.new_code_cell(SETUP_CELL), params]
-    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
-    nbformat.write(nb, root / "book" / "chapter.ipynb")
+    nbformat.write(_notebook("Chapter", cells), root / "book" / "chapter.ipynb")
+    if guide is not None:
+        nb = _notebook("Guide", guide)
+        nb.metadata["prosocial"] = {"execute_last": True}
+        nbformat.write(nb, root / "book" / "guide.ipynb")
     return root
 
 
 @pytest.mark.book
 def test_a_passing_notebook_builds_clean(tmp_path, repo_root):
-    root = _temp_book(tmp_path, repo_root, ["print('preset is', preset)"])
+    guide = ["import json, os\n"
+             "seen = json.load(open(os.environ['PROSOCIAL_BOOK_REPORT']))['notebooks']\n"
+             "print('the guide saw', [n['notebook'] for n in seen])"]
+    root = _temp_book(tmp_path, repo_root, ["print('preset is', preset)"], guide=guide)
     index = build_book("smoke", root=root, out=tmp_path / "out", runs_dir=tmp_path / "runs", log=lambda *_: None)
     html = (index.parent / "book" / "chapter.html").read_text()
     assert "preset is smoke" in html  # papermill injected the parameter and the output was rendered
     assert (index.parent / "_static" / "mathjax" / "tex-mml-chtml.js").exists()
     report = json.loads((tmp_path / "out" / "_build" / "execution-report-smoke.json").read_text())
-    assert report["notebooks"][0]["ok"] and report["html_problems"] == []
+    assert report["html_problems"] == [] and all(n["ok"] for n in report["notebooks"])
+    # the guide is listed first but runs last, reading the report of the chapters run before it
+    assert [n["notebook"] for n in report["notebooks"]] == ["book/chapter.ipynb", "book/guide.ipynb"]
+    guide_html = html_lib.unescape((index.parent / "book" / "guide.html").read_text())
+    assert "the guide saw ['book/chapter.ipynb']" in guide_html
+    assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["date"]
 
 
 @pytest.mark.book

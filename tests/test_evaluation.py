@@ -222,7 +222,7 @@ def test_smoke_comparison_table(smoke_comparison):
     assert ((r["ci_low"] <= r["rate"] + 1e-12) & (r["rate"] <= r["ci_high"] + 1e-12)).all()
     assert set(r["variant"]) == {"base", "ce-stage2", "dpo"}
     assert len(comp.replies) == 3 * 2 * cfg.eval.num_contexts
-    for name in ("table.csv", "rates.csv", "quality.csv", "replies.jsonl", "variants.json", "models.json"):
+    for name in ("table.csv", "rates.csv", "quality.csv", "replies.jsonl", "variants.json"):
         assert (comp.out_dir / name).exists(), name
     pd.testing.assert_frame_equal(E.load_comparison_table(comp.out_dir)[["variant"]], t[["variant"]])
     shown = comp.display_table()

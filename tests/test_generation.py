@@ -14,6 +14,7 @@ from prosocial_lib.generation import (
     format_prompt,
     generate_replies,
     has_native_format,
+    length_batches,
     load_chat_model,
     stop_token_ids,
 )
@@ -51,6 +52,28 @@ def test_greedy_batch_equals_one_at_a_time(lm):
     assert all(len(r) == 1 for r in batched)
     assert sum(len(r[0]) for r in batched) > 0, "random untied model should say something"
     assert tok.padding_side == "right", "the tokenizer's padding side must be restored"
+
+
+def test_length_batches_keep_padded_prompts_within_a_token_budget():
+    lengths = [300, 120, 110, 100, 100, 90, 80, 20, 10, 10]
+    rows = list(range(len(lengths)))
+    assert length_batches(rows, lengths, 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # no budget: batch_size rows
+    # 400 tokens: the 300-token prompt goes alone, the next three fill the budget
+    assert length_batches(rows, lengths, 4, max_tokens=400) == [[0], [1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert length_batches(rows, lengths, 2, max_tokens=10_000) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    assert length_batches(rows, lengths, 4, max_tokens=50) == [[r] for r in rows[:7]] + [[7, 8], [9]]
+    for batch_size in (1, 3, 8):  # every row exactly once, in order
+        assert sum(length_batches(rows, lengths, batch_size), []) == rows
+    assert length_batches([], [], 4) == []
+    with pytest.raises(ValueError, match="sorted"):
+        length_batches([0, 1], [5, 9], 2)
+
+
+def test_a_token_budget_changes_batches_not_replies(lm):
+    model, tok = lm
+    plain = generate_replies(model, tok, HISTORIES, max_new_tokens=8, batch_size=4, progress=False)
+    assert generate_replies(model, tok, HISTORIES, max_new_tokens=8, batch_size=4, max_batch_tokens=40,
+                            progress=False) == plain
 
 
 def test_greedy_samples_are_copies(lm):

@@ -90,15 +90,69 @@ def test_notebook_conventions(repo_root):
 
 
 def test_notebooks_do_not_define_long_functions(repo_root):
-    """Notebooks call the library; anything longer than a few lines belongs in prosocial_lib with a test."""
+    """Notebooks call the library; anything longer than a few lines belongs in prosocial_lib with a test.
+    (Exercise solutions are exempt: they are the code a student is asked to write.)"""
     for path in _notebooks(repo_root):
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
-            if cell.cell_type != "code":
+            if cell.cell_type != "code" or "solution" in cell.metadata.get("tags", []):
                 continue
             for match in re.finditer(r"^def \w+.*?(?=^\S|\Z)", cell.source, re.M | re.S):
                 body = [line for line in match.group(0).splitlines()[1:] if line.strip()]
                 assert len(body) <= 6, f"{path.name}: function too long for a notebook:\n{match.group(0)}"
+
+
+def _exercises(nb) -> tuple[list[str], list[list]]:
+    """The exercise labels of a notebook and, per label, the cells of its gated solution (start to end)."""
+    labels = [m.group(1) for c in nb.cells if c.cell_type == "markdown"
+              for m in re.finditer(r"^```\{exercise\}.*\n:label: (\S+)", c.source, re.M)]
+    solutions, current = [], None
+    for cell in nb.cells:
+        start = re.match(r"^```\{solution-start\} (\S+)\n:class: dropdown\n```", cell.source)
+        if start:
+            current = [cell]
+            solutions.append((start.group(1), current))
+        elif current is not None:
+            current.append(cell)
+            if cell.source.startswith("```{solution-end}"):
+                current = None
+    return labels, solutions
+
+
+def test_every_chapter_has_exercises_with_collapsed_tagged_solutions(repo_root):
+    """Two to four exercises per chapter (not the course guide), each followed by one dropdown solution whose
+    cells are all tagged ``solution`` (what the student edition removes); most chapters' solutions run code."""
+    with_code = 0
+    for path in _notebooks(repo_root):
+        nb = nbformat.read(path, as_version=4)
+        labels, solutions = _exercises(nb)
+        if path.stem == "course_guide":
+            assert not labels
+            continue
+        assert 2 <= len(labels) <= 4, f"{path.name}: {len(labels)} exercises"
+        assert len(set(labels)) == len(labels) and [s[0] for s in solutions] == labels, (path.name, labels)
+        for label, cells in solutions:
+            assert cells[-1].source.startswith("```{solution-end}"), f"{path.name}: {label} has no solution-end"
+            assert all("solution" in c.metadata.get("tags", []) for c in cells), f"{path.name}: {label} untagged"
+        tagged = [c for c in nb.cells if "solution" in c.metadata.get("tags", [])]
+        assert len(tagged) == sum(len(cells) for _, cells in solutions), f"{path.name}: stray solution cells"
+        with_code += any(c.cell_type == "code" for _, cells in solutions for c in cells)
+    assert with_code >= 5
+
+
+def test_student_edition_of_the_book(tmp_path, repo_root):
+    from prosocial_lib.book import student_edition
+
+    written = student_edition(repo_root, tmp_path / "student")
+    assert {p.name for p in written} == {p.name for p in _notebooks(repo_root)}
+    for path in written:
+        original = nbformat.read(repo_root / "book" / path.name, as_version=4)
+        student = nbformat.read(path, as_version=4)
+        labels, _ = _exercises(original)
+        assert _exercises(student) == (labels, []), path.name  # every exercise stays, every solution goes
+        assert not any("solution" in c.metadata.get("tags", []) or "{solution-" in c.source for c in student.cells)
+        kept = [c.source for c in original.cells if "solution" not in c.metadata.get("tags", [])]
+        assert [c.source for c in student.cells] == kept, path.name
 
 
 def test_cli_help_and_bad_config(repo_root):

@@ -260,6 +260,24 @@ def test_same_seed_same_metrics(two_stages, tmp_path):
     assert losses == pytest.approx([h["loss"] for h in results[1].log_history if "loss" in h], abs=1e-6)
 
 
+def test_own_training_groups(two_stages, tmp_path):
+    """A caller's own groups (another negative sampler) train the stage, and are part of its fingerprint."""
+    cfg, _ = two_stages
+    own_cfg = tiny_cfg(tmp_path, name="own", **{"stage1.max_steps": 2})
+    groups = stage_groups(own_cfg, 1, "train")
+    reversed_negatives = [{**g, "negatives": g["negatives"][::-1], "neg_weights": g["neg_weights"][::-1],
+                           "neg_severity": g["neg_severity"][::-1]} for g in groups]
+    fp_default = stage_fingerprint(own_cfg, 1)
+    assert stage_fingerprint(own_cfg, 1, train_groups=groups) != fp_default
+    assert stage_fingerprint(own_cfg, 1, train_groups=reversed_negatives) != \
+        stage_fingerprint(own_cfg, 1, train_groups=groups)
+    r = run_stage(own_cfg, 1, progress=False, train_groups=groups[:4])
+    assert r.metrics["train"]["groups"] == 4 and r.metrics["groups"]["train_build"] is None
+    assert r.metrics["fingerprint"] == stage_fingerprint(own_cfg, 1, train_groups=groups[:4])
+    assert run_stage(own_cfg, 1, progress=False, train_groups=groups[:4]).reused
+    assert not run_stage(own_cfg, 1, progress=False).reused  # the default groups are another run
+
+
 class Interrupt(Exception):
     pass
 
@@ -371,3 +389,25 @@ def test_chapter_tables_and_figures(two_stages, tiny):
         plt.close(fig)
     with pytest.raises(ValueError):
         plots.plot_training_curves(logs[logs["metric"] == "loss"])
+
+
+def test_quiet_trainer_keeps_the_book_free_of_trainer_tables(tiny, tmp_path, monkeypatch):
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    from prosocial_lib.training import quiet_trainer
+
+    def kinds(trainer):
+        return {type(c) for c in trainer.callback_handler.callbacks}
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    trainer = Trainer(model=tiny[0], args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+    trainer.add_callback(NotebookProgressCallback)
+    trainer.add_callback(PrinterCallback)
+    quiet_trainer(trainer, progress=True)
+    assert ProgressCallback in kinds(trainer) and not {NotebookProgressCallback, PrinterCallback} & kinds(trainer)
+    quiet_trainer(trainer, progress=False)
+    assert not {ProgressCallback, NotebookProgressCallback, PrinterCallback} & kinds(trainer)
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # the book: a disabled bar would still print every log line
+    assert ProgressCallback not in kinds(quiet_trainer(trainer, progress=True))
