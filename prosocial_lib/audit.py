@@ -273,6 +273,12 @@ def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def prompt_token_limit(cfg: Config) -> int:
+    """How many prompt tokens a reply is generated from: the training length minus the reply's room, so the
+    audited model sees contexts as long as it was trained on (longer histories keep their last turns)."""
+    return max(16, cfg.model.max_length - cfg.eval.max_new_tokens)
+
+
 def run_audit(systems: Sequence[AuditSystem], context_sets: dict[str, Any], judges, cfg: Config,
               out_dir: str | Path, *, progress: bool = True, cache_dir: str | Path | None = None) -> pd.DataFrame:
     """Generate every system's replies to every context set, judge them, save and return the table.
@@ -291,7 +297,7 @@ def run_audit(systems: Sequence[AuditSystem], context_sets: dict[str, Any], judg
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ValueError(f"run_audit: system names must be unique, got {names}")
-    prompt_tokens = max(16, cfg.model.max_length - cfg.eval.max_new_tokens)
+    prompt_tokens = prompt_token_limit(cfg)
     rows: list[dict[str, Any]] = []
     timing: dict[str, Any] = {"systems": {}}
     by_model: dict[str, list[AuditSystem]] = {}

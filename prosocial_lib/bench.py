@@ -57,7 +57,7 @@ from .config import Config
 
 log = logging.getLogger(__name__)
 
-BENCH_FORMAT = 1  # bump when the JSON layout or the measurement changes (older saved results are not reused)
+BENCH_FORMAT = 2  # bump when the JSON layout or the measurement changes (older saved results are not reused)
 BENCH_FILE = "bench.json"
 
 # Targets of the issue that asked for this benchmark (2-core CPU, embedded model); checked, never asserted.
@@ -543,14 +543,16 @@ def _dpo_row(cfg: Config, settings: BenchSettings, model, tok, groups, device, m
 
 
 # ---------------------------------------------------------------------- generation and judges
-def bench_generation(model, tok, histories: list[list[str]], settings: BenchSettings) -> dict[str, Any]:
+def bench_generation(model, tok, histories: list[list[str]], settings: BenchSettings,
+                     max_prompt_tokens: int | None = None) -> dict[str, Any]:
     """Greedy replies/s for the same contexts batched and one at a time.
 
     Each mode also runs once with ``max_new_tokens=1`` (the prompt pass alone, "prefill"): the rest of its time is
     decoding. Batching pays off in decoding (one pass over the weights serves the whole batch) but hardly in the
     prompt pass, which is compute-bound and also pays for padding to the batch's longest prompt; long dialogue
     histories therefore cap the speedup. ``same_replies``: share of contexts whose batched reply equals the
-    one-at-a-time reply (greedy: should be 1)."""
+    one-at-a-time reply (greedy: should be 1). ``max_prompt_tokens``: the prompt cap the audit uses
+    (:func:`prosocial_lib.audit.prompt_token_limit`), so the contexts are as long as an audit's."""
     try:
         from .generation import generate_replies
     except Exception as e:
@@ -559,18 +561,21 @@ def bench_generation(model, tok, histories: list[list[str]], settings: BenchSett
     try:
         generate_replies(model, tok, hs[:1], batch_size=1, max_new_tokens=2, progress=False)  # warm-up
         prompt_tokens = [len(tok(_prompt_text(tok, h), add_special_tokens=False)["input_ids"]) for h in hs]
+        if max_prompt_tokens:
+            prompt_tokens = [min(n, max_prompt_tokens) for n in prompt_tokens]
         out: dict[str, Any] = {"available": True, "contexts": len(hs), "batch_size": settings.gen_batch_size,
-                               "max_new_tokens": settings.max_new_tokens,
+                               "max_new_tokens": settings.max_new_tokens, "prompt_token_limit": max_prompt_tokens,
                                "mean_prompt_tokens": statistics.mean(prompt_tokens), "max_prompt_tokens":
                                max(prompt_tokens)}
         replies = {}
         for name, bs in (("batched", settings.gen_batch_size), ("one_at_a_time", 1)):
             t0 = time.perf_counter()
             r = generate_replies(model, tok, hs, batch_size=bs, max_new_tokens=settings.max_new_tokens,
-                                 progress=False)
+                                 max_prompt_tokens=max_prompt_tokens, progress=False)
             dt = time.perf_counter() - t0
             t0 = time.perf_counter()
-            generate_replies(model, tok, hs, batch_size=bs, max_new_tokens=1, progress=False)
+            generate_replies(model, tok, hs, batch_size=bs, max_new_tokens=1, max_prompt_tokens=max_prompt_tokens,
+                             progress=False)
             prefill = time.perf_counter() - t0
             replies[name] = [x[0] for x in r]
             # reply length re-tokenized from the text (generate_replies returns text), at most max_new_tokens
@@ -634,6 +639,7 @@ def bench_judges(cfg: Config, pairs: list[tuple[list[str], str]], judges=None) -
 def run_bench(cfg: Config, settings: BenchSettings | None = None, *, judges=None, progress: bool = True,
               save: bool = True) -> dict[str, Any]:
     """Run every part (module docstring) and return the result dict (also written to :func:`bench_path`)."""
+    from .audit import prompt_token_limit
     from .models import load_model_and_tokenizer, resolve_device, resolve_dtype
 
     t_start = time.perf_counter()
@@ -660,7 +666,8 @@ def run_bench(cfg: Config, settings: BenchSettings | None = None, *, judges=None
     if settings.generation:
         gen_model = model.to(dtype=mp_dtype) if mp_dtype != torch.float32 else model
         t0 = time.perf_counter()
-        result["generation"] = bench_generation(gen_model.eval(), tok, histories, settings)
+        result["generation"] = bench_generation(gen_model.eval(), tok, histories, settings,
+                                                max_prompt_tokens=prompt_token_limit(cfg))
         result["seconds_generation"] = time.perf_counter() - t0
     else:
         result["generation"] = _unavailable("skipped (settings.generation = false)")

@@ -108,10 +108,12 @@ class EvalConfig:
     """Generation, judges and statistics for the audit and the evaluation."""
 
     # cpu sizes: the chapter-01 audit (4 systems x 2 sets x num_contexts replies of the 135M model) takes about
-    # 4-5 minutes on 2 cores; CIs are correspondingly wide
+    # 2-3 minutes on 2 quiet cores (book/timings/); CIs are correspondingly wide
     num_contexts: int = 24  # contexts per context set (adversarial, casual)
     max_new_tokens: int = 32
-    batch_size: int = 8
+    # replies per generation batch; on 2 cores `prosocial bench` measured 16 at about 5x the replies/s of one at a
+    # time, 8 at about 4x (audit-length prompts: eval prompts are cut to model.max_length - max_new_tokens)
+    batch_size: int = 16
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9

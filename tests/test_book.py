@@ -113,6 +113,12 @@ def test_the_whole_book_in_the_smoke_preset(tmp_path, repo_root):
     report = json.loads((tmp_path / "out" / "_build" / "execution-report-smoke.json").read_text())
     print("\n".join(f"{n['notebook']}: {n['seconds']:.1f} s" for n in report["notebooks"]))
     assert all(n["ok"] for n in report["notebooks"]) and report["html_problems"] == []
+    # every exercise renders as an exercise with its solution collapsed (sphinx-exercise, dropdown)
+    for path in (repo_root / "book").glob("*.ipynb"):
+        exercises = sum("```{exercise}" in c.source for c in nbformat.read(path, as_version=4).cells)
+        page = (index.parent / "book" / f"{path.stem}.html").read_text()
+        assert page.count('class="exercise admonition') == exercises, path.name
+        assert page.count('class="solution dropdown admonition') == exercises, path.name
 
 
 def test_student_edition_removes_solutions_and_keeps_exercises(tmp_path, repo_root):
