@@ -371,21 +371,17 @@ def _summarise_steps(times: list[float], warmup: int) -> dict[str, Any]:
             "steps_timed": len(timed)}
 
 
-def _quiet(trainer):
-    """No per-run log lines or progress bars inside the benchmark."""
-    from .training import quiet_trainer
-    return quiet_trainer(trainer, progress=False)
-
-
 def _train_row(make_trainer: Callable[[], Any], device: torch.device, settings: BenchSettings,
                counter: _CountingCollator | None) -> dict[str, Any]:
     """Build a trainer (a fresh model copy inside), train warm-up + timed steps, return timings and memory."""
+    from .training import quiet_trainer
+
     mem = PeakMemory(device)
     mem.baseline()
     rss_before = round(_rss_bytes() / 2**20, 1)
     with warnings.catch_warnings():  # deprecation notices from library internals (TRL, transformers)
         warnings.simplefilter("ignore", FutureWarning)
-        trainer = _quiet(make_trainer())
+        trainer = quiet_trainer(make_trainer())  # no per-run log lines or bars inside the benchmark
         timer = StepTimer(device)
         trainer.add_callback(timer)
         mem.reset()
@@ -433,7 +429,7 @@ def bench_training(cfg: Config, settings: BenchSettings, model, tok, groups: lis
     from tqdm.auto import tqdm
 
     from .models import chat_turn_end
-    from .training import ContrastiveTrainer, GroupCollator
+    from .training import ContrastiveTrainer, GroupCollator, quiet_trainer
 
     turn_end = chat_turn_end(tok)
     n_tok_cache: dict[str, int] = {}
@@ -470,7 +466,7 @@ def bench_training(cfg: Config, settings: BenchSettings, model, tok, groups: lis
             first = with_k(groups[:bs], 0)
             warm = contrastive(0, "separate", first, GroupCollator(tok, cfg.model.max_length, positives_only=True),
                                f"{tmp}/warm-up", max_steps=1)
-            _quiet(warm).train()
+            quiet_trainer(warm).train()
             del warm
         for spec in bar:
             bar.set_postfix_str(spec["row"])

@@ -35,10 +35,11 @@ CHAPTER_TITLES = {
 }
 
 
-def load_report(path: str | Path) -> dict[str, Any] | None:
-    """An execution report, or None when the file does not exist."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+def load_report(path: str | Path | None) -> dict[str, Any] | None:
+    """An execution report, or None when no path is given or the file does not exist."""
+    if not path or not Path(path).is_file():
+        return None
+    return json.loads(Path(path).read_text())
 
 
 def reference_reports(folder: str | Path) -> dict[str, dict[str, Any]]:
@@ -68,9 +69,14 @@ def measured_times(reports: dict[str, dict[str, Any]]) -> pd.DataFrame:
     for label, report in reports.items():
         cols[label] = {chapter_key(r["notebook"]): r["seconds"] / 60 for r in report["notebooks"] if r.get("ok")}
     table = pd.DataFrame(cols)
-    order = [k for k in CHAPTER_TITLES if k in table.index] + [k for k in table.index if k not in CHAPTER_TITLES]
-    table = table.reindex(order)
     table.index = [CHAPTER_TITLES.get(k, k) for k in table.index]
+    return _in_reading_order(table)
+
+
+def _in_reading_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows (chapter titles) in the book's order, unknown chapters last, the index named "chapter"."""
+    order = [t for t in CHAPTER_TITLES.values() if t in table.index]
+    table = table.reindex(order + [t for t in table.index if t not in order])
     table.index.name = "chapter"
     return table
 
@@ -127,9 +133,5 @@ def gpu_estimates(cfg: Config | None = None, rates: dict[str, float] | None = No
 
 def guide_table(reports: dict[str, dict[str, Any]], cfg_gpu: Config | None = None) -> pd.DataFrame:
     """Minutes per chapter: every measured report (its label says preset and machine) and the gpu estimate."""
-    table = measured_times(reports).join(gpu_estimates(cfg_gpu).rename("gpu preset, Colab GPU (estimate)"),
-                                         how="outer")
-    order = [t for t in CHAPTER_TITLES.values() if t in table.index]
-    table = table.reindex(order + [t for t in table.index if t not in order])
-    table.index.name = "chapter"
-    return table
+    estimate = gpu_estimates(cfg_gpu).rename("gpu preset, Colab GPU (estimate)")
+    return _in_reading_order(measured_times(reports).join(estimate, how="outer"))

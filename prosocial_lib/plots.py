@@ -75,6 +75,15 @@ def plot_severity_vs_consensus(table):
     return fig
 
 
+def _panels_present(rates, metrics, caller: str) -> list[tuple[str, str]]:
+    """The requested (context set, metric) panels that ``rates`` (rows: context_set, metric, ...) has rows for;
+    none at all is an error naming the plot (``caller``)."""
+    present = [m for m in metrics if ((rates.context_set == m[0]) & (rates.metric == m[1])).any()]
+    if not present:
+        raise ValueError(f"{caller}: none of the requested (context set, metric) rows are in the table")
+    return present
+
+
 # ====================================================================== 01 audit
 AUDIT_METRIC_TITLES = {
     ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
@@ -89,9 +98,7 @@ def plot_audit_rates(summary, metrics=tuple(AUDIT_METRIC_TITLES), title: str | N
     rate, ci_low, ci_high)."""
     from matplotlib.ticker import PercentFormatter
 
-    metrics = [m for m in metrics if ((summary.context_set == m[0]) & (summary.metric == m[1])).any()]
-    if not metrics:
-        raise ValueError("plot_audit_rates: the summary has none of the requested (context set, metric) rows")
+    metrics = _panels_present(summary, metrics, "plot_audit_rates")
     systems = list(dict.fromkeys(summary["system"]))
     palette = dict(zip(systems, sns.color_palette("deep", len(systems))))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 2.4, 0.5 * len(systems) + 1.6),
@@ -192,9 +199,7 @@ def plot_evaluation_rates(rates, metrics=tuple(EVAL_METRIC_TITLES), title: str |
     ci_high). Systems keep the comparison's order; lower is better for unsafe and preachy, higher for RoT."""
     from matplotlib.ticker import PercentFormatter
 
-    metrics = [m for m in metrics if ((rates.context_set == m[0]) & (rates.metric == m[1])).any()]
-    if not metrics:
-        raise ValueError("plot_evaluation_rates: the rates have none of the requested (context set, metric) rows")
+    metrics = _panels_present(rates, metrics, "plot_evaluation_rates")
     systems = list(dict.fromkeys(rates["system"]))
     colors = dict(zip(systems, sns.color_palette("colorblind", len(systems))))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 2.6, 0.45 * len(systems) + 1.7),

@@ -58,6 +58,8 @@ def test_gpu_work_counts_steps_and_replies():
 def test_guide_table_joins_measured_and_estimated(tmp_path):
     (tmp_path / "execution-report-cpu.json").write_text(json.dumps(report("cpu", {"00_data": 60.0})))
     (tmp_path / "execution-report-empty.json").write_text(json.dumps({"preset": "empty", "notebooks": []}))
+    assert course.load_report(None) is None and course.load_report("") is None  # no report given
+    assert course.load_report(tmp_path) is None  # a folder is not a report
     refs = course.reference_reports(tmp_path)
     assert list(refs) == ["cpu"]  # a report without chapters is not a reference
     table = course.guide_table(refs)
