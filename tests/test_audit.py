@@ -8,31 +8,31 @@ import pandas as pd
 import pytest
 import torch
 
-from prosocial_lib.audit import (
-    CONTEXT_COLUMNS,
+from prosocial_lib.config import get_config
+from prosocial_lib.data import DataFormatError
+from prosocial_lib.eval.audit import (
     REPLY_COLUMNS,
     AuditSystem,
-    build_context_sets,
+    default_audit_systems,
+    load_audit,
+    run_audit,
+    summarize_audit,
+)
+from prosocial_lib.eval.contexts import CONTEXT_COLUMNS, build_context_sets, load_contexts_jsonl
+from prosocial_lib.eval.judges.judges import SCORE_COLUMNS
+from prosocial_lib.report.audit import (
     context_set_table,
     describe_run,
     extremes_markdown,
-    default_audit_systems,
     failure_examples,
     headline_numbers,
     headline_table,
     k_sample_table,
-    load_audit,
-    load_contexts_jsonl,
     prompt_effect_table,
     quality_table,
     render_examples,
-    run_audit,
-    summarize_audit,
     systems_table,
 )
-from prosocial_lib.config import get_config
-from prosocial_lib.data import DataFormatError
-from prosocial_lib.judges import SCORE_COLUMNS
 
 torch.set_num_threads(1)
 # chitchat has an empty turn in its test split; the loader's warning about it is tested in the data tests
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::prosocial_lib.data.DataSkipWarn
 
 
 class KeywordJudges:
-    """A stand-in with the interface of :class:`prosocial_lib.judges.Judges` (same ``score`` columns), so these
+    """A stand-in with the interface of :class:`prosocial_lib.eval.judges.judges.Judges` (same ``score`` columns), so these
     tests check the audit's plumbing in seconds; the trained judges are tested in test_judges.py and run in
     the chapter. Scores are a deterministic function of the reply's length."""
 
@@ -185,7 +185,7 @@ def test_run_audit_table_schema_files_and_reuse(cfg, tmp_path, monkeypatch):
     # a second run reuses every saved generation: no model is loaded
     def no_loading(*a, **k):
         raise AssertionError("the model should not be loaded again")
-    monkeypatch.setattr("prosocial_lib.generation.load_chat_model", no_loading)
+    monkeypatch.setattr("prosocial_lib.modeling.generation.load_chat_model", no_loading)
     again = run_audit(SYSTEMS, sets, KeywordJudges(), cfg, out, progress=False)
     pd.testing.assert_frame_equal(again, df)
     timing = json.loads((out / "timing.json").read_text())
@@ -197,7 +197,7 @@ def test_run_audit_table_schema_files_and_reuse(cfg, tmp_path, monkeypatch):
 
 
 def test_generations_are_keyed_by_the_weights_of_a_local_model(tmp_path, cfg):
-    from prosocial_lib.audit import generations_path
+    from prosocial_lib.eval.audit import generations_path
     folder = tmp_path / "ckpt"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"old weights")
@@ -333,7 +333,7 @@ def test_describe_and_tables(cfg):
 def test_plot_audit_rates_draws(table, cfg):
     import matplotlib.pyplot as plt
 
-    from prosocial_lib.plots import plot_audit_rates
+    from prosocial_lib.report.plots import plot_audit_rates
     fig = plot_audit_rates(summarize_audit(table, cfg))
     assert len(fig.axes) == 3
     assert fig.axes[0].get_title().startswith("unsafe replies")
@@ -345,7 +345,7 @@ def test_cli_audits_a_contexts_file(tmp_path, monkeypatch, capsys):
     from prosocial_lib.cli import main
     f = tmp_path / "mine.jsonl"
     f.write_text('{"context": "I want to key my neighbour\'s car."}\n{"history": ["hi", "hey", "sup?"]}\n')
-    monkeypatch.setattr("prosocial_lib.judges.load_judges", lambda cfg: KeywordJudges())
+    monkeypatch.setattr("prosocial_lib.eval.judges.judges.load_judges", lambda cfg: KeywordJudges())
     rc = main(["audit", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--contexts", str(f),
                "--system-prompt", "Be kind.", "--no-progress"])
     out = capsys.readouterr().out

@@ -5,12 +5,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from prosocial_lib import bench
+from prosocial_lib.bench.inference import bench_generation
+from prosocial_lib.bench.memory import PeakMemory
+from prosocial_lib.bench.run import load_bench, load_or_run_bench, run_bench, target_checks
+from prosocial_lib.bench.settings import (
+    PRESET_SETTINGS,
+    TARGETS,
+    BenchError,
+    BenchSettings,
+    bench_fingerprint,
+    bench_path,
+    bench_settings,
+)
+from prosocial_lib.bench.training import _summarise_steps, history_of, with_k
 from prosocial_lib.config import get_config
+from prosocial_lib.report.bench import format_bench, headline_numbers, inference_table, targets_markdown, training_table
 
 torch.set_num_threads(1)
 
@@ -22,24 +36,24 @@ def _cfg(tmp_path, **over):
 # ---------------------------------------------------------------------- pieces
 def test_settings_come_from_the_config_and_are_checked(tmp_path):
     cfg = _cfg(tmp_path)
-    s = bench.bench_settings(cfg)
+    s = bench_settings(cfg)
     assert (s.batch_size, s.gen_batch_size, s.gen_contexts, s.max_new_tokens) == (2, 4, 8, 8)
-    assert s.ks == (1, 3, 7) and s.timed_steps == bench.PRESET_SETTINGS["smoke"]["timed_steps"]
-    assert bench.bench_settings(cfg, ks=[3], timed_steps=None).ks == (3,)  # None keeps the default
+    assert s.ks == (1, 3, 7) and s.timed_steps == PRESET_SETTINGS["smoke"]["timed_steps"]
+    assert bench_settings(cfg, ks=[3], timed_steps=None).ks == (3,)  # None keeps the default
     for bad in ({"ks": [0]}, {"timed_steps": 0}, {"warmup_steps": -1}):
-        with pytest.raises(bench.BenchError):
-            bench.bench_settings(cfg, **bad)
+        with pytest.raises(BenchError):
+            bench_settings(cfg, **bad)
     # the fingerprint follows what changes the numbers
-    fp = bench.bench_fingerprint(cfg, s)
-    assert fp == bench.bench_fingerprint(cfg, bench.bench_settings(cfg))
-    assert fp != bench.bench_fingerprint(cfg, bench.bench_settings(cfg, timed_steps=9))
-    assert fp != bench.bench_fingerprint(_cfg(tmp_path, **{"model.threads": 2}), s)
+    fp = bench_fingerprint(cfg, s)
+    assert fp == bench_fingerprint(cfg, bench_settings(cfg))
+    assert fp != bench_fingerprint(cfg, bench_settings(cfg, timed_steps=9))
+    assert fp != bench_fingerprint(_cfg(tmp_path, **{"model.threads": 2}), s)
 
 
 def test_with_k_keeps_the_first_negatives():
     g = {"context_messages": [], "positive": "p", "negatives": ["a", "b", "c"], "neg_weights": [1.0, 2.0, 3.0],
          "neg_severity": [0.0, 0.5, 1.0], "meta": {}}
-    (h,) = bench.with_k([g], 2)
+    (h,) = with_k([g], 2)
     assert (h["negatives"], h["neg_weights"], h["neg_severity"]) == (["a", "b"], [1.0, 2.0], [0.0, 0.5])
     assert g["negatives"] == ["a", "b", "c"]  # the original is untouched
 
@@ -47,14 +61,14 @@ def test_with_k_keeps_the_first_negatives():
 def test_history_of_drops_the_system_message():
     g = {"context_messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
                               {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]}
-    assert bench.history_of(g) == ["hi", "hello", "bye"]
+    assert history_of(g) == ["hi", "hello", "bye"]
 
 
 def test_steps_are_summarised_by_the_median_after_warm_up():
-    s = bench._summarise_steps([9.0, 1.0, 3.0, 2.0], warmup=1)
+    s = _summarise_steps([9.0, 1.0, 3.0, 2.0], warmup=1)
     assert s["step_s"] == 2.0 and s["steps_timed"] == 3
-    with pytest.raises(bench.BenchError):
-        bench._summarise_steps([1.0], warmup=1)
+    with pytest.raises(BenchError):
+        _summarise_steps([1.0], warmup=1)
 
 
 def _fake_result(sep3=2.0, shared3=1.0, ce=0.5, dpo=1.5, speedup=5.0, dpo_ok=True):
@@ -68,31 +82,31 @@ def _fake_result(sep3=2.0, shared3=1.0, ce=0.5, dpo=1.5, speedup=5.0, dpo_ok=Tru
 
 
 def test_targets_by_hand():
-    t = bench.target_checks(_fake_result())
+    t = target_checks(_fake_result())
     assert t["shared_vs_separate_k3"]["value"] == pytest.approx(0.5) and t["shared_vs_separate_k3"]["met"]
     assert t["shared_k3_vs_ce"]["value"] == pytest.approx(2.0) and t["shared_k3_vs_ce"]["met"]  # <= 2.0
     assert t["shared_k3_vs_3dpo"]["value"] == pytest.approx(1.0 / 4.5) and t["shared_k3_vs_3dpo"]["met"]
     assert t["generation_speedup"]["met"]
-    t = bench.target_checks(_fake_result(shared3=1.5, speedup=3.0, dpo_ok=False))
+    t = target_checks(_fake_result(shared3=1.5, speedup=3.0, dpo_ok=False))
     assert t["shared_vs_separate_k3"]["met"] is False and t["generation_speedup"]["met"] is False
     assert t["shared_k3_vs_3dpo"] == {**t["shared_k3_vs_3dpo"], "value": None, "met": None}  # DPO row missing
 
 
 def test_headline_numbers_are_floats_nan_when_missing():
     result = _fake_result(dpo_ok=False)
-    result["targets"] = bench.target_checks(result)
-    h = bench.headline_numbers(result)
+    result["targets"] = target_checks(result)
+    h = headline_numbers(result)
     assert h["shared_k3_vs_ce"] == pytest.approx(2.0) and h["ce_step_s"] == 0.5
     assert math.isnan(h["shared_k3_vs_3dpo"]) and math.isnan(h["dpo_step_s"])
     assert math.isnan(h["judge_replies_per_s"]) and math.isnan(h["audit_100_judge_s"])  # no judge part
     assert all(isinstance(v, float) for v in h.values())
-    md = bench.targets_markdown(result)
+    md = targets_markdown(result)
     assert "not measured" in md and "**not met**" not in md and md.count("\n- ") == 3
 
 
-@pytest.mark.skipif(not bench.Path("/proc/self/status").exists(), reason="Linux /proc only")
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
 def test_peak_memory_sees_a_temporary_allocation():
-    mem = bench.PeakMemory(torch.device("cpu"))
+    mem = PeakMemory(torch.device("cpu"))
     mem.baseline()
     mem.reset()
     block = bytearray(200 * 2**20)
@@ -104,12 +118,12 @@ def test_peak_memory_sees_a_temporary_allocation():
 
 
 def test_a_broken_generation_is_reported_not_raised(monkeypatch):
-    import prosocial_lib.generation as generation
+    import prosocial_lib.modeling.generation as generation
 
     def boom(*args, **kwargs):
         raise RuntimeError("no decoder today")
     monkeypatch.setattr(generation, "generate_replies", boom)
-    out = bench.bench_generation(None, None, [["hi"]], bench.BenchSettings(gen_contexts=1, gen_batch_size=1,
+    out = bench_generation(None, None, [["hi"]], BenchSettings(gen_contexts=1, gen_batch_size=1,
                                                                            max_new_tokens=2))
     assert out["available"] is False and "no decoder today" in out["reason"]
 
@@ -118,7 +132,9 @@ def test_a_broken_generation_is_reported_not_raised(monkeypatch):
 def _small_judges(cfg):
     """The preset's judge heads trained on a few examples per class: scoring costs the same (the heads are
     linear on fixed-size embeddings), training takes seconds instead of a minute."""
-    from prosocial_lib.judges import SentenceEncoder, load_judge_tasks, train_judges
+    from prosocial_lib.eval.judges.encoder import SentenceEncoder
+    from prosocial_lib.eval.judges.judges import train_judges
+    from prosocial_lib.eval.judges.tasks import load_judge_tasks
 
     tasks = []
     for t in load_judge_tasks(cfg):
@@ -132,13 +148,13 @@ def _small_judges(cfg):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     cfg = _cfg(tmp_path_factory.mktemp("bench"))
-    return cfg, bench.run_bench(cfg, judges=_small_judges(cfg), progress=False)
+    return cfg, run_bench(cfg, judges=_small_judges(cfg), progress=False)
 
 
 @pytest.mark.slow
 def test_the_smoke_benchmark_writes_every_row(smoke_run):
     cfg, result = smoke_run
-    saved = json.loads(bench.bench_path(cfg).read_text())
+    saved = json.loads(bench_path(cfg).read_text())
     assert saved["fingerprint"] == result["fingerprint"]
     h = saved["header"]
     assert h["preset"] == "smoke" and h["torch_threads"] == 1 and h["torch"] == torch.__version__
@@ -169,7 +185,7 @@ def test_the_smoke_benchmark_writes_every_row(smoke_run):
     assert gen["same_replies"] == 1.0  # greedy: batching does not change the replies
     assert gen["contexts"] == 8 and gen["max_prompt_tokens"] >= gen["mean_prompt_tokens"] > 0
     # the prompts are cut as the audit cuts them
-    from prosocial_lib.audit import prompt_token_limit
+    from prosocial_lib.eval.audit import prompt_token_limit
     assert gen["prompt_token_limit"] == prompt_token_limit(cfg) >= gen["max_prompt_tokens"]
     for mode in ("batched", "one_at_a_time"):  # the prompt pass is part of the whole
         assert 0 < gen[mode]["prefill_seconds"] and gen[mode]["decode_seconds"] >= 0
@@ -177,27 +193,27 @@ def test_the_smoke_benchmark_writes_every_row(smoke_run):
     assert j["available"], j.get("reason")
     assert j["replies"] == saved["groups"]["groups"] * (1 + saved["groups"]["mean_negatives"])
     assert j["replies_per_s"] > 0 and 0 <= j["unsafe_share"] <= 1
-    assert set(saved["targets"]) == set(bench.TARGETS)
+    assert set(saved["targets"]) == set(TARGETS)
     assert all(t["value"] is not None and math.isfinite(t["value"]) for t in saved["targets"].values())
     assert all(t["value_cpu_time"] > 0 for n, t in saved["targets"].items() if n != "generation_speedup")
 
 
 @pytest.mark.slow
 def test_tables_figure_and_reuse(smoke_run):
-    from prosocial_lib.plots import plot_bench_cost_vs_k
+    from prosocial_lib.report.plots import plot_bench_cost_vs_k
 
     cfg, result = smoke_run
-    table = bench.training_table(result)
+    table = training_table(result)
     assert len(table) == 8 and table["x plain CE"].iloc[0] == 1.0
-    assert list(bench.inference_table(result)["part"]) == ["generation, batch 4", "generation, batch 1",
+    assert list(inference_table(result)["part"]) == ["generation, batch 4", "generation, batch 1",
                                                           "judges (replies scored)"]
-    text = bench.format_bench(result)
+    text = format_bench(result)
     assert "torch threads 1" in text and "shared-context K=3 step" in text
     fig = plot_bench_cost_vs_k(result)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 3
-    again = bench.load_or_run_bench(cfg)
+    again = load_or_run_bench(cfg)
     assert again["reused"] and again["fingerprint"] == result["fingerprint"]
-    assert bench.load_bench(cfg, bench.bench_settings(cfg, timed_steps=7)) is None  # other settings: no reuse
+    assert load_bench(cfg, bench_settings(cfg, timed_steps=7)) is None  # other settings: no reuse
 
 
 def test_cli_runs_a_minimal_benchmark(tmp_path, capsys):

@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from prosocial_lib.book import BookBuildError, build_book, check_html
-from prosocial_lib.notebook import SETUP_CELL
+from prosocial_lib.book.builder import BookBuildError, build_book, check_html
+from prosocial_lib.book.notebook import SETUP_CELL
 
 
 # ------------------------------------------------------------------ check_html on hand-made pages
@@ -122,7 +122,7 @@ def test_the_whole_book_in_the_smoke_preset(tmp_path, repo_root):
 
 
 def test_student_edition_removes_solutions_and_keeps_exercises(tmp_path, repo_root):
-    from prosocial_lib.book import student_edition
+    from prosocial_lib.book.student import student_edition
 
     root = _temp_book(tmp_path, repo_root, ["answer = 42"])
     path = root / "book" / "chapter.ipynb"

@@ -2,8 +2,7 @@
 
 import pytest
 
-from prosocial_lib.config import (PRESET_NAMES, RECONSTRUCTED, ConfigError, config_from_dict, get_config,
-                                  parse_set_args)
+from prosocial_lib.config import PRESET_NAMES, RECONSTRUCTED, ConfigError, config_from_dict, get_config, parse_set_args
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)

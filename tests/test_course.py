@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from prosocial_lib import course
+from prosocial_lib.book import course
 from prosocial_lib.config import get_config
 
 

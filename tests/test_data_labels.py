@@ -4,8 +4,13 @@ import itertools
 
 import pytest
 
-from prosocial_lib.data import (MORAL_FOUNDATIONS, SAFETY_LABELS, SAFETY_SEVERITY, aggregate_safety_votes,
-                                collapse_safety_label)
+from prosocial_lib.data import (
+    MORAL_FOUNDATIONS,
+    SAFETY_LABELS,
+    SAFETY_SEVERITY,
+    aggregate_safety_votes,
+    collapse_safety_label,
+)
 from prosocial_lib.data.labels import normalise_split
 
 C, N, X = "casual", "needs caution", "needs intervention"  # X: needs intervention

@@ -7,8 +7,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from prosocial_lib import plots  # noqa: E402
-from prosocial_lib.data import UPSTREAM_LABEL_SHARES, load_mic, load_prosocial_dialog, stats  # noqa: E402
+from prosocial_lib.data import UPSTREAM_LABEL_SHARES, load_mic, load_prosocial_dialog, stats
+from prosocial_lib.report import plots
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

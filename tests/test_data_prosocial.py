@@ -9,8 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prosocial_lib.data import (DataFormatError, DataSkipWarning, dialogue_turns, history_to_messages,
-                                last_load_report, load_prosocial_dialog)
+from prosocial_lib.data import (
+    DataFormatError,
+    DataSkipWarning,
+    dialogue_turns,
+    history_to_messages,
+    last_load_report,
+    load_prosocial_dialog,
+)
 from prosocial_lib.data import prosocial_dialog as pdmod
 
 FIXTURES = Path(__file__).parent / "fixtures"

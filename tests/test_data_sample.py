@@ -5,8 +5,17 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from prosocial_lib.data import (MORAL_FOUNDATIONS, PROSOCIAL_SOURCES, SAFETY_LABELS, UPSTREAM_LABEL_SHARES,
-                                aggregate_safety_votes, dialogue_turns, load_mic, load_prosocial_dialog, stats)
+from prosocial_lib.data import (
+    MORAL_FOUNDATIONS,
+    PROSOCIAL_SOURCES,
+    SAFETY_LABELS,
+    UPSTREAM_LABEL_SHARES,
+    aggregate_safety_votes,
+    dialogue_turns,
+    load_mic,
+    load_prosocial_dialog,
+    stats,
+)
 
 PD_SPLITS = ("train", "validation", "test")
 MIC_SPLITS = ("train", "dev", "test")

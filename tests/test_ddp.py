@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from prosocial_lib.config import get_config
-    from prosocial_lib.training import run_stage
+    from prosocial_lib.train.stages import run_stage
     runs, name, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = get_config("smoke", {"runs_dir": runs, "run_name": name, "model.threads": 1, "stage1.max_groups": 8,
                                "stage1.max_steps": 4, "stage1.batch_size": batch, "stage1.learning_rate": 3e-3,

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from prosocial_lib.config import get_config
-from prosocial_lib.dpo import DPODataError, dpo_pairs, fit_prompts, load_dpo_result, train_dpo
-from prosocial_lib.groups import make_group
-from prosocial_lib.models import chat_prompt, load_model_and_tokenizer
+from prosocial_lib.groups.types import make_group
+from prosocial_lib.modeling.chat import chat_prompt
+from prosocial_lib.modeling.loading import load_model_and_tokenizer
+from prosocial_lib.train.dpo import DPODataError, dpo_pairs, fit_prompts, load_dpo_result, train_dpo
 
 torch.set_num_threads(1)
 

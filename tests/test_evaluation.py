@@ -11,9 +11,23 @@ import pandas as pd
 import pytest
 import torch
 
-from prosocial_lib import evaluation as E
-from prosocial_lib import judges as J
 from prosocial_lib.config import get_config
+from prosocial_lib.eval.ablations import ablation_specs, run_ablations
+from prosocial_lib.eval.comparison import (
+    QUALITY_COLUMNS,
+    RATE_COLUMNS,
+    compare,
+    compare_config,
+    comparison_table,
+    load_comparison_table,
+    paired_differences,
+    resolve_variants,
+    side_by_side,
+)
+from prosocial_lib.eval.judges.judges import Judges, load_judges
+from prosocial_lib.eval.judges.tasks import _collapse, make_tasks
+from prosocial_lib.eval.systems import VARIANTS, EvaluationError, TrainedVariant, variant_config
+from prosocial_lib.report.comparison import budget_note, compare_rates, format_table, variants_table
 
 torch.set_num_threads(1)
 
@@ -21,69 +35,69 @@ torch.set_num_threads(1)
 # ====================================================================== configs of the variants
 def test_variant_configs_get_their_own_runs():
     cfg = get_config("smoke", {"runs_dir": "/tmp/x"})
-    ce = E.variant_config(cfg, E.VARIANTS["ce-stage2"])
+    ce = variant_config(cfg, VARIANTS["ce-stage2"])
     assert ce.run_name == "smoke-ce-stage2" and ce.loss.npair_weight == 0.0
     assert ce.run_dir.name == "smoke-ce-stage2" and cfg.loss.npair_weight == 1.0  # the original is untouched
-    full = E.variant_config(cfg, E.VARIANTS["npair-both"])
+    full = variant_config(cfg, VARIANTS["npair-both"])
     assert full.run_dir == cfg.run_dir  # the chapter-03 run itself
     named = get_config("smoke", {"run_name": "mine"})
-    assert E.variant_config(named, E.VARIANTS["dpo"]).run_name == "mine-dpo"
-    assert E.variant_config(cfg, E.VARIANTS["base"]).run_dir == cfg.run_dir
-    assert E.VARIANTS["ce-both"].describe() == "npair on stage 1 + stage 2 (loss.npair_weight = 0.0)"
+    assert variant_config(named, VARIANTS["dpo"]).run_name == "mine-dpo"
+    assert variant_config(cfg, VARIANTS["base"]).run_dir == cfg.run_dir
+    assert VARIANTS["ce-both"].describe() == "npair on stage 1 + stage 2 (loss.npair_weight = 0.0)"
     s1, s2 = cfg.stage1, cfg.stage2
-    assert E.VARIANTS["ce-both"].budget(cfg) == (f"stage 1: {s1.max_steps} steps x {s1.batch_size * s1.grad_accum} "
+    assert VARIANTS["ce-both"].budget(cfg) == (f"stage 1: {s1.max_steps} steps x {s1.batch_size * s1.grad_accum} "
                                                  f"groups; stage 2: {s2.max_steps} steps x "
                                                  f"{s2.batch_size * s2.grad_accum} groups")
-    assert E.VARIANTS["dpo"].budget(cfg) == (f"stage 2: {s2.max_steps} steps x {s2.batch_size * s2.grad_accum} "
+    assert VARIANTS["dpo"].budget(cfg) == (f"stage 2: {s2.max_steps} steps x {s2.batch_size * s2.grad_accum} "
                                              "(positive, negative) pairs")
-    assert E.VARIANTS["base"].budget(cfg) == "-"
+    assert VARIANTS["base"].budget(cfg) == "-"
     # a shortened budget: every trained variant, the full method too (in its own run), gets the same N steps
     short = get_config("smoke", {"runs_dir": "/tmp/x", "eval.variant_max_steps": 1})
-    full_short = E.variant_config(short, E.VARIANTS["npair-both"])
+    full_short = variant_config(short, VARIANTS["npair-both"])
     assert full_short.run_name == "smoke-npair-both" and full_short.stage1.max_steps == 1
     assert full_short.stage2.eval_groups == short.eval.variant_eval_groups  # its own log only
     assert full.stage2.eval_groups == cfg.stage2.eval_groups  # the chapter-03 run is untouched
-    assert E.variant_config(short, E.VARIANTS["dpo"]).stage2.max_steps == 1
-    assert E.variant_config(short, E.VARIANTS["base"]).stage2.max_steps == short.stage2.max_steps
-    assert "is* the chapter-03 run" in E.budget_note(cfg)
-    assert "`eval.variant_max_steps` = 1: stage 1: 1 steps" in E.budget_note(short)
-    budgets = E.variants_table(short).set_index("key")["budget"]
+    assert variant_config(short, VARIANTS["dpo"]).stage2.max_steps == 1
+    assert variant_config(short, VARIANTS["base"]).stage2.max_steps == short.stage2.max_steps
+    assert "is* the chapter-03 run" in budget_note(cfg)
+    assert "`eval.variant_max_steps` = 1: stage 1: 1 steps" in budget_note(short)
+    budgets = variants_table(short).set_index("key")["budget"]
     assert budgets["base"] == "-" and budgets["npair-both"].startswith("stage 1: 1 steps x ")
-    assert [v.key for v in E.resolve_variants(None)] == list(E.VARIANTS)
-    with pytest.raises(E.EvaluationError, match="unknown variant"):
-        E.resolve_variants(["base", "nope"])
+    assert [v.key for v in resolve_variants(None)] == list(VARIANTS)
+    with pytest.raises(EvaluationError, match="unknown variant"):
+        resolve_variants(["base", "nope"])
 
 
 def test_ablation_specs_and_labels():
     cfg = get_config("smoke")
     cfg.eval.ablations = ["loss.social_alpha=0", "loss.temperature=0.5;loss.npair_weight=2"]
-    specs = E.ablation_specs(cfg)
+    specs = ablation_specs(cfg)
     assert specs[0] == ("reference (τ = 1, α = 1, λ = 1)", {})
     assert specs[1] == ("α = 0", {"loss.social_alpha": 0})
     assert specs[2] == ("τ = 0.5, λ = 2", {"loss.temperature": 0.5, "loss.npair_weight": 2})
     cfg.eval.ablations = ["loss.nonsense=1"]
-    with pytest.raises(E.EvaluationError, match="loss.nonsense"):
-        E.ablation_specs(cfg)
+    with pytest.raises(EvaluationError, match="loss.nonsense"):
+        ablation_specs(cfg)
     cfg.eval.ablations = ["loss.temperature=-1"]
-    with pytest.raises(E.EvaluationError, match="impossible"):
-        E.ablation_specs(cfg)
+    with pytest.raises(EvaluationError, match="impossible"):
+        ablation_specs(cfg)
 
 
 def test_compare_config_caps_contexts_and_tokens():
     cfg = get_config("cpu")
-    ec = E.compare_config(cfg)
+    ec = compare_config(cfg)
     assert ec.eval.num_contexts == min(cfg.eval.compare_contexts, cfg.eval.num_contexts)
     assert ec.eval.max_new_tokens == min(cfg.eval.compare_max_new_tokens, cfg.eval.max_new_tokens)
-    assert E.compare_config(get_config("smoke")).eval.max_new_tokens == get_config("smoke").eval.max_new_tokens
+    assert compare_config(get_config("smoke")).eval.max_new_tokens == get_config("smoke").eval.max_new_tokens
     cfg.eval.compare_contexts = None
     cfg.eval.compare_max_new_tokens = None
-    ec = E.compare_config(cfg)
+    ec = compare_config(cfg)
     assert (ec.eval.num_contexts, ec.eval.max_new_tokens) == (cfg.eval.num_contexts, cfg.eval.max_new_tokens)
 
 
 # ====================================================================== tables from hand-made numbers
-def _trained(key: str, heldout: dict | None = None) -> E.TrainedVariant:
-    return E.TrainedVariant(E.VARIANTS[key], f"/m/{key}", f"fp-{key}", heldout=heldout, train_seconds=1.5)
+def _trained(key: str, heldout: dict | None = None) -> TrainedVariant:
+    return TrainedVariant(VARIANTS[key], f"/m/{key}", f"fp-{key}", heldout=heldout, train_seconds=1.5)
 
 
 @pytest.fixture()
@@ -109,14 +123,14 @@ def hand_results():
 
 def test_comparison_table_and_its_display(hand_results):
     rates, quality, trained = hand_results
-    table = E.comparison_table(rates, quality, trained)
+    table = comparison_table(rates, quality, trained)
     assert table["variant"].tolist() == ["base", "npair-both"]
     row = table.set_index("variant").loc["npair-both"]
     assert (row["unsafe (adversarial)"], row["unsafe (adversarial) low"], row["unsafe (adversarial) high"]) == (
         0.10, 0.0, 0.25)
     assert math.isnan(row["unsafe (casual)"])  # no rate measured: NaN, not 0
     assert row["n adversarial"] == 16 and row["gold_ppl"] == 20.0 and row["heldout_accuracy"] == 0.75
-    shown = E.format_table(table)
+    shown = format_table(table)
     assert shown.loc["base model", "unsafe (adversarial)"] == "50.0% [30.0, 70.0]"
     assert shown.loc["CE + n-pair (both stages)", "preachy (casual)"] == "20.0% [5.0, 40.0]"
     assert shown.loc["CE + n-pair (both stages)", "unsafe (casual)"] == "n/a"
@@ -125,18 +139,18 @@ def test_comparison_table_and_its_display(hand_results):
 
 def test_compare_rates_uses_the_paired_difference(hand_results):
     rates, quality, trained = hand_results
-    table = E.comparison_table(rates, quality, trained)
+    table = comparison_table(rates, quality, trained)
     paired = pd.DataFrame([("base", "base model", "unsafe (adversarial)", -0.40, -0.60, -0.20, 16),
                            ("base", "base model", "preachy (casual)", 0.075, -0.10, 0.25, 16)],
                           columns=["variant", "system", "metric", "difference", "low", "high", "contexts"])
-    text = E.compare_rates(table, "unsafe (adversarial)", "base", paired)
+    text = compare_rates(table, "unsafe (adversarial)", "base", paired)
     assert text.startswith("CE + n-pair (both stages) 10.0% [0.0, 25.0] vs base model 50.0% [30.0, 70.0]; ")
     assert "paired difference -40.0 points [-60.0, -20.0]: lower for CE + n-pair (both stages)" in text
-    assert "no difference this sample can detect" in E.compare_rates(table, "preachy (casual)", "base", paired)
+    assert "no difference this sample can detect" in compare_rates(table, "preachy (casual)", "base", paired)
     # without a paired difference: whether the two intervals overlap
-    assert E.compare_rates(table, "unsafe (adversarial)", "base").endswith("the intervals do not overlap")
-    assert E.compare_rates(table, "preachy (casual)", "base").endswith("the intervals overlap")
-    assert E.compare_rates(table, "unsafe (adversarial)", "dpo", paired) == ""  # not compared: no clause
+    assert compare_rates(table, "unsafe (adversarial)", "base").endswith("the intervals do not overlap")
+    assert compare_rates(table, "preachy (casual)", "base").endswith("the intervals overlap")
+    assert compare_rates(table, "unsafe (adversarial)", "dpo", paired) == ""  # not compared: no clause
 
 
 def test_paired_differences_by_hand():
@@ -148,14 +162,14 @@ def test_paired_differences_by_hand():
                          "unsafe": flag, "agrees_rot": True})
     df = pd.DataFrame(rows)
     cfg = get_config("smoke")
-    out = E.paired_differences(df, cfg)
+    out = paired_differences(df, cfg)
     unsafe = out[out["metric"] == "unsafe (adversarial)"].iloc[0]
     assert unsafe["variant"] == "base" and unsafe["contexts"] == 3
     assert unsafe["difference"] == pytest.approx(-1 / 3)
     assert unsafe["low"] <= unsafe["difference"] <= unsafe["high"]
     agrees = out[out["metric"] == "agrees with RoT (adversarial)"].iloc[0]
     assert (agrees["difference"], agrees["low"], agrees["high"]) == (0.0, 0.0, 0.0)
-    assert E.paired_differences(df[df["variant"] == "base"], cfg).empty
+    assert paired_differences(df[df["variant"] == "base"], cfg).empty
 
 
 def test_side_by_side_picks_the_contexts_where_systems_differ():
@@ -165,15 +179,15 @@ def test_side_by_side_picks_the_contexts_where_systems_differ():
             rows.append({"context_set": "adversarial", "sample": 0, "context_id": cid, "context": f"ctx {cid}",
                          "system": system, "reply": f"{system} to {cid}", "unsafe_prob": p})
     df = pd.DataFrame(rows)
-    out = E.side_by_side(df, "adversarial", n=2)
+    out = side_by_side(df, "adversarial", n=2)
     assert out["context"].tolist() == ["ctx c2", "ctx c2", "ctx c3", "ctx c3"]
     assert out["system"].tolist() == ["A", "B", "A", "B"]
-    with pytest.raises(E.EvaluationError, match="no replies"):
-        E.side_by_side(df, "casual")
+    with pytest.raises(EvaluationError, match="no replies"):
+        side_by_side(df, "casual")
 
 
 # ====================================================================== a smoke comparison on the tiny model
-def _small_judges(cfg) -> J.Judges:
+def _small_judges(cfg) -> Judges:
     """Real judges (the same code, the real encoder) trained on a handful of hand-written examples: seconds."""
     unsafe = ["I'm going to slash his tires.", "I want to punch my coworker.", "I'll steal her wallet."]
     casual = ["Just baked banana bread!", "What's your favourite film?", "I love hiking on weekends."]
@@ -182,7 +196,7 @@ def _small_judges(cfg) -> J.Judges:
     labels = ["__needs_caution__", "__needs_intervention__", "__needs_caution__"] + ["__casual__"] * 3
     ex = {
         "safety_5way": (unsafe + casual, labels),
-        "safety_3way": (unsafe + casual, [J._collapse(lab) for lab in labels]),
+        "safety_3way": (unsafe + casual, [_collapse(lab) for lab in labels]),
         "reply_safety": (unsafe + casual + prosocial, [1, 1, 1] + [0] * 6),
         "reply_in_context": (list(zip(unsafe, prosocial)) + list(zip(unsafe, chat)) + list(zip(casual, chat)),
                              [0, 0, 0, 1, 1, 1, 0, 0, 0]),
@@ -190,7 +204,7 @@ def _small_judges(cfg) -> J.Judges:
                           ["agrees"] * 3 + ["disagrees"] * 3 + ["neutral"] * 3),
         "preachiness": (prosocial + chat, [1, 1, 1, 0, 0, 0]),
     }
-    return J.load_judges(cfg, tasks=J.make_tasks(ex, ex))
+    return load_judges(cfg, tasks=make_tasks(ex, ex))
 
 
 @pytest.fixture(scope="module")
@@ -199,22 +213,22 @@ def smoke_comparison(tmp_path_factory):
     cfg = get_config("smoke", {"runs_dir": str(runs), "eval.judge_dir": str(runs / "judges")})
     judges = _small_judges(cfg)
     t0 = time.perf_counter()
-    comp = E.compare(cfg, ["base", "ce-stage2", "dpo"], judges=judges, progress=False)
+    comp = compare(cfg, ["base", "ce-stage2", "dpo"], judges=judges, progress=False)
     return cfg, judges, comp, time.perf_counter() - t0
 
 
 def test_smoke_comparison_table(smoke_comparison):
     cfg, _, comp, seconds = smoke_comparison
-    print(f"\nsmoke comparison in {seconds:.1f} s\n{comp.display_table().to_string()}")
+    print(f"\nsmoke comparison in {seconds:.1f} s\n{format_table(comp.table).to_string()}")
     t = comp.table
-    assert t["system"].tolist() == [E.VARIANTS[k].label for k in ("base", "ce-stage2", "dpo")]
-    for _, _, title in E.RATE_COLUMNS:
+    assert t["system"].tolist() == [VARIANTS[k].label for k in ("base", "ce-stage2", "dpo")]
+    for _, _, title in RATE_COLUMNS:
         assert {title, f"{title} low", f"{title} high"} <= set(t.columns)
         ok = t[title].notna()
         assert ok.all(), title  # the smoke contexts have both sets, so every rate is measured
         assert ((t[f"{title} low"] <= t[title] + 1e-12) & (t[title] <= t[f"{title} high"] + 1e-12)).all(), title
         assert t[title].between(0, 1).all()
-    for col in E.QUALITY_COLUMNS:
+    for col in QUALITY_COLUMNS:
         assert col in t.columns
     assert t["gold_ppl"].gt(1).all() and t["heldout_accuracy"].between(0, 1).all()
     assert (t["n adversarial"] == cfg.eval.num_contexts).all()
@@ -224,15 +238,15 @@ def test_smoke_comparison_table(smoke_comparison):
     assert len(comp.replies) == 3 * 2 * cfg.eval.num_contexts
     for name in ("table.csv", "rates.csv", "quality.csv", "replies.jsonl", "variants.json"):
         assert (comp.out_dir / name).exists(), name
-    pd.testing.assert_frame_equal(E.load_comparison_table(comp.out_dir)[["variant"]], t[["variant"]])
-    shown = comp.display_table()
+    pd.testing.assert_frame_equal(load_comparison_table(comp.out_dir)[["variant"]], t[["variant"]])
+    shown = format_table(comp.table)
     assert shown.index.tolist() == t["system"].tolist()
 
 
 def test_smoke_comparison_is_reused(smoke_comparison):
     cfg, judges, comp, first = smoke_comparison
     t0 = time.perf_counter()
-    again = E.compare(cfg, ["base", "ce-stage2", "dpo"], judges=judges, progress=False)
+    again = compare(cfg, ["base", "ce-stage2", "dpo"], judges=judges, progress=False)
     print(f"\nfirst run {first:.1f} s, again {time.perf_counter() - t0:.1f} s")
     assert all(tv.reused for tv in again.trained)
     pd.testing.assert_frame_equal(again.replies[["system", "context_id", "reply"]],
@@ -244,14 +258,14 @@ def test_smoke_comparison_is_reused(smoke_comparison):
 def test_ablations_on_the_tiny_model(smoke_comparison):
     cfg, _, _, _ = smoke_comparison
     cfg = get_config("smoke", {"runs_dir": cfg.runs_dir, "eval.ablations": ["loss.social_alpha=0"]})
-    abl = E.run_ablations(cfg, progress=False)
+    abl = run_ablations(cfg, progress=False)
     print("\n" + abl.drop(columns="checkpoint").to_string(index=False))
     assert abl["ablation"].tolist() == ["reference (τ = 1, α = 1, λ = 1)", "α = 0"]
     assert abl["alpha"].tolist() == [1.0, 0.0]
     assert ((abl["accuracy low"] <= abl["accuracy"]) & (abl["accuracy"] <= abl["accuracy high"])).all()
     assert (abl["steps"] == cfg.stage2.max_steps).all() and (abl["groups"] == cfg.stage2.eval_groups).all()
     assert (cfg.run_dir / "evaluation" / "ablations.csv").exists()
-    again = E.run_ablations(cfg, progress=False)
+    again = run_ablations(cfg, progress=False)
     assert again["reused"].all()
 
 
@@ -260,7 +274,7 @@ def test_cli_prints_the_table(smoke_comparison, capsys, monkeypatch):
     from prosocial_lib.cli import main
 
     cfg, judges, _, _ = smoke_comparison
-    monkeypatch.setattr("prosocial_lib.judges.load_judges", lambda cfg: judges)  # the real ones: test_judges.py
+    monkeypatch.setattr("prosocial_lib.eval.judges.judges.load_judges", lambda cfg: judges)  # the real ones: test_judges.py
     rc = main(["evaluate", "--preset", "smoke", "--runs-dir", str(cfg.runs_dir), "--set",
                f"eval.judge_dir={cfg.eval.judge_dir}", "--variants", "base", "ce-stage2", "--no-ablations",
                "--examples", "1", "--no-progress"])
@@ -273,7 +287,7 @@ def test_cli_prints_the_table(smoke_comparison, capsys, monkeypatch):
 def test_plots_draw(hand_results):
     import matplotlib.pyplot as plt
 
-    from prosocial_lib import plots
+    from prosocial_lib.report import plots
 
     rates, _, _ = hand_results
     fig = plots.plot_evaluation_rates(rates)
@@ -296,12 +310,12 @@ def test_shortened_budget_retrains_the_full_method_in_its_own_run(smoke_comparis
     cfg, judges, _, _ = smoke_comparison
     short = get_config("smoke", {"runs_dir": cfg.runs_dir, "eval.judge_dir": cfg.eval.judge_dir,
                                  "eval.variant_max_steps": 1, "eval.ablations": ["loss.social_alpha=0"]})
-    comp = E.compare(short, ["base", "npair-both"], judges=judges, progress=False)
+    comp = compare(short, ["base", "npair-both"], judges=judges, progress=False)
     full = comp.trained[1]
     assert full.model == str(short.run_dir.parent / "smoke-npair-both" / "stage2")
     for tv in comp.trained:
         assert tv.heldout["groups"] == short.stage2.eval_groups  # the chapter-03 held-out groups, for everyone
-    abl = E.run_ablations(short, progress=False)
+    abl = run_ablations(short, progress=False)
     assert abl["reused"].tolist() == [True, False]  # the reference is the full method's own stage 2
     assert abl["steps"].tolist() == [1, 1]
     assert abl.iloc[0]["accuracy"] == pytest.approx(full.heldout["accuracy"])

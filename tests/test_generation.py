@@ -6,19 +6,21 @@ import math
 import pytest
 import torch
 
-from prosocial_lib.generation import (
+from prosocial_lib.modeling.chat import (
     BLENDERBOT_CHAT_TEMPLATE,
     GenerationInputError,
-    SeededGumbelSampler,
-    decode_reply,
     format_prompt,
-    generate_replies,
     has_native_format,
-    length_batches,
-    load_chat_model,
     stop_token_ids,
 )
-from prosocial_lib.models import TINY_ARCH, build_tiny_tokenizer
+from prosocial_lib.modeling.generation import (
+    SeededGumbelSampler,
+    decode_reply,
+    generate_replies,
+    length_batches,
+    load_chat_model,
+)
+from prosocial_lib.modeling.tiny import TINY_ARCH, build_tiny_tokenizer
 
 torch.set_num_threads(1)
 

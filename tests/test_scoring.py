@@ -12,10 +12,19 @@ import pytest
 import torch
 
 from prosocial_lib.data.dialogue import history_to_messages
-from prosocial_lib.losses import (IGNORE_INDEX, combined_loss, embedding_scores, in_batch_embedding_scores,
-                                  likelihood_scores, npair_loss, response_logprobs)
-from prosocial_lib.models import build_tiny_model, chat_prompt, chat_turn_end
-from prosocial_lib.training import GroupCollator, score_groups
+from prosocial_lib.modeling.chat import chat_prompt, chat_turn_end
+from prosocial_lib.modeling.tiny import build_tiny_model
+from prosocial_lib.train.collator import GroupCollator
+from prosocial_lib.train.losses import (
+    IGNORE_INDEX,
+    combined_loss,
+    embedding_scores,
+    in_batch_embedding_scores,
+    likelihood_scores,
+    npair_loss,
+    response_logprobs,
+)
+from prosocial_lib.train.scoring import score_groups
 
 torch.set_num_threads(1)
 

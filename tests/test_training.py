@@ -9,10 +9,21 @@ import torch
 
 from prosocial_lib.config import get_config
 from prosocial_lib.data import history_to_messages
-from prosocial_lib.losses import npair_loss
-from prosocial_lib.models import build_tiny_model, chat_prompt, chat_turn_end, load_model_and_tokenizer
-from prosocial_lib.training import (HEAD_FILE, METRICS, GroupCollator, evaluate_groups, load_stage_result, run_stage,
-                                    run_stages, score_groups, stage_fingerprint, stage_groups)
+from prosocial_lib.modeling.chat import chat_prompt, chat_turn_end
+from prosocial_lib.modeling.loading import load_model_and_tokenizer
+from prosocial_lib.modeling.tiny import build_tiny_model
+from prosocial_lib.train.collator import GroupCollator
+from prosocial_lib.train.losses import npair_loss
+from prosocial_lib.train.scoring import evaluate_groups, score_groups
+from prosocial_lib.train.stages import (
+    HEAD_FILE,
+    METRICS,
+    load_stage_result,
+    run_stage,
+    run_stages,
+    stage_fingerprint,
+    stage_groups,
+)
 
 torch.set_num_threads(1)
 
@@ -358,10 +369,16 @@ def test_cli_train_and_errors(tmp_path, capsys):
 def test_chapter_tables_and_figures(two_stages, tiny):
     import matplotlib.pyplot as plt
 
-    from prosocial_lib import plots
-    from prosocial_lib.groups import groups_frame
-    from prosocial_lib.training import (before_after_frame, compare_replies, describe_stage, group_scores_table,
-                                        log_frame, loss_settings_table)
+    from prosocial_lib.eval.replies import compare_replies
+    from prosocial_lib.groups.types import groups_frame
+    from prosocial_lib.report import plots
+    from prosocial_lib.report.training import (
+        before_after_frame,
+        describe_stage,
+        group_scores_table,
+        log_frame,
+        loss_settings_table,
+    )
     cfg, results = two_stages
     logs = log_frame(results[1].log_history)
     assert set(logs["metric"]) == {"loss", "ce", "npair", "contrastive_accuracy", "margin"}
@@ -396,7 +413,7 @@ def test_quiet_trainer_keeps_the_book_free_of_trainer_tables(tiny, tmp_path, mon
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
-    from prosocial_lib.training import quiet_trainer
+    from prosocial_lib.train.trainer import quiet_trainer
 
     def kinds(trainer):
         return {type(c) for c in trainer.callback_handler.callbacks}

@@ -1,0 +1,150 @@
+"""``prosocial data``: look at the data a preset uses, check a file before training on it, export a split.
+
+    prosocial data summary --preset cpu                     # counts per split, label / source shares
+    prosocial data validate PATH --kind prosocial|mic       # every bad row: file, row, field; exit 1 if any
+    prosocial data export --kind mic --split dev --out dev.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from ..data.errors import DataSkipWarning, LoadReport, last_load_report
+from ..data.readers import EMBEDDED_NOTICE, split_of_path
+
+KINDS = ("prosocial", "mic", "casual")
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("summary", "validate", "export"),
+                        help="summary: counts and shares of the preset's data | validate PATH: report every bad "
+                             "row | export: write one split as JSON lines")
+    parser.add_argument("path", nargs="?", default=None,
+                        help="validate: the file or folder to check; summary/export: overrides the preset's source")
+    parser.add_argument("--kind", choices=KINDS, default=None,
+                        help="which dataset (validate/export; summary shows all three when omitted)")
+    parser.add_argument("--split", default=None, help="train | validation | test (MIC: train | dev | test)")
+    parser.add_argument("--out", default=None, help="export: output .jsonl file")
+    parser.add_argument("--show", type=int, default=20, help="validate: how many bad rows to print (default 20)")
+
+
+def _source(kind: str, cfg, override: str | None) -> str:
+    if override:
+        return override
+    return {"prosocial": cfg.data.prosocial_source, "mic": cfg.data.mic_source,
+            "casual": cfg.data.casual_source}[kind]
+
+
+def _splits(kind: str) -> tuple[str, ...]:
+    return ("train", "dev", "test") if kind == "mic" else ("train", "validation", "test")
+
+
+def _load(kind: str, source: str, split: str, strict: bool = True, seed: int = 0):
+    from ..data.casual import load_casual
+    from ..data.mic import load_mic
+    from ..data.prosocial_dialog import load_prosocial_dialog
+
+    if kind == "prosocial":
+        return load_prosocial_dialog(source, split, strict=strict)
+    if kind == "mic":
+        return load_mic(source, split, strict=strict)
+    return load_casual(source, split, seed=seed)
+
+
+def summary_tables(cfg, kinds: tuple[str, ...] = KINDS, override: str | None = None) -> dict[str, pd.DataFrame]:
+    """The tables ``prosocial data summary`` prints, keyed by title (also handy in a notebook)."""
+    from ..data import stats
+
+    tables: dict[str, pd.DataFrame] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataSkipWarning)
+        if "prosocial" in kinds:
+            src = _source("prosocial", cfg, override)
+            splits = {s: _load("prosocial", src, s) for s in _splits("prosocial")}
+            tables[f"ProsocialDialog ({src}): turns, dialogues and label shares per split"] = \
+                stats.prosocial_overview(splits)
+            tables[f"ProsocialDialog ({src}): share of turns per source"] = stats.source_table(splits).pivot(
+                index="split", columns="source", values="share").fillna(0.0).reindex(list(splits))
+        if "mic" in kinds:
+            src = _source("mic", cfg, override)
+            splits = {s: _load("mic", src, s) for s in _splits("mic")}
+            tables[f"MIC ({src}): rows, prompts and answer agreement per split"] = stats.mic_overview(splits)
+        if "casual" in kinds:
+            src = _source("casual", cfg, override)
+            rows = []
+            for s in _splits("casual"):
+                ds = _load("casual", src, s, seed=cfg.data.seed)
+                rows.append({"split": s, "turns": len(ds),
+                             "mean history length": sum(map(len, ds["history"])) / max(1, len(ds))})
+            tables[f"casual chat ({src}): (history, response) turns per split"] = pd.DataFrame(rows).set_index(
+                "split")
+    return tables
+
+
+def _print_report(report: LoadReport, show: int) -> None:
+    print(report.summary())
+    for line in report.examples[:show]:
+        print(f"  - {line}")
+    if report.rows_skipped > len(report.examples[:show]):
+        print(f"  ... and {report.rows_skipped - len(report.examples[:show])} more")
+
+
+def run_cli(args: argparse.Namespace, cfg) -> int:
+    if args.action == "summary":
+        kinds = (args.kind,) if args.kind else KINDS
+        print(f"preset {cfg.preset}; caps in this preset: train rows {cfg.data.max_train_examples}, eval rows "
+              f"{cfg.data.max_eval_examples} (the counts below are before the caps)")
+        if "embedded" in (cfg.data.prosocial_source, cfg.data.mic_source):
+            print(f"note: {EMBEDDED_NOTICE}")
+        with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+            for title, table in summary_tables(cfg, kinds, args.path).items():
+                print(f"\n{title}\n{table}")
+        return 0
+
+    if args.action == "validate":
+        if not args.path or not args.kind or args.kind == "casual":
+            print("validate needs PATH and --kind prosocial|mic")
+            return 2
+        path = Path(args.path)
+        if args.kind == "mic":
+            splits = (args.split or "train",)  # one pass validates the whole file, whatever the split
+        elif path.is_file():
+            splits = (args.split or split_of_path(Path(path.name)) or "train",)
+        else:
+            splits = (args.split,) if args.split else _splits("prosocial")
+        bad = 0
+        from ..data.errors import DataFormatError
+
+        for split in splits:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DataSkipWarning)
+                try:
+                    _load(args.kind, str(path), split, strict=False)
+                except FileNotFoundError as e:
+                    print(f"[{split}] {e}")
+                    bad += 1
+                    continue
+                except DataFormatError as e:  # a whole-file problem (e.g. a missing column in the header)
+                    print(f"[{split}] {e}")
+                    bad += 1
+                    continue
+            report = last_load_report()
+            _print_report(report, args.show)
+            bad += report.rows_skipped
+        print("OK: no bad rows" if not bad else f"FAILED: {bad} problem(s)")
+        return 0 if not bad else 1
+
+    # export
+    if not args.kind or not args.out:
+        print("export needs --kind and --out")
+        return 2
+    split = args.split or "train"
+    ds = _load(args.kind, _source(args.kind, cfg, args.path), split, seed=cfg.data.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    ds.to_json(args.out, lines=True)
+    print(f"wrote {len(ds)} rows of {args.kind} [{split}] to {args.out}")
+    return 0

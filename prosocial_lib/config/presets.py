@@ -1,0 +1,142 @@
+"""The three presets (smoke, cpu, gpu), the reconstructed switches, and building a ``Config`` from them."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from .schema import DEFAULT_PRESET, PRESET_NAMES, Config, ConfigError, _flatten
+
+# ---------------------------------------------------------------------- presets
+# Each preset is a set of dotted overrides on top of the dataclass defaults (which are the cpu preset's values).
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "model.name": "tiny",
+        "model.max_length": 96,
+        "data.max_train_examples": 200,
+        "data.max_eval_examples": 60,
+        "stage1.max_groups": 8,
+        "stage1.max_steps": 4,
+        "stage1.batch_size": 2,
+        "stage1.learning_rate": 2e-3,  # a random tiny model: large steps so the curves move in 4 steps
+        "stage1.warmup_ratio": 0.0,
+        "stage1.logging_steps": 1,
+        "stage1.eval_groups": 4,
+        "stage2.max_groups": 8,
+        "stage2.max_steps": 4,
+        "stage2.batch_size": 2,
+        "stage2.learning_rate": 2e-3,
+        "stage2.warmup_ratio": 0.0,
+        "stage2.logging_steps": 1,
+        "stage2.eval_groups": 4,
+        "eval.num_contexts": 4,
+        "eval.max_new_tokens": 8,
+        "eval.batch_size": 4,
+        "eval.bootstrap_samples": 200,
+        "eval.samples_per_context": 2,  # so the k-sample metrics run in CI
+        "eval.judge_max_train_examples": 200,
+        "eval.ablations": ["loss.social_alpha=0"],  # one ablation run is enough to exercise the code in CI
+        "eval.variant_max_steps": None,  # the smoke budget is already tiny: the full method is chapter 03's run
+    },
+    "cpu": {
+        # Both training stages within minutes on 2 CPU cores (measured in the training chapters): LoRA on every
+        # linear layer (no weight gradients for the 135M base weights), a few hundred groups, short sequences.
+        "model.lora": True,
+        "model.lora_r": 16,
+        "model.lora_alpha": 32,
+        "model.lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "model.max_length": 160,
+        "stage1.max_groups": None,  # the embedded sample's 128 training questions, twice
+        "stage1.epochs": 2.0,
+        "stage1.learning_rate": 5e-4,
+        "stage1.logging_steps": 8,
+        "stage1.eval_groups": 32,
+        "stage2.max_groups": 64,
+        "stage2.learning_rate": 1e-3,
+        "stage2.logging_steps": 4,
+        "stage2.eval_groups": 24,
+    },
+    "gpu": {
+        "data.prosocial_source": "allenai/prosocial-dialog",
+        "data.mic_source": "SALT-NLP/MIC",
+        "data.casual_source": "daily_dialog",
+        "model.name": "HuggingFaceTB/SmolLM2-360M-Instruct",
+        "model.max_length": 384,
+        "stage1.max_groups": 20000,
+        "stage1.batch_size": 8,
+        "stage1.grad_accum": 2,
+        "stage1.logging_steps": 20,
+        "stage1.eval_groups": 500,
+        "stage2.max_groups": 40000,
+        "stage2.batch_size": 8,
+        "stage2.grad_accum": 2,
+        "stage2.logging_steps": 20,
+        "stage2.eval_groups": 500,
+        "eval.num_contexts": 500,
+        "eval.max_new_tokens": 64,
+        "eval.batch_size": 32,
+        "eval.samples_per_context": 5,
+        "eval.compare_contexts": None,  # chapter 04 compares the systems on all eval.num_contexts contexts
+        "eval.compare_max_new_tokens": None,
+        "eval.variant_max_steps": None,  # every system gets the chapter-03 budget; the full method is its run
+        "eval.variant_eval_groups": None,
+        "eval.ablations": ["loss.social_alpha=0", "loss.temperature=0.5", "loss.temperature=2.0"],
+        # chapter 01 audits real chat models from the hub (DialoGPT and BlenderBot have no system prompt: their
+        # "+safety" variants are skipped with a note)
+        "eval.audit_models": ["microsoft/DialoGPT-medium", "facebook/blenderbot-400M-distill",
+                              "HuggingFaceTB/SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+                              "Qwen/Qwen2.5-0.5B-Instruct"],
+        "eval.audit_variants": ["greedy", "greedy+safety", "sampled"],
+    },
+}
+
+# Fields whose values the paper does not state; the book labels them as reconstructed (method.md sections 2-4).
+RECONSTRUCTED: dict[str, str] = {
+    "loss.score": "how a (context, response) pair is scored: length-normalised log-likelihood or pooled-state cosine",
+    "loss.temperature": "tau: 1.0 for the likelihood score, 0.1 for the embedding score",
+    "loss.npair_weight": "lambda, the weight of the n-pair term next to cross-entropy",
+    "loss.social_alpha": "alpha, how strongly severity/consensus/safety label up-weight a negative",
+    "loss.num_negatives": "K, negatives per group",
+    "loss.in_batch_negatives": "whether other groups' positives also serve as negatives",
+    "stage1.rot_in_context": "whether the rule of thumb is shown to the model in stage 1",
+    "stage2.casual_fraction": "how much casual chat is mixed into stage 2",
+    "stage1.fill_negatives": "whether prompts with fewer than K violating answers borrow other prompts' ones",
+}
+
+
+def get_config(preset: str = DEFAULT_PRESET, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
+    """The config for ``preset`` with dotted ``overrides`` applied and validated.
+
+    >>> get_config("smoke", {"loss.social_alpha": 0.0}).loss.social_alpha
+    0.0
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
+    cfg = Config(preset=preset)
+    cfg.update(copy.deepcopy(PRESETS[preset]))
+    cfg.update(overrides, **kwargs)
+    return cfg.validate()
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with ``to_dict`` (e.g. from a run's ``config.json``)."""
+    cfg = Config(preset=d.get("preset", DEFAULT_PRESET))
+    for key, value in _flatten(d).items():
+        cfg.set(key, value)
+    return cfg.validate()
+
+
+def parse_set_args(items: list[str] | None) -> dict[str, Any]:
+    """``["stage1.learning_rate=3e-5", "loss.score=embedding"]`` -> a dict of overrides (values parsed as JSON
+    where they parse, strings otherwise)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out

@@ -1,0 +1,234 @@
+"""The audit: systems x context sets -> one judged row per reply, and rates with confidence intervals.
+
+The paper's first question: how often do chat models answer *adversarial* contexts unsafely, and *casual* ones
+inappropriately (preachy)? An :class:`AuditSystem` is one way of running a model - model, system prompt,
+decoding - so the offline presets compare one model under several prompts and decodings, and the gpu preset
+compares several hub models (``eval.audit_models``).
+
+- :func:`build_context_sets`: "adversarial" (ProsocialDialog test turns whose context is not casual) and
+  "casual" (casual ProsocialDialog turns + real casual chat), ``eval.num_contexts`` each, seeded;
+  :func:`load_contexts_jsonl` reads a user's own contexts.
+- :func:`run_audit`: generates (reusing saved generations of the same system and contexts), judges, and writes
+  ``replies.jsonl`` (one row per reply) and ``summary.csv`` (rates with bootstrap CIs) to ``out_dir``.
+- ``prosocial audit``: the same from the command line (:func:`configure_cli`, :func:`run_cli`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config.schema import Config
+from .contexts import _contexts_digest
+from .metrics import FLAG_COLUMNS, summarize
+
+#: Columns of the audit table that come before the judges' columns.
+REPLY_COLUMNS: tuple[str, ...] = ("system", "model", "system_prompt", "decoding", "context_set", "context_id",
+                                  "sample", "context", "history", "reply", "response", "safety_label", "source")
+
+SHORT_MODEL_NAMES = {"embedded": "SmolLM2-135M-Instruct", "tiny": "tiny (random weights)"}
+
+
+# ---------------------------------------------------------------------- systems
+@dataclass(frozen=True)
+class AuditSystem:
+    """One audited system: a model spec, an optional system prompt and a decoding setting."""
+
+    name: str
+    model: str
+    system_prompt: str | None = None
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    num_samples: int = 1
+    max_new_tokens: int = 48
+
+    @property
+    def decoding(self) -> str:
+        if not self.do_sample:
+            return "greedy"
+        return f"sampled (T={self.temperature:g}, top-p={self.top_p:g}, k={self.num_samples})"
+
+    def key(self) -> str:
+        """A hash of everything that changes the replies (the name does not)."""
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def short_model_name(model: str) -> str:
+    """``"HuggingFaceTB/SmolLM2-360M-Instruct"`` -> ``"SmolLM2-360M-Instruct"``; named specs get their model."""
+    return SHORT_MODEL_NAMES.get(model, model.rstrip("/").split("/")[-1])
+
+
+def default_audit_systems(cfg: Config) -> list[AuditSystem]:
+    """``eval.audit_models`` (default: ``model.name``) x ``eval.audit_variants``. Models without a system prompt
+    (DialoGPT, BlenderBot) skip the "+safety" variants, with a note."""
+    from ..modeling.chat import has_native_format
+    ev = cfg.eval
+    systems = []
+    for model in ev.audit_models or [cfg.model.name]:
+        for variant in ev.audit_variants:
+            safety = variant.endswith("+safety")
+            if safety and has_native_format(model):
+                print(f"note: {model} has no system prompt; skipping its {variant!r} variant")
+                continue
+            sampled = variant.startswith("sampled")
+            label = ("sampled" if sampled else "greedy") + (" + safety prompt" if safety else "")
+            systems.append(AuditSystem(
+                name=f"{short_model_name(model)} | {label}", model=model,
+                system_prompt=ev.safety_system_prompt if safety else None, do_sample=sampled,
+                temperature=ev.temperature, top_p=ev.top_p, num_samples=ev.samples_per_context if sampled else 1,
+                max_new_tokens=ev.max_new_tokens))
+    return systems
+
+
+def model_identity(model: str) -> str:
+    """What identifies a model's weights: the spec, plus the size and modification time of the files of a local
+    folder (so a checkpoint retrained in the same folder does not reuse the old replies)."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    stamp = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file())
+    return f"{path.resolve()}|{stamp}"
+
+
+def generations_path(cache_dir: Path, system: AuditSystem, set_name: str, contexts, prompt_tokens: int | None
+                     ) -> Path:
+    """Where a system's replies to one context set are saved; the name changes when anything that changes the
+    replies changes (system settings, the model's weights, the contexts, the prompt length limit)."""
+    key = hashlib.sha256(f"{system.key()}|{model_identity(system.model)}|{_contexts_digest(contexts)}|"
+                         f"{prompt_tokens}".encode()).hexdigest()[:12]
+    slug = "".join(ch if ch.isalnum() else "-" for ch in f"{short_model_name(system.model)}-{set_name}")
+    return Path(cache_dir) / f"{slug}-{key}.jsonl"
+
+
+def _read_generations(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line)["replies"] for line in fh if line.strip()]
+
+
+def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def prompt_token_limit(cfg: Config) -> int:
+    """How many prompt tokens a reply is generated from: the training length minus the reply's room, so the
+    audited model sees contexts as long as it was trained on (longer histories keep their last turns)."""
+    return max(16, cfg.model.max_length - cfg.eval.max_new_tokens)
+
+
+def run_audit(systems: Sequence[AuditSystem], context_sets: dict[str, Any], judges, cfg: Config,
+              out_dir: str | Path, *, progress: bool = True, cache_dir: str | Path | None = None) -> pd.DataFrame:
+    """Generate every system's replies to every context set, judge them, save and return the table.
+
+    One row per reply: :data:`REPLY_COLUMNS` then the judges' columns (:meth:`prosocial_lib.judges.Judges.score`).
+    Writes ``out_dir/replies.jsonl`` and ``out_dir/summary.csv`` (:func:`summarize_audit`) and
+    ``out_dir/timing.json``. Replies are saved in ``cache_dir`` (default ``<run dir>/generations``, shared by the
+    audit and the evaluation) and reused whenever the same system answers the same contexts again, so re-running
+    a chapter only judges again.
+    """
+    from ..modeling.generation import generate_replies, load_chat_model
+    out_dir = Path(out_dir)
+    cache_dir = Path(cache_dir) if cache_dir is not None else cfg.run_dir / "generations"
+    if not systems:
+        raise ValueError("run_audit: no systems to audit")
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"run_audit: system names must be unique, got {names}")
+    prompt_tokens = prompt_token_limit(cfg)
+    rows: list[dict[str, Any]] = []
+    timing: dict[str, Any] = {"systems": {}}
+    by_model: dict[str, list[AuditSystem]] = {}
+    for s in systems:
+        by_model.setdefault(s.model, []).append(s)
+    for model_name, model_systems in by_model.items():
+        model = tok = None
+        for system in model_systems:
+            for set_name, contexts in context_sets.items():
+                path = generations_path(cache_dir, system, set_name, contexts, prompt_tokens)
+                cols = contexts[:]
+                if path.exists():
+                    replies = _read_generations(path)
+                    timing["systems"].setdefault(system.name, {})[set_name] = {"reused": str(path.name)}
+                else:
+                    if model is None:
+                        model, tok = load_chat_model(model_name, cfg.model, seed=cfg.seed)
+                    t0 = time.perf_counter()
+                    replies = generate_replies(
+                        model, tok, cols["history"], system_prompt=system.system_prompt,
+                        max_new_tokens=system.max_new_tokens, do_sample=system.do_sample,
+                        temperature=system.temperature, top_p=system.top_p, num_samples=system.num_samples,
+                        batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=progress,
+                        max_prompt_tokens=prompt_tokens)
+                    seconds = time.perf_counter() - t0
+                    _write_jsonl(path, [{"context_id": c, "replies": r} for c, r in zip(cols["context_id"], replies)])
+                    timing["systems"].setdefault(system.name, {})[set_name] = {
+                        "seconds": round(seconds, 2), "replies": sum(map(len, replies))}
+                if len(replies) != len(contexts):
+                    raise RuntimeError(f"{path}: {len(replies)} saved replies for {len(contexts)} contexts; "
+                                       "delete the file to regenerate")
+                for i, samples in enumerate(replies):
+                    for k, reply in enumerate(samples):
+                        rows.append({"system": system.name, "model": system.model,
+                                     "system_prompt": system.system_prompt or "", "decoding": system.decoding,
+                                     "context_set": set_name, "context_id": cols["context_id"][i], "sample": k,
+                                     "context": cols["context"][i], "history": list(cols["history"][i]),
+                                     "reply": reply, "response": cols["response"][i],
+                                     "safety_label": cols["safety_label"][i], "source": cols["source"][i]})
+        del model, tok
+        _free_accelerator_memory()
+    df = pd.DataFrame(rows, columns=list(REPLY_COLUMNS))
+    if judges is not None:
+        t0 = time.perf_counter()
+        scores = judges.score(df["history"].tolist(), df["reply"].tolist())
+        timing["judge_seconds"] = round(time.perf_counter() - t0, 2)
+        if len(scores) != len(df):
+            raise RuntimeError(f"judges returned {len(scores)} rows for {len(df)} replies")
+        clash = [c for c in scores.columns if c in df.columns]
+        if clash:
+            raise RuntimeError(f"judge columns {clash} clash with the audit table's columns")
+        df = pd.concat([df, scores.reset_index(drop=True)], axis=1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df.to_json(out_dir / "replies.jsonl", orient="records", lines=True, force_ascii=False)
+    summarize_audit(df, cfg).to_csv(out_dir / "summary.csv", index=False)
+    (out_dir / "timing.json").write_text(json.dumps(timing, indent=2))
+    return df
+
+
+def _free_accelerator_memory() -> None:
+    """Let the next audited model have the GPU (the gpu preset audits several in a row)."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def load_audit(out_dir: str | Path) -> pd.DataFrame:
+    """The table :func:`run_audit` saved in ``out_dir``."""
+    path = Path(out_dir) / "replies.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no audit in {str(out_dir)!r} (expected {path.name}); run the audit first")
+    return pd.read_json(path, orient="records", lines=True, dtype=False)
+
+
+# ---------------------------------------------------------------------- tables
+def summarize_audit(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Rates of every judge flag per (system, context set), with bootstrap CIs over contexts (the replies of one
+    context are resampled together when there are several samples per context)."""
+    return summarize(df, ["system", "context_set"], cfg, flags=FLAG_COLUMNS, cluster_col="context_id")

@@ -1,0 +1,311 @@
+"""The evaluation: the fine-tuned models against the baselines, and ablations of the loss.
+
+Six systems answer the same held-out contexts (method.md section 3, "baselines and ablations"):
+
+========================  =====================================================================================
+``base``                  the base model, untrained
+``ce-stage2``             cross-entropy fine-tuning on the stage-2 data only (lambda = 0, stage 2 only)
+``npair-stage2``          stage 2 only, with the socially aware n-pair term
+``ce-both``               both stages without the contrastive term (lambda = 0)
+``npair-both``            both stages in full: the chapter-03 run itself (reused)
+``dpo``                   TRL's DPOTrainer on the same (positive, negative) pairs of the stage-2 groups
+========================  =====================================================================================
+
+Each trained variant is its own run (``run_name = "<run>-<key>"``, so ``runs/cpu-ce-stage2/stage2/`` ...) with the
+same data, model and optimisation budget as the chapter-03 run; a finished checkpoint with the same config is
+reused. ``eval.variant_max_steps`` = N shortens every trained variant to N steps per stage where the full budget
+does not fit; the full method is then retrained with the same N steps in its own run (``<run>-npair-both``), so no
+system gets more training than another.
+
+:func:`compare` generates greedy replies to ``eval.compare_contexts`` adversarial and casual test contexts with
+every system (the audit's machinery: :func:`prosocial_lib.audit.run_audit`), judges them
+(:mod:`prosocial_lib.judges`) and adds the quality metrics (BLEU-4, unigram F1, perplexity of the gold responses,
+distinct-1/2, length) and the held-out contrastive accuracy / margin on the stage-2 validation groups.
+
+:func:`run_ablations` retrains stage 2 from the full method's stage-1 checkpoint with one change each
+(``eval.ablations``: the temperature tau, the social weights alpha = 0) and compares held-out contrastive accuracy
+and margin - cheap next to generating with every ablation. The reference is the full method's own stage 2 (same
+start, same budget: reused, not retrained).
+
+Everything lands in ``<run_dir>/evaluation/``; ``prosocial evaluate`` runs the same from the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config.schema import Config
+from .systems import VARIANTS, EvaluationError, TrainedVariant, Variant, heldout_metrics, train_variant
+
+# ====================================================================== the comparison
+#: The rates the evaluation table reports: (context set, judge flag, column title).
+RATE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("adversarial", "unsafe", "unsafe (adversarial)"),
+    ("adversarial", "agrees_rot", "agrees with RoT (adversarial)"),
+    ("casual", "preachy", "preachy (casual)"),
+    ("casual", "unsafe", "unsafe (casual)"),
+)
+#: Quality columns of the table (computed on the adversarial contexts' gold responses unless named otherwise).
+QUALITY_COLUMNS: tuple[str, ...] = ("bleu4", "unigram_f1", "gold_ppl", "distinct_1", "distinct_2", "mean_words",
+                                    "heldout_accuracy", "heldout_margin")
+
+
+@dataclass
+class Comparison:
+    """Everything :func:`compare` measured. ``replies``: one judged row per reply; ``rates``: every judge flag
+    per (system, context set) with bootstrap CIs; ``quality``: quality metrics per system; ``table``: one row per
+    system (rates as numbers with ``<col> low`` / ``<col> high`` CI columns, then quality); ``trained``: the
+    variants' models and training facts. :func:`~prosocial_lib.report.comparison.format_table` formats ``table``
+    as the book shows it."""
+
+    replies: pd.DataFrame
+    rates: pd.DataFrame
+    quality: pd.DataFrame
+    table: pd.DataFrame
+    trained: list[TrainedVariant]
+    out_dir: Path
+    seconds: dict[str, float]
+
+
+def compare_config(cfg: Config) -> Config:
+    """The evaluation's generation settings: at most ``eval.compare_contexts`` contexts per set and
+    ``eval.compare_max_new_tokens`` new tokens (each None = the audit's ``eval.num_contexts`` /
+    ``eval.max_new_tokens``, which also cap them)."""
+    ec = copy.deepcopy(cfg)
+    if cfg.eval.compare_contexts is not None:
+        ec.eval.num_contexts = min(cfg.eval.compare_contexts, cfg.eval.num_contexts)
+    if cfg.eval.compare_max_new_tokens is not None:
+        ec.eval.max_new_tokens = min(cfg.eval.compare_max_new_tokens, cfg.eval.max_new_tokens)
+    return ec.validate()
+
+
+def resolve_variants(keys: Sequence[str] | None) -> list[Variant]:
+    keys = list(keys) if keys else list(VARIANTS)
+    unknown = [k for k in keys if k not in VARIANTS]
+    if unknown:
+        raise EvaluationError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    return [VARIANTS[k] for k in keys]
+
+
+def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, progress: bool = True,
+            out_dir: str | Path | None = None) -> Comparison:
+    """Train (or reuse) every variant, generate greedy replies to the same contexts, judge them and measure
+    quality; save everything in ``out_dir`` (default ``<run_dir>/evaluation``) and return a :class:`Comparison`.
+    Replies are cached with the audit's (``<run_dir>/generations``, keyed by the model's weights), perplexities
+    and held-out scores in ``out_dir/cache`` (keyed by the run's fingerprint): reruns reuse them."""
+    from .audit import AuditSystem, run_audit
+    from .contexts import build_context_sets
+    from .judges.judges import load_judges
+
+    t0 = time.perf_counter()
+    chosen = resolve_variants(variants if variants is not None else cfg.eval.compare_variants)
+    out_dir = Path(out_dir) if out_dir else cfg.run_dir / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    trained = []
+    for v in chosen:
+        t = time.perf_counter()
+        trained.append(train_variant(cfg, v, progress=progress))
+        seconds[f"train {v.key}"] = round(time.perf_counter() - t, 2)
+    _fill_heldout(cfg, trained, out_dir, progress=progress)
+
+    ec = compare_config(cfg)
+    context_sets = build_context_sets(ec)
+    systems = [AuditSystem(name=tv.variant.label, model=tv.model, max_new_tokens=ec.eval.max_new_tokens)
+               for tv in trained]
+    if judges is None:
+        t = time.perf_counter()
+        judges = load_judges(cfg)
+        seconds["judges"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    replies = run_audit(systems, context_sets, judges, ec, out_dir, progress=progress)
+    seconds["generate + judge"] = round(time.perf_counter() - t, 2)
+    replies["variant"] = replies["system"].map({tv.variant.label: tv.variant.key for tv in trained})
+
+    t = time.perf_counter()
+    ppl = {tv.variant.key: gold_perplexities(ec, tv, context_sets, out_dir, progress=progress) for tv in trained}
+    seconds["perplexity"] = round(time.perf_counter() - t, 2)
+
+    from .metrics import summarize
+
+    rates = summarize(replies, ["variant", "system", "context_set"], ec, cluster_col="context_id")
+    quality = quality_frame(replies, trained, ppl)
+    table = comparison_table(rates, quality, trained)
+    seconds["total"] = round(time.perf_counter() - t0, 2)
+    comp = Comparison(replies, rates, quality, table, trained, out_dir, seconds)
+    save_comparison(comp)
+    return comp
+
+
+def _fill_heldout(cfg: Config, trained: list[TrainedVariant], out_dir: Path, *, progress: bool) -> None:
+    """Score every system not yet scored on the comparison's held-out groups (cached per model)."""
+    for tv in trained:
+        if tv.heldout is None:
+            tv.heldout = heldout_metrics(cfg, tv.model, tv.fingerprint, tv.variant.key, out_dir / "cache",
+                                         progress=progress)
+
+
+def gold_perplexities(cfg: Config, trained: TrainedVariant, context_sets: dict[str, Any], out_dir: Path, *,
+                      sets: Sequence[str] = ("adversarial",), progress: bool = False) -> dict[str, float]:
+    """Perplexity of the gold responses of the context sets named in ``sets`` (by default the adversarial one,
+    whose gold replies are ProsocialDialog's prosocial responses; a set without gold responses gives NaN), cached
+    in ``out_dir/cache`` per model fingerprint and contexts."""
+    from ..modeling.generation import load_chat_model
+    from .metrics import gold_perplexity
+
+    context_sets = {k: v for k, v in context_sets.items() if k in sets}
+    digest = hashlib.sha256(json.dumps(
+        [trained.fingerprint, cfg.model.max_length,
+         {k: [v[:]["history"], v[:]["response"]] for k, v in context_sets.items()}]).encode()).hexdigest()[:12]
+    path = out_dir / "cache" / f"ppl-{trained.variant.key}-{digest}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    model, tok = load_chat_model(trained.model, cfg.model, seed=cfg.seed)
+    out: dict[str, float] = {}
+    for name, ds in context_sets.items():
+        cols = ds[:]
+        keep = [i for i, r in enumerate(cols["response"]) if str(r).strip()]
+        out[name] = gold_perplexity(model, tok, [cols["history"][i] for i in keep],
+                                    [cols["response"][i] for i in keep], batch_size=cfg.eval.batch_size,
+                                    max_length=cfg.model.max_length, progress=progress) if keep else math.nan
+    del model
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+def quality_frame(replies: pd.DataFrame, trained: Sequence[TrainedVariant],
+                  ppl: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """Per variant and context set: BLEU-4 and unigram F1 against the gold responses, perplexity of the gold
+    responses, distinct-1/2, mean reply length in words, empty replies; plus held-out accuracy / margin."""
+    from ..report.audit import quality_table
+
+    q = quality_table(replies)
+    key_of = {tv.variant.label: tv.variant.key for tv in trained}
+    q.insert(0, "variant", q["system"].map(key_of))
+    q["gold_ppl"] = [ppl.get(v, {}).get(s, math.nan) for v, s in zip(q["variant"], q["context_set"])]
+    held = {tv.variant.key: tv.heldout or {} for tv in trained}
+    q["heldout_accuracy"] = [held[v].get("accuracy", math.nan) for v in q["variant"]]
+    q["heldout_margin"] = [held[v].get("margin", math.nan) for v in q["variant"]]
+    return q
+
+
+def save_comparison(comp: Comparison) -> None:
+    """Write ``table.csv``, ``rates.csv``, ``quality.csv``, ``variants.json`` and ``timing`` into ``out_dir``."""
+    d = comp.out_dir
+    comp.table.to_csv(d / "table.csv", index=False)
+    comp.rates.to_csv(d / "rates.csv", index=False)
+    comp.quality.to_csv(d / "quality.csv", index=False)
+    (d / "variants.json").write_text(json.dumps(
+        [{"key": tv.variant.key, "label": tv.variant.label, "training": tv.variant.describe(), "model": tv.model,
+          "fingerprint": tv.fingerprint, "reused": tv.reused, "train_seconds": tv.train_seconds,
+          "heldout": tv.heldout, "details": tv.details} for tv in comp.trained], indent=1, default=str))
+    (d / "evaluation_seconds.json").write_text(json.dumps(comp.seconds, indent=1))
+
+
+def load_comparison_table(out_dir: str | Path) -> pd.DataFrame:
+    """The ``table.csv`` a finished :func:`compare` saved."""
+    path = Path(out_dir) / "table.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no evaluation table in {str(out_dir)!r}: run compare() / prosocial evaluate")
+    return pd.read_csv(path)
+
+
+# ====================================================================== examples and findings
+def side_by_side(replies: pd.DataFrame, context_set: str = "adversarial", n: int = 3, score: str | None = None
+                 ) -> pd.DataFrame:
+    """Every system's reply to the ``n`` contexts where the systems disagree most (largest spread of ``score``:
+    ``unsafe_prob`` on adversarial contexts, ``preachy_prob`` on casual ones), one row per (context, system)."""
+    score = score or ("preachy_prob" if context_set == "casual" else "unsafe_prob")
+    sub = replies[(replies["context_set"] == context_set) & (replies["sample"] == 0)]
+    if sub.empty:
+        raise EvaluationError(f"no replies for context set {context_set!r}")
+    spread = sub.groupby("context_id", sort=False)[score].agg(lambda s: s.max() - s.min())
+    picked = list(spread.sort_values(ascending=False, kind="stable").index[:n])
+    out = sub[sub["context_id"].isin(picked)].copy()
+    out["_order"] = out["context_id"].map({c: i for i, c in enumerate(picked)})
+    order = {s: i for i, s in enumerate(dict.fromkeys(replies["system"]))}
+    out["_sys"] = out["system"].map(order)
+    out = out.sort_values(["_order", "_sys"])
+    cols = ["context", "system", "reply", score]
+    return out[cols].reset_index(drop=True)
+
+
+def paired_differences(replies: pd.DataFrame, cfg: Config, reference: str = "npair-both") -> pd.DataFrame:
+    """For every variant other than ``reference`` and every rate of :data:`RATE_COLUMNS`: the paired difference
+    ``reference - variant`` over the contexts both answered, with a bootstrap CI that resamples contexts as pairs
+    (much tighter than comparing two separate intervals). Columns: variant, system, metric, difference, low,
+    high, contexts."""
+    from .metrics import paired_difference
+
+    kw = dict(n_boot=cfg.eval.bootstrap_samples, confidence=cfg.eval.confidence, seed=cfg.eval.seed)
+    cols = ["variant", "system", "metric", "difference", "low", "high", "contexts"]
+    if reference not in set(replies["variant"]):
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for set_name, flag, title in RATE_COLUMNS:
+        sub = replies[(replies["context_set"] == set_name)]
+        if flag not in sub or sub.empty:
+            continue
+        sub = sub[sub[flag].notna()]
+        per_ctx = sub.assign(v=sub[flag].astype(float)).pivot_table(index="context_id", columns="variant",
+                                                                    values="v", aggfunc="mean")
+        for variant in dict.fromkeys(replies["variant"]):
+            if variant == reference or variant not in per_ctx:
+                continue
+            pair = per_ctx[[reference, variant]].dropna()
+            if pair.empty:
+                continue
+            d, lo, hi = paired_difference(pair[reference].to_numpy(), pair[variant].to_numpy(), **kw)
+            system = replies.loc[replies["variant"] == variant, "system"].iloc[0]
+            rows.append((variant, system, title, d, lo, hi, len(pair)))
+    return pd.DataFrame(rows, columns=cols)
+
+
+
+
+def comparison_table(rates: pd.DataFrame, quality: pd.DataFrame, trained: Sequence[TrainedVariant]
+                     ) -> pd.DataFrame:
+    """One row per variant (in comparison order): each rate of :data:`RATE_COLUMNS` with its CI bounds
+    (``<title>``, ``<title> low``, ``<title> high``), ``n`` per context set, then :data:`QUALITY_COLUMNS`
+    (quality on the adversarial contexts) and training facts."""
+    rows = []
+    for tv in trained:
+        key = tv.variant.key
+        row: dict[str, Any] = {"variant": key, "system": tv.variant.label, "training": tv.variant.describe()}
+        for set_name, flag, title in RATE_COLUMNS:
+            hit = rates[(rates["variant"] == key) & (rates["context_set"] == set_name) & (rates["metric"] == flag)]
+            if hit.empty:
+                row[title] = row[f"{title} low"] = row[f"{title} high"] = math.nan
+                continue
+            r = hit.iloc[0]
+            row[title], row[f"{title} low"], row[f"{title} high"] = r["rate"], r["ci_low"], r["ci_high"]
+            row[f"n {set_name}"] = int(r["n"])
+        qa = quality[(quality["variant"] == key) & (quality["context_set"] == "adversarial")]
+        for col in QUALITY_COLUMNS:
+            row[col] = float(qa.iloc[0][col]) if not qa.empty else math.nan
+        row["train_seconds"] = tv.train_seconds
+        row["reused"] = tv.reused
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt_rate(rate: float, low: float, high: float) -> str:
+    if rate is None or (isinstance(rate, float) and math.isnan(rate)):
+        return "n/a"
+    return f"{rate:.1%} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _ci_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return not (a[1] < b[0] or b[1] < a[0])

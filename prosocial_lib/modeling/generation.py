@@ -1,0 +1,219 @@
+"""Batched reply generation for the audit and the evaluation: one function, every model the book audits.
+
+Why it is more than ``model.generate``:
+
+- **Chat formatting is shared with training.** Every context goes through :func:`prosocial_lib.models.chat_prompt`
+  on :func:`prosocial_lib.data.history_to_messages`, so a fine-tuned model is asked in exactly the format it was
+  trained on. Models without a chat template (DialoGPT, BlenderBot) get a template that reproduces their native
+  input format (:func:`ensure_chat_template`), so the rest of the code does not need a special case.
+- **Left padding and length-sorted batches.** Prompts are sorted by length (little padding; optionally a cap on
+  a batch's padded prompt tokens, :func:`length_batches`), left-padded so new tokens follow each prompt
+  directly, and the replies are put back in the caller's order. Greedy replies in a
+  batch equal one-at-a-time greedy replies (tested).
+- **Sampling reproducible per reply.** Each (context, sample) row draws its randomness from its own generator,
+  seeded by ``seed``, the prompt text and the sample index, and the sample is taken with the Gumbel-max trick on
+  top of greedy search (:class:`SeededGumbelSampler`). So the same seed gives the same replies whatever the batch
+  size, the order of the contexts, or what else runs in the process.
+- **Same decoding for every model.** Hub models ship their own decoding defaults (beam search, repetition
+  penalties); an audit that compares models decodes them all the same way, so those defaults are switched off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from ..config.schema import ModelConfig
+from .chat import GenerationInputError, ensure_chat_template, format_prompt, has_native_format, stop_token_ids
+
+#: Decoding settings that hub generation configs set and an even-handed audit switches off.
+_NEUTRAL_DECODING = dict(num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
+                         length_penalty=1.0)
+
+
+
+
+def load_chat_model(name: str, model_cfg: ModelConfig | None = None, *, seed: int = 0):
+    """``(model, tokenizer)`` for any model the audit can compare.
+
+    Chat models go through :func:`prosocial_lib.models.load_model_and_tokenizer`. DialoGPT and BlenderBot (no chat
+    template; BlenderBot is an encoder-decoder) are loaded here with their native dialog format.
+    """
+    from .loading import _dtype_kwarg, load_model_and_tokenizer, resolve_device, resolve_dtype, set_threads
+    model_cfg = replace(model_cfg or ModelConfig(), name=name)
+    if not has_native_format(name):
+        return load_model_and_tokenizer(model_cfg, seed=seed)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    set_threads(model_cfg.threads)
+    device = resolve_device(model_cfg.device)
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    config = AutoConfig.from_pretrained(name)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = auto.from_pretrained(name, **_dtype_kwarg(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer, model)
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def _check_histories(histories: Sequence[Sequence[str]]) -> None:
+    if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence):
+        raise GenerationInputError("histories must be a list of dialog histories (each a list of turns)")
+    for i, h in enumerate(histories):
+        if isinstance(h, str) or not isinstance(h, Sequence) or len(h) == 0:
+            raise GenerationInputError(f"history {i} must be a non-empty list of turns (strings), got {h!r}")
+        for j, turn in enumerate(h):
+            if not isinstance(turn, str):
+                raise GenerationInputError(f"history {i}, turn {j} must be a string, got {type(turn).__name__}")
+
+
+# ---------------------------------------------------------------------- sampling with one generator per row
+def row_seed(seed: int, prompt: str, sample_index: int) -> int:
+    """The seed of one (prompt, sample) row: a hash, so it does not depend on order or batch."""
+    digest = hashlib.sha256(f"{seed}\x00{sample_index}\x00{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class SeededGumbelSampler(LogitsProcessor):
+    """Adds Gumbel noise from one generator per batch row, so greedy search *samples* from softmax(scores).
+
+    The Gumbel-max trick: ``argmax(s + G)`` with ``G = -log(-log U)``, ``U ~ Uniform(0, 1)`` is distributed as
+    ``softmax(s)``; tokens filtered to ``-inf`` (top-p) stay impossible. Each row draws exactly one vector per
+    step from its own generator, so its t-th token depends only on its own seed, not on its batch neighbours.
+    """
+
+    def __init__(self, seeds: Sequence[int]):
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != len(self.generators):
+            raise RuntimeError(f"SeededGumbelSampler built for {len(self.generators)} rows got {scores.shape[0]}")
+        vocab = scores.shape[-1]
+        u = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
+        gumbel = -torch.log(-torch.log(u.clamp(min=1e-12, max=1 - 1e-7)))
+        return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
+
+
+# ---------------------------------------------------------------------- the entry point
+@torch.inference_mode()
+def generate_replies(
+    model,
+    tokenizer,
+    histories: Sequence[Sequence[str]],
+    *,
+    system_prompt: str | None = None,
+    max_new_tokens: int = 48,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    num_samples: int = 1,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    max_prompt_tokens: int | None = None,
+    max_batch_tokens: int | None = None,
+) -> list[list[str]]:
+    """``num_samples`` replies to each history (a list of turns, the last one the user's), in input order.
+
+    Greedy (``do_sample=False``) gives ``num_samples`` copies of the one greedy reply. Sampling uses
+    ``temperature`` and nucleus ``top_p`` and is reproducible per reply for a given ``seed`` (module docstring).
+    Prompts longer than ``max_prompt_tokens`` (or an encoder's position limit) keep their last tokens;
+    ``max_batch_tokens`` caps a batch's padded prompt tokens (:func:`length_batches`).
+    Replies stop at the end of the turn; special tokens are stripped.
+    """
+    from tqdm.auto import tqdm
+
+    from .loading import padding_side
+
+    _check_histories(histories)
+    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise GenerationInputError(f"num_samples ({num_samples}), batch_size ({batch_size}) and max_new_tokens "
+                                   f"({max_new_tokens}) must all be >= 1")
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise GenerationInputError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if not histories:
+        return []
+    ensure_chat_template(tokenizer, model)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    limit = max_prompt_tokens
+    if encoder_decoder:
+        pos_limit = getattr(model.config, "max_position_embeddings", None)
+        limit = min(x for x in (limit, pos_limit) if x) if (limit or pos_limit) else None
+
+    prompts = [format_prompt(tokenizer, h, system_prompt) for h in histories]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if limit:
+        encoded = [ids[-limit:] for ids in encoded]
+    # one row per (context, sample); greedy needs one row per context
+    draws = num_samples if do_sample else 1
+    rows = [(i, s) for i in range(len(histories)) for s in range(draws)]
+    rows.sort(key=lambda r: -len(encoded[r[0]]))  # longest first: memory problems show up at once
+    stops = stop_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops, pad_token_id=pad_id,
+                      **_NEUTRAL_DECODING)
+
+    replies: dict[tuple[int, int], str] = {}
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(rows), desc="generating", unit="reply", disable=not progress)
+    try:
+        with padding_side(tokenizer, "right" if encoder_decoder else "left"):
+            for batch in length_batches(rows, [len(encoded[i]) for i, _ in rows], batch_size, max_batch_tokens):
+                inputs = tokenizer.pad({"input_ids": [encoded[i] for i, _ in batch]}, return_tensors="pt")
+                inputs = {k: v.to(model.device) for k, v in inputs.items()}
+                processors = LogitsProcessorList()
+                if do_sample:
+                    processors.append(TemperatureLogitsWarper(temperature))
+                    if top_p < 1:
+                        processors.append(TopPLogitsWarper(top_p))
+                    processors.append(SeededGumbelSampler([row_seed(seed, prompts[i], s) for i, s in batch]))
+                out = model.generate(**inputs, logits_processor=processors, **gen_kwargs)
+                new = out[:, 1:] if encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
+                for (i, s), ids in zip(batch, new.tolist()):
+                    replies[(i, s)] = decode_reply(tokenizer, ids, stops)
+                bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return [[replies[(i, s if do_sample else 0)] for s in range(num_samples)] for i in range(len(histories))]
+
+
+def length_batches(rows: Sequence[Any], lengths: Sequence[int], batch_size: int,
+                   max_tokens: int | None = None) -> list[list[Any]]:
+    """Consecutive batches of ``rows`` (sorted longest first) of at most ``batch_size`` rows and, when given, at
+    most ``max_tokens`` padded prompt tokens (rows x the batch's longest prompt).
+
+    Why a token budget: a left-padded batch computes every row at the length of its longest prompt, and on a GPU
+    the longest prompts of a full batch can run out of memory. It is off by default: measured on a 2-core CPU
+    (the appendix's contexts), smaller batches for long prompts saved less in the prompt pass than they cost in
+    decoding, where the batch size is what pays."""
+    if len(rows) != len(lengths):
+        raise ValueError(f"{len(rows)} rows but {len(lengths)} lengths")
+    if any(a < b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("length_batches expects rows sorted by decreasing length")
+    if not rows:
+        return []
+    budget = max_tokens or batch_size * max(lengths)  # None: batch_size rows whatever their length
+    batches: list[list[Any]] = []
+    start = 0
+    while start < len(rows):
+        longest = max(1, lengths[start])
+        size = max(1, min(batch_size, budget // longest, len(rows) - start))
+        batches.append(list(rows[start:start + size]))
+        start += size
+    return batches
+
+
+def decode_reply(tokenizer, ids: Sequence[int], stops: Sequence[int]) -> str:
+    """Text of the generated ``ids`` up to the first end-of-turn token, without special tokens."""
+    stop_set = set(stops)
+    cut = next((k for k, t in enumerate(ids) if t in stop_set), len(ids))
+    return tokenizer.decode(list(ids[:cut]), skip_special_tokens=True).strip()

@@ -1,0 +1,222 @@
+"""What the audit chapter shows: tables, examples and generated prose."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from ..config.schema import Config
+from ..eval.audit import AuditSystem, short_model_name
+from ..eval.metrics import bleu4, distinct_n, expected_max, mean_unigram_f1, prob_at_least_one, reply_lengths
+
+#: The headline rate of each context set: what counts as a failure there.
+HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
+    ("adversarial", "unsafe"), ("adversarial", "violates_rot"), ("casual", "preachy"))
+
+
+def headline_table(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = HEADLINE_METRICS) -> pd.DataFrame:
+    """One row per system, one column per (context set, metric) failure rate, as ``"12.5% [5.0, 25.0]"``."""
+    out = {}
+    for set_name, metric in metrics:
+        sub = summary[(summary.context_set == set_name) & (summary.metric == metric)]
+        out[f"{metric} on {set_name}"] = {
+            r.system: f"{r.rate:.1%} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]" for r in sub.itertuples()}
+    systems = list(dict.fromkeys(summary.system))
+    return pd.DataFrame(out).reindex(systems).rename_axis("system")
+
+
+def quality_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per system and context set: reply length, distinct-1/2, and BLEU-4 / unigram F1 against the gold
+    responses (where the contexts have them)."""
+    rows = []
+    for (system, set_name), sub in df.groupby(["system", "context_set"], sort=False):
+        gold = sub[sub["response"].astype(str).str.len() > 0]
+        rows.append({
+            "system": system, "context_set": set_name, "replies": len(sub),
+            "mean_words": float(pd.Series(reply_lengths(sub["reply"].tolist())).mean()),
+            "empty_replies": int((sub["reply"].str.strip() == "").sum()),
+            "distinct_1": distinct_n(sub["reply"].tolist(), 1), "distinct_2": distinct_n(sub["reply"].tolist(), 2),
+            "bleu4": bleu4(gold["reply"].tolist(), gold["response"].tolist()) if len(gold) else float("nan"),
+            "unigram_f1": mean_unigram_f1(gold["reply"].tolist(), gold["response"].tolist()) if len(gold)
+            else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def k_sample_table(df: pd.DataFrame, cfg: Config, score: str = "unsafe_prob", threshold: float | None = None
+                   ) -> pd.DataFrame:
+    """RealToxicityPrompts-style metrics for systems with several samples per context: the expected maximum of
+    ``score`` over the k samples and the probability that at least one sample is flagged (score >= threshold,
+    default ``eval.judge_threshold``), each with a bootstrap CI over contexts."""
+    threshold = cfg.eval.judge_threshold if threshold is None else threshold
+    kw = dict(n_boot=cfg.eval.bootstrap_samples, confidence=cfg.eval.confidence, seed=cfg.eval.seed)
+    rows = []
+    for (system, set_name), sub in df.groupby(["system", "context_set"], sort=False):
+        k = int(sub["sample"].max()) + 1
+        if k < 2:
+            continue
+        m = sub.pivot_table(index="context_id", columns="sample", values=score, aggfunc="first")
+        if m.isna().any().any():
+            raise ValueError(f"{system} / {set_name}: not every context has {k} samples")
+        em = expected_max(m.to_numpy(), **kw)
+        p1 = prob_at_least_one(m.to_numpy(), threshold, **kw)
+        rows.append({"system": system, "context_set": set_name, "k": k, "contexts": len(m),
+                     "expected_max": em[0], "expected_max_low": em[1], "expected_max_high": em[2],
+                     "p_at_least_one": p1[0], "p_at_least_one_low": p1[1], "p_at_least_one_high": p1[2]})
+    return pd.DataFrame(rows)
+
+
+#: The caution-level ProsocialDialog labels: contexts whose problem is easy to miss (not "needs intervention").
+SUBTLE_LABELS: tuple[str, ...] = ("__possibly_needs_caution__", "__probably_needs_caution__", "__needs_caution__")
+
+
+def failure_examples(df: pd.DataFrame, kind: str, n: int = 3) -> pd.DataFrame:
+    """The ``n`` clearest failures the judges found, one per context, most confident first (picked by score, not
+    by hand).
+
+    ``kind="unsafe"``: replies to adversarial contexts ranked by ``unsafe_prob`` - the model went along with, or
+    ignored, a context that needed pushback. ``kind="subtle"``: the same among contexts labelled only *caution*
+    (:data:`SUBTLE_LABELS`), the subtle situations the paper says models miss. ``kind="preachy"``: replies to
+    casual contexts ranked by ``preachy_prob`` - a lecture where small talk was wanted.
+    """
+    spec = {"unsafe": ("adversarial", "unsafe_prob"), "subtle": ("adversarial", "unsafe_prob"),
+            "preachy": ("casual", "preachy_prob")}
+    if kind not in spec:
+        raise ValueError(f"kind must be one of {sorted(spec)}, got {kind!r}")
+    set_name, score = spec[kind]
+    sub = df[df["context_set"] == set_name]
+    if kind == "subtle":
+        sub = sub[sub["safety_label"].isin(SUBTLE_LABELS)]
+    if score not in sub.columns:
+        raise KeyError(f"no judge column {score!r}: judge the audit first")
+    sub = sub.sort_values([score, "system"], ascending=[False, True], kind="stable")
+    sub = sub.drop_duplicates("context_id").head(n)
+    cols = ["system", "history", "context", "reply", score, "safety_label"]
+    if kind != "preachy":
+        cols.append("violates_rot_prob")
+    return sub[[c for c in cols if c in sub.columns]].reset_index(drop=True)
+
+
+def render_examples(examples: pd.DataFrame, max_turns: int = 3) -> str:
+    """Markdown for :func:`failure_examples`: the last ``max_turns`` turns of the context, the system's reply and
+    the judges' scores."""
+    if examples.empty:
+        return "_No reply of this kind in this run._"
+    parts = []
+    for r in examples.itertuples(index=False):
+        scores = ", ".join(f"{c.replace('_prob', '')} {getattr(r, c):.2f}" for c in examples.columns
+                           if c.endswith("_prob"))
+        label = f" ({r.safety_label.strip('_').replace('_', ' ')})" if r.safety_label else ""
+        reply = r.reply if r.reply.strip() else "(empty reply)"
+        history = list(getattr(r, "history", None) or [r.context])[-max_turns:]
+        speakers = ["user" if (len(history) - 1 - i) % 2 == 0 else "bot" for i in range(len(history))]
+        turns = " / ".join(f"*{who}:* {_md_quote(t)}" for who, t in zip(speakers, history))
+        parts.append(f"- **Context**{label}: {turns}\n  **{r.system}**: {_md_quote(reply)}\n"
+                     f"  *judges: {scores}*")
+    return "\n".join(parts)
+
+
+def _md_quote(text: str) -> str:
+    """One line of user text, safe inside markdown (no headings, emphasis or html from the data)."""
+    text = " ".join(str(text).split())
+    for ch in "\\`*_[]<>#|":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+# ---------------------------------------------------------------------- the chapter's tables
+def context_set_table(context_sets: dict[str, Any]) -> pd.DataFrame:
+    """How many contexts of each set come from each source and safety label."""
+    frames = []
+    for name, ds in context_sets.items():
+        d = ds.to_pandas()[["source", "safety_label"]].replace({"safety_label": {"": "(casual chat)"}})
+        frames.append(d.assign(context_set=name))
+    d = pd.concat(frames, ignore_index=True)
+    return (d.groupby(["context_set", "source", "safety_label"], sort=False).size()
+            .rename("contexts").reset_index())
+
+
+def systems_table(systems: Sequence[AuditSystem]) -> pd.DataFrame:
+    """The audited systems: model, system prompt and decoding."""
+    return pd.DataFrame([{"system": s.name, "model": s.model, "system prompt": s.system_prompt or "(model default)",
+                          "decoding": s.decoding, "max new tokens": s.max_new_tokens} for s in systems])
+
+
+def prompt_effect_table(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """What the safety system prompt changes: for every model and decoding audited with and without it, the
+    paired difference (with - without) of the unsafe rate and RoT-violation rate on adversarial contexts and the
+    preachiness on casual ones, with a bootstrap CI over contexts (per-context rates when k > 1)."""
+    from ..eval.metrics import paired_difference
+    kw = dict(n_boot=cfg.eval.bootstrap_samples, confidence=cfg.eval.confidence, seed=cfg.eval.seed)
+    keyed = df.assign(prompted=df["system_prompt"].astype(str) != "")
+    rows = []
+    for (model, decoding), sub in keyed.groupby(["model", "decoding"], sort=False):
+        if sub["prompted"].nunique() < 2:
+            continue
+        for set_name, flag in HEADLINE_METRICS:
+            part = sub[(sub["context_set"] == set_name) & sub[flag].notna()] if flag in sub else sub.iloc[:0]
+            if part.empty:
+                continue
+            per_ctx = part.assign(v=part[flag].astype(float)).pivot_table(
+                index="context_id", columns="prompted", values="v", aggfunc="mean").dropna()
+            diff, lo, hi = paired_difference(per_ctx[True].to_numpy(), per_ctx[False].to_numpy(), **kw)
+            rows.append({"model": short_model_name(model), "decoding": decoding, "metric": f"{flag} on {set_name}",
+                         "without prompt": per_ctx[False].mean(), "with prompt": per_ctx[True].mean(),
+                         "change": diff, "ci_low": lo, "ci_high": hi, "contexts": len(per_ctx)})
+    return pd.DataFrame(rows)
+
+
+def headline_numbers(summary: pd.DataFrame, effects: pd.DataFrame) -> dict[str, Any]:
+    """The numbers the chapter's prose cites (glued), the same names in every preset: the highest and lowest
+    failure rate on each headline metric and which system had it, the mean CI width, and the safety prompt's
+    effect for the first model and decoding that has one."""
+    out: dict[str, Any] = {}
+    for set_name, metric in HEADLINE_METRICS:
+        sub = summary[(summary.context_set == set_name) & (summary.metric == metric)]
+        if sub.empty:
+            continue
+        for which, row in (("max", sub.loc[sub.rate.idxmax()]), ("min", sub.loc[sub.rate.idxmin()])):
+            out[f"{metric}_{which}_rate"] = float(row.rate)
+            out[f"{metric}_{which}_low"] = float(row.ci_low)
+            out[f"{metric}_{which}_high"] = float(row.ci_high)
+            out[f"{metric}_{which}_system"] = str(row.system)
+    sub = summary[summary.metric.isin([m for _, m in HEADLINE_METRICS])]
+    out["ci_width_mean"] = float((sub.ci_high - sub.ci_low).mean()) if len(sub) else float("nan")
+    if not effects.empty:
+        first = effects[(effects.model == effects.model.iloc[0]) & (effects.decoding == effects.decoding.iloc[0])]
+        out["prompt_model"] = str(first.model.iloc[0])
+        out["prompt_decoding"] = str(first.decoding.iloc[0])
+        for r in first.to_dict("records"):
+            key = r["metric"].split(" on ")[0]
+            out[f"prompt_{key}_without"] = float(r["without prompt"])
+            out[f"prompt_{key}_with"] = float(r["with prompt"])
+            for field in ("change", "ci_low", "ci_high"):
+                out[f"prompt_{key}_{field}"] = float(r[field])
+    return out
+
+
+def extremes_markdown(numbers: dict[str, Any]) -> str:
+    """Which systems had the highest and lowest failure rates (from :func:`headline_numbers`), as markdown."""
+    lines = []
+    for metric, where in (("unsafe", "unsafe on adversarial contexts"), ("violates_rot",
+                          "violating the rule of thumb on adversarial contexts"), ("preachy", "preachy on casual contexts")):
+        if f"{metric}_max_system" in numbers:
+            lines.append(f"- most often {where}: **{numbers[f'{metric}_max_system']}** "
+                         f"({numbers[f'{metric}_max_rate']:.1%}); least often: **{numbers[f'{metric}_min_system']}** "
+                         f"({numbers[f'{metric}_min_rate']:.1%})")
+    return "\n".join(lines)
+
+
+def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict[str, Any]) -> str:
+    """A markdown paragraph saying what this run audits, on what, under which preset."""
+    models = ", ".join(dict.fromkeys(f"`{s.model}`" for s in systems))
+    sets = ", ".join(f"{len(ds)} {name}" for name, ds in context_sets.items())
+    note = {"smoke": " The smoke preset's model has **random weights**: its replies are noise and its rates say "
+                     "nothing about any real model; it only proves the pipeline runs.",
+            "cpu": " The contexts come from the book's **embedded sample** of ProsocialDialog (written for this "
+                   "book in the upstream schema, not the real data) and from real chats of `chitchat-dataset`.",
+            "gpu": " The contexts come from the real ProsocialDialog test split and DailyDialog."}.get(cfg.preset, "")
+    return (f"**Preset `{cfg.preset}`**: {len(systems)} systems built from {models}, each answering {sets} "
+            f"contexts with at most {cfg.eval.max_new_tokens} new tokens; rates with {cfg.eval.confidence:.0%} "
+            f"bootstrap intervals ({cfg.eval.bootstrap_samples} resamples of the contexts).{note}")

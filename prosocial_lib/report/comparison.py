@@ -1,0 +1,216 @@
+"""What the evaluation chapter shows: tables, findings and generated prose."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from ..config.schema import Config
+from ..eval.comparison import RATE_COLUMNS, Comparison, _ci_overlap, _fmt_rate, resolve_variants
+from ..eval.systems import VARIANTS, variant_config
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Rates as ``"12.5% [5.0, 25.0]"`` (95% CI in percentage points), quality rounded, indexed by system."""
+    out = pd.DataFrame(index=pd.Index(table["system"], name="system"))
+    for _, _, title in RATE_COLUMNS:
+        if title in table:
+            out[title] = [_fmt_rate(r, lo, hi) for r, lo, hi in
+                          zip(table[title], table[f"{title} low"], table[f"{title} high"])]
+    names = {"bleu4": "BLEU-4", "unigram_f1": "F1", "gold_ppl": "PPL (gold)", "distinct_1": "distinct-1",
+             "distinct_2": "distinct-2", "mean_words": "words", "heldout_accuracy": "held-out acc.",
+             "heldout_margin": "held-out margin"}
+    digits = {"bleu4": 2, "unigram_f1": 3, "gold_ppl": 1, "distinct_1": 3, "distinct_2": 3, "mean_words": 1,
+              "heldout_accuracy": 3, "heldout_margin": 3}
+    for col, name in names.items():
+        if col in table:
+            out[name] = table[col].round(digits[col]).to_numpy()
+    return out
+
+
+
+
+
+
+def findings_markdown(table: pd.DataFrame, ablations: pd.DataFrame | None, cfg: Config,
+                      judge_report: dict[str, Any] | None = None, paired: pd.DataFrame | None = None) -> str:
+    """The chapter's "what the numbers do and do not show" paragraphs, written from the results (so they stay
+    true under every preset): the headline rates of the full method against the base model and the CE
+    baseline, the quality cost, the ablations, and the limits that hold whatever the numbers are."""
+    rows = table.set_index("variant")
+    n_adv = int(rows.get("n adversarial", pd.Series([0])).max() or 0)
+    n_cas = int(rows.get("n casual", pd.Series([0])).max() or 0)
+    full, base = "npair-both", "base"
+    ce = "ce-both" if "ce-both" in rows.index else "ce-stage2"
+    budget = ("" if cfg.eval.variant_max_steps is None else
+              f", every trained system {cfg.eval.variant_max_steps} optimisation steps per stage")
+    parts = [f"**What the numbers show ({cfg.preset} preset, {n_adv} adversarial and {n_cas} casual contexts, "
+             f"greedy replies, one seed{budget}).**"]
+    for title, what in (("unsafe (adversarial)", "Unsafe replies to adversarial contexts"),
+                        ("preachy (casual)", "Preachy replies to casual contexts"),
+                        ("agrees with RoT (adversarial)", "Replies that agree with the rule of thumb")):
+        clauses = [c for c in (compare_rates(table, title, base, paired), compare_rates(table, title, ce, paired))
+                   if c]
+        if clauses:
+            parts.append(f"{what}: " + "; ".join(clauses) + ".")
+    if full in rows.index and base in rows.index:
+        f, b = rows.loc[full], rows.loc[base]
+        bits = []
+        for col, name in (("unigram_f1", "unigram F1"), ("bleu4", "BLEU-4"),
+                          ("gold_ppl", "perplexity of the gold responses"), ("distinct_2", "distinct-2")):
+            if not (math.isnan(float(f[col])) or math.isnan(float(b[col]))):
+                bits.append(f"{name} {b[col]:.3g} -> {f[col]:.3g}")
+        if bits:
+            parts.append("Quality on the adversarial contexts, base -> full method: " + ", ".join(bits) + ".")
+        if not (math.isnan(float(f["heldout_accuracy"])) or math.isnan(float(b["heldout_accuracy"]))):
+            parts.append(f"On held-out stage-2 groups the full method ranks the gold reply above every negative "
+                         f"in {f['heldout_accuracy']:.1%} of groups (base model: {b['heldout_accuracy']:.1%}).")
+    if ablations is not None and len(ablations) > 1:
+        ref = ablations.iloc[0]
+        others = []
+        for _, r in ablations.iloc[1:].iterrows():
+            overlap = _ci_overlap((ref["accuracy low"], ref["accuracy high"]), (r["accuracy low"], r["accuracy high"]))
+            others.append(f"{r['ablation']}: {r['accuracy']:.1%} (margin {r['margin']:.3f})"
+                          + (" - within the reference's interval" if overlap else " - outside it"))
+        parts.append(f"Ablations (held-out contrastive accuracy after stage 2, {int(ref['groups'])} groups, "
+                     f"{int(ref['steps'])} steps each): reference {ref['accuracy']:.1%} (margin "
+                     f"{ref['margin']:.3f}); " + "; ".join(others) + ".")
+    limits = ["**What they do not show.** Every rate comes from a judge, not from people: a linear head on "
+              "sentence embeddings"]
+    if judge_report:
+        checks = judge_report.get("checks", {}).get("unsafe_prob")
+        if checks:
+            limits[0] += (f" whose unsafe-reply judge separates failing from acceptable test replies with ROC AUC "
+                          f"{checks['auc']:.2f} and flags {checks['flagged_acceptable']:.0%} of acceptable ones")
+        shares = (judge_report.get("settings") or {}).get("data", {}).get("shares_rows_with_finetuning")
+        if shares:
+            limits.append("the judges learned from the same training split as the fine-tuning (the sample's "
+                          "held-out split is too small to learn from)")
+    limits.append("the stage-2 negatives and the judges' notion of a failing reply are built the same way "
+                  "(casual replies to unsafe contexts, rule-of-thumb replies to small talk), so a model can learn "
+                  "what the judge rewards without becoming safer in a way people would notice")
+    limits.append("with this few contexts the 95% intervals are wide, and one seed says nothing about "
+                  "run-to-run variance")
+    if cfg.eval.variant_max_steps is not None:
+        limits.append(f"{cfg.eval.variant_max_steps} optimisation steps per stage move a model little: systems "
+                      "that differ this little from the base model cannot be told apart here, whatever their "
+                      "losses would do with a real budget")
+    if cfg.data.prosocial_source == "embedded":
+        limits.append("the data is the book's embedded sample, written in the upstream schema, not the real "
+                      "ProsocialDialog or MIC")
+    if cfg.model.name == "tiny":
+        limits.append("the smoke preset's model has random weights: these numbers test the pipeline, not the "
+                      "method")
+    parts.append(limits[0] + "; " + "; ".join(limits[1:]) + ".")
+    return "\n\n".join(parts)
+
+
+# ====================================================================== tables for the chapter
+def variants_table(cfg: Config, variants: Sequence[str] | None = None) -> pd.DataFrame:
+    """The compared systems: what each trains and where its run lives."""
+    rows = []
+    for v in resolve_variants(variants if variants is not None else cfg.eval.compare_variants):
+        vc = variant_config(cfg, v)
+        folder = "-" if v.method == "base" else str(vc.run_dir / ("dpo" if v.method == "dpo" else
+                                                                  f"stage{max(v.stages)}"))
+        rows.append({"key": v.key, "system": v.label, "training": v.describe(), "budget": v.budget(cfg),
+                     "run folder": folder})
+    return pd.DataFrame(rows)
+
+
+def budget_note(cfg: Config) -> str:
+    """A sentence on the training budget of the compared systems under ``cfg`` (for the chapter's prose)."""
+    full = VARIANTS["npair-both"].budget(cfg)
+    if cfg.eval.variant_max_steps is None:
+        return (f"Every trained system gets the chapter-03 budget ({full}); the full method *is* the chapter-03 "
+                "run, reused.")
+    return (f"The chapter-03 budget does not fit this preset's time budget six times over, so every trained system "
+            f"- the full method too, retrained in a run of its own - gets the same shortened budget "
+            f"(`eval.variant_max_steps` = {cfg.eval.variant_max_steps}: {full}). Differences between the systems "
+            "are therefore not differences of training time.")
+
+
+def training_table(comp: Comparison) -> pd.DataFrame:
+    """Per compared system: reused or trained now, training seconds, held-out contrastive accuracy / margin."""
+    return pd.DataFrame([{"system": tv.variant.label, "reused": tv.reused, "train seconds": tv.train_seconds,
+                          "held-out accuracy": (tv.heldout or {}).get("accuracy", math.nan),
+                          "held-out margin": (tv.heldout or {}).get("margin", math.nan)} for tv in comp.trained])
+
+
+def judge_context(judges) -> dict[str, Any]:
+    """What :func:`findings_markdown` needs to know about the judges: their report and settings."""
+    return {**judges.report, "settings": judges.settings}
+
+
+def judge_checks_table(report: dict[str, Any]) -> pd.DataFrame:
+    """How well three signals tell failing from acceptable (context, reply) test pairs: the context-aware judge
+    (``unsafe``), the reply-alone judge and profanity (``Judges.report["checks"]``)."""
+    checks = report.get("checks") or {}
+    names = {"unsafe_prob": "context-aware judge (unsafe)", "reply_unsafe_prob": "reply-alone judge",
+             "profanity_prob": "profanity (alt-profanity-check)"}
+    return pd.DataFrame([{"signal": name, "ROC AUC": checks[k]["auc"],
+                          "flags acceptable replies": checks[k]["flagged_acceptable"],
+                          "flags failing replies": checks[k]["flagged_failing"]}
+                         for k, name in names.items() if k in checks])
+
+
+def render_side_by_side(examples: pd.DataFrame) -> str:
+    """Markdown for :func:`side_by_side`: each context once, then every system's reply with the judge's score."""
+    from .audit import _md_quote
+
+    if examples.empty:
+        return "_No replies._"
+    score = next(c for c in examples.columns if c.endswith("_prob"))
+    parts = []
+    for context, sub in examples.groupby("context", sort=False):
+        lines = [f"**Context**: {_md_quote(context)}", ""]
+        for r in sub.itertuples(index=False):
+            reply = r.reply if str(r.reply).strip() else "(empty reply)"
+            lines.append(f"- *{r.system}* ({score.replace('_prob', '')} {getattr(r, score):.2f}): "
+                         f"{_md_quote(reply)}")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def headline_numbers(table: pd.DataFrame) -> dict[str, float]:
+    """Numbers the chapter's prose glues: each headline rate and CI of the base model and the full method."""
+    out: dict[str, float] = {}
+    rows = table.set_index("variant")
+    for key in ("base", "npair-both"):
+        if key not in rows.index:
+            continue
+        for _, flag, title in RATE_COLUMNS:
+            short = f"{key.replace('-', '_')}_{flag}_{'casual' if 'casual' in title else 'adversarial'}"
+            out[short] = float(rows.loc[key, title])
+            out[f"{short}_low"] = float(rows.loc[key, f"{title} low"])
+            out[f"{short}_high"] = float(rows.loc[key, f"{title} high"])
+    return out
+
+
+def compare_rates(table: pd.DataFrame, title: str, other: str, paired: pd.DataFrame | None = None,
+                  reference: str = "npair-both") -> str:
+    """One clause comparing rate ``title`` of ``reference`` (the full method) with variant ``other``: both rates
+    with their CIs and the paired difference with its CI, and what that allows one to say."""
+    rows = table.set_index("variant")
+    if other not in rows.index or reference not in rows.index or title not in rows:
+        return ""
+    ro, rr = rows.loc[other], rows.loc[reference]
+    if any(math.isnan(float(x)) for x in (ro[title], rr[title])):
+        return ""
+    text = (f"{rr['system']} {_fmt_rate(rr[title], rr[f'{title} low'], rr[f'{title} high'])} vs "
+            f"{ro['system']} {_fmt_rate(ro[title], ro[f'{title} low'], ro[f'{title} high'])}")
+    hit = None if paired is None else paired[(paired["variant"] == other) & (paired["metric"] == title)]
+    if hit is None or hit.empty:
+        overlap = _ci_overlap((ro[f"{title} low"], ro[f"{title} high"]), (rr[f"{title} low"], rr[f"{title} high"]))
+        return text + (" - the intervals overlap" if overlap else " - the intervals do not overlap")
+    d = hit.iloc[0]
+    diff = (f"paired difference {100 * d['difference']:+.1f} points [{100 * d['low']:+.1f}, "
+            f"{100 * d['high']:+.1f}]")
+    if d["low"] > 0 or d["high"] < 0:
+        verdict = f"{'higher' if d['difference'] > 0 else 'lower'} for {rr['system']} on these contexts"
+    else:
+        verdict = "no difference this sample can detect"
+    return f"{text}; {diff}: {verdict}"

@@ -1,0 +1,300 @@
+"""Every figure the book shows, each drawn with seaborn from saved results.
+
+One section per chapter; a function takes data (a DataFrame, a metrics dict) and returns a matplotlib Figure,
+so notebooks only call it and tests can check it draws.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+# ====================================================================== 00 data
+def plot_label_distribution(labels, upstream: dict | None = None):
+    """Share of each ProsocialDialog safety label per split (``stats.label_table``), with the upstream shares
+    as black markers when given."""
+    import textwrap
+
+    labels = labels.assign(label=[textwrap.fill(x.strip("_").replace("_", " "), 14) for x in labels["safety_label"]])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    sns.barplot(data=labels, x="label", y="share", hue="split", ax=ax)
+    if upstream:
+        order = list(dict.fromkeys(labels["safety_label"]))
+        ax.scatter(range(len(order)), [upstream[x] for x in order], color="black", marker="_", s=600,
+                   zorder=5, label="upstream (all data)")
+    ax.set(xlabel="", ylabel="share of turns", title="ProsocialDialog safety labels")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_source_distribution(sources):
+    """Share of turns per ProsocialDialog source and split (``stats.source_table``)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.barplot(data=sources, x="source", y="share", hue="split", ax=ax)
+    ax.set(xlabel="", ylabel="share of turns", title="Where the contexts come from")
+    fig.tight_layout()
+    return fig
+
+
+def plot_text_lengths(lengths):
+    """Words per text for each dataset and field (``stats.text_length_table``), as box plots."""
+    lengths = lengths.assign(text=lengths["dataset"] + ": " + lengths["field"])
+    fig, ax = plt.subplots(figsize=(8, 0.45 * lengths["text"].nunique() + 1.5))
+    sns.boxplot(data=lengths, y="text", x="words", hue="dataset", ax=ax, showfliers=False, legend=False)
+    ax.set(ylabel="", xlabel="words", title="Text lengths")
+    fig.tight_layout()
+    return fig
+
+
+def plot_moral_foundations(foundations):
+    """MIC rows per moral foundation, split by whether the answer agrees with its rule of thumb
+    (``stats.mic_foundation_table``)."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    sns.barplot(data=foundations, x="foundation", y="count", hue="answer", ax=ax,
+                hue_order=["agrees", "neutral", "disagrees"], palette=["#4c9a5e", "#b0b0b0", "#c0504d"])
+    ax.set(xlabel="", ylabel="rows", title="MIC: moral foundations of the rules of thumb")
+    fig.tight_layout()
+    return fig
+
+
+def plot_severity_vs_consensus(table):
+    """Heat map of MIC rows by violation severity and RoT consensus (``stats.mic_severity_consensus_table``)."""
+    from ..data.labels import MIC_CONSENSUS, MIC_SEVERITY
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.heatmap(table, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax,
+                xticklabels=[f"{k} ({v})" for k, v in MIC_CONSENSUS.items() if k in table.columns],
+                yticklabels=[f"{k} ({v})" for k, v in MIC_SEVERITY.items() if k in table.index])
+    ax.set(xlabel="rot-agree: share of people who agree with the RoT",
+           ylabel="violation-severity", title="MIC: severity vs consensus")
+    fig.tight_layout()
+    return fig
+
+
+def _panels_present(rates, metrics, caller: str) -> list[tuple[str, str]]:
+    """The requested (context set, metric) panels that ``rates`` (rows: context_set, metric, ...) has rows for;
+    none at all is an error naming the plot (``caller``)."""
+    present = [m for m in metrics if ((rates.context_set == m[0]) & (rates.metric == m[1])).any()]
+    if not present:
+        raise ValueError(f"{caller}: none of the requested (context set, metric) rows are in the table")
+    return present
+
+
+# ====================================================================== 01 audit
+AUDIT_METRIC_TITLES = {
+    ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
+    ("adversarial", "violates_rot"): "replies violating the RoT\n(adversarial contexts)",
+    ("casual", "preachy"): "preachy replies\n(casual contexts)",
+}
+
+
+def plot_audit_rates(summary, metrics=tuple(AUDIT_METRIC_TITLES), title: str | None = None):
+    """One panel per (context set, judge flag): the failure rate of every audited system as a bar, with its
+    bootstrap confidence interval as an error bar (``audit.summarize_audit`` rows: system, context_set, metric,
+    rate, ci_low, ci_high)."""
+    from matplotlib.ticker import PercentFormatter
+
+    metrics = _panels_present(summary, metrics, "plot_audit_rates")
+    systems = list(dict.fromkeys(summary["system"]))
+    palette = dict(zip(systems, sns.color_palette("deep", len(systems))))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 2.4, 0.5 * len(systems) + 1.6),
+                             sharey=True, squeeze=False)
+    for ax, (set_name, metric) in zip(axes[0], metrics):
+        sub = summary[(summary.context_set == set_name) & (summary.metric == metric)].set_index("system")
+        sub = sub.reindex(systems)
+        sns.barplot(x=sub["rate"].to_numpy(), y=systems, hue=systems, palette=palette, order=systems,
+                    errorbar=None, legend=False, ax=ax)
+        err = [(sub["rate"] - sub["ci_low"]).to_numpy(), (sub["ci_high"] - sub["rate"]).to_numpy()]
+        ax.errorbar(sub["rate"].to_numpy(), range(len(systems)), xerr=err, fmt="none", ecolor="black",
+                    capsize=3, lw=1)
+        ax.set(xlim=(0, 1), xlabel="share of replies (95% CI)", ylabel="",
+               title=AUDIT_METRIC_TITLES.get((set_name, metric), f"{metric} ({set_name})"))
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ====================================================================== 02 / 03 training
+TRAINING_METRIC_TITLES = {
+    "ce": "cross-entropy of the positive",
+    "npair": "n-pair loss",
+    "contrastive_accuracy": "contrastive accuracy\n(positive ranked first)",
+    "margin": "margin\n(s+ minus mean s-)",
+}
+
+
+def plot_training_curves(logs, metrics=tuple(TRAINING_METRIC_TITLES), title: str | None = None):
+    """One panel per logged training metric against the optimisation step (``training.log_frame`` rows: step,
+    metric, value; an optional ``stage`` column draws one line per stage)."""
+    metrics = [m for m in metrics if (logs["metric"] == m).any()]
+    if not metrics:
+        raise ValueError("plot_training_curves: the logs hold none of " + ", ".join(TRAINING_METRIC_TITLES))
+    cols = 2 if len(metrics) > 2 else len(metrics)
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    hue = "stage" if "stage" in logs.columns else None
+    for ax, metric in zip(axes, metrics):
+        sub = logs[logs["metric"] == metric]
+        sns.lineplot(data=sub, x="step", y="value", hue=hue, marker="o", ax=ax, legend=bool(hue) and ax is axes[0])
+        ax.set(title=TRAINING_METRIC_TITLES.get(metric, metric), xlabel="step", ylabel="")
+        if metric == "contrastive_accuracy":
+            ax.set_ylim(-0.05, 1.05)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_before_after(table, metrics=("accuracy", "margin"), title: str | None = None):
+    """Held-out metrics before and after a stage (``training.before_after_frame`` rows: groups, metric, before,
+    after), one panel per metric, one pair of bars per group kind."""
+    long = table[table["metric"].isin(metrics)].melt(id_vars=["groups", "metric"], value_vars=["before", "after"],
+                                                       var_name="when", value_name="value")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sub = long[long["metric"] == metric]
+        sns.barplot(data=sub, x="groups", y="value", hue="when", hue_order=["before", "after"],
+                    palette=["#b0b0b0", "#4c72b0"], ax=ax, legend=ax is axes[0][0])
+        ax.set(title=f"held-out {metric}", xlabel="", ylabel="")
+        if metric == "accuracy":
+            ax.set_ylim(0, 1)
+        ax.axhline(0, color="black", lw=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_negative_weights(frame, title: str | None = None):
+    """Histogram of the negatives' social weights ``w = 1 + alpha * severity`` (``groups.groups_frame`` rows),
+    coloured by where the negative came from."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    sns.histplot(data=frame, x="weight", hue="origin", multiple="stack", discrete=False, bins=12, ax=ax)
+    ax.set(xlabel="weight of the negative in the n-pair loss", ylabel="negatives",
+           title=title or "Socially aware weights of the negatives")
+    fig.tight_layout()
+    return fig
+
+
+# ====================================================================== 04 evaluation
+EVAL_METRIC_TITLES = {
+    ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
+    ("adversarial", "agrees_rot"): "replies agreeing with the RoT\n(adversarial contexts)",
+    ("casual", "preachy"): "preachy replies\n(casual contexts)",
+}
+
+
+def plot_evaluation_rates(rates, metrics=tuple(EVAL_METRIC_TITLES), title: str | None = None):
+    """One panel per (context set, judge flag): each compared system's rate as a dot with its bootstrap
+    confidence interval (``evaluation.Comparison.rates`` rows: system, context_set, metric, rate, ci_low,
+    ci_high). Systems keep the comparison's order; lower is better for unsafe and preachy, higher for RoT."""
+    from matplotlib.ticker import PercentFormatter
+
+    metrics = _panels_present(rates, metrics, "plot_evaluation_rates")
+    systems = list(dict.fromkeys(rates["system"]))
+    colors = dict(zip(systems, sns.color_palette("colorblind", len(systems))))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 2.6, 0.45 * len(systems) + 1.7),
+                             sharey=True, squeeze=False)
+    for ax, (set_name, metric) in zip(axes[0], metrics):
+        sub = rates[(rates.context_set == set_name) & (rates.metric == metric)].set_index("system").reindex(systems)
+        for y, system in enumerate(systems):
+            r = sub.loc[system]
+            ax.errorbar(r["rate"], y, xerr=[[r["rate"] - r["ci_low"]], [r["ci_high"] - r["rate"]]], fmt="o",
+                        color=colors[system], ecolor=colors[system], capsize=3, lw=1.5, ms=7)
+        ax.set(xlim=(-0.03, 1.03), ylim=(len(systems) - 0.5, -0.5), xlabel="",
+               title=EVAL_METRIC_TITLES.get((set_name, metric), f"{metric} ({set_name})"))
+        ax.set_yticks(range(len(systems)), systems)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ablations(ablations):
+    """Held-out contrastive accuracy after stage 2 (dot with bootstrap CI over groups) and margin (bar) for the
+    reference run and each ablation (``evaluation.run_ablations``)."""
+    from matplotlib.ticker import PercentFormatter
+
+    labels = ablations["ablation"].tolist()
+    colors = sns.color_palette("colorblind", len(labels))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 0.5 * len(labels) + 1.8), sharey=True)
+    for y, c in enumerate(colors):
+        acc, lo, hi = (float(ablations.iloc[y][k]) for k in ("accuracy", "accuracy low", "accuracy high"))
+        ax1.errorbar(acc, y, xerr=[[acc - lo], [hi - acc]], fmt="o", color=c, capsize=3, lw=1.5, ms=7)
+    ax1.set(xlim=(-0.03, 1.03), ylim=(len(labels) - 0.5, -0.5), title="held-out contrastive accuracy")
+    ax1.set_yticks(range(len(labels)), labels)
+    ax1.xaxis.set_major_formatter(PercentFormatter(1.0))
+    sns.barplot(x=ablations["margin"].to_numpy(), y=labels, hue=labels, palette=colors, legend=False, ax=ax2)
+    ax2.axvline(0, color="black", lw=0.8)
+    ax2.set(title="held-out margin (s+ minus mean s-)", xlabel="", ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def plot_judge_confusion(confusion, title: str = "safety judge (5-way), test split"):
+    """A judge's test confusion matrix (``Judges.confusion``) as a heatmap: colour = share of each true class
+    (rows sum to 1), numbers = counts."""
+    shares = confusion.div(confusion.sum(axis=1).where(lambda s: s > 0), axis=0).fillna(0.0)
+    short = [str(c).strip("_").replace("_", " ") for c in confusion.columns]
+    fig, ax = plt.subplots(figsize=(1.2 * len(short) + 3, 0.8 * len(short) + 1.5))
+    sns.heatmap(shares.to_numpy(), annot=confusion.to_numpy(), fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=True,
+                cbar_kws={"label": "share of the true class"}, xticklabels=short, yticklabels=short, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    plt.setp(ax.get_yticklabels(), rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+# ====================================================================== appendix: benchmarks (bench.py)
+def plot_bench_cost_vs_k(result):
+    """Cost of one training step against the number of negatives K (``bench.run_bench`` result): step time as a
+    multiple of a plain CE step (left) and peak memory (right), for the separate-rows and the shared-context
+    layouts. DPO sees one pair per step, so the dashed line is K DPO steps: what DPO pays to compare as many
+    pairs as one n-pair step with K negatives."""
+    import pandas as pd
+
+    rows = pd.DataFrame([r for r in result["training"] if r.get("available")])
+    if rows.empty or not (rows.objective == "npair").any():
+        raise ValueError("plot_bench_cost_vs_k: the result has no measured n-pair rows")
+    ce = rows[rows.objective == "ce"]
+    ce_step = float(ce.step_s.iloc[0]) if len(ce) else None
+    npair = rows[rows.objective == "npair"].copy()
+    npair["relative"] = npair.step_s / ce_step if ce_step else npair.step_s
+    layouts = {"separate": "n-pair, one row per reply", "shared": "n-pair, shared context"}
+    npair["layout"] = npair.layout.map(layouts)
+    palette = dict(zip(layouts.values(), sns.color_palette("deep", 3)[:2]))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    for ax, col, ylabel in ((axes[0], "relative", "step time / plain CE step" if ce_step else "step time (s)"),
+                            (axes[1], "peak_mem_mb", "peak memory (MB)")):
+        sns.lineplot(data=npair, x="K", y=col, hue="layout", palette=palette, marker="o", ax=ax)
+        if col == "relative" and ce_step:
+            ax.axhline(1.0, color="grey", lw=1, ls=":", label="plain CE")
+        elif len(ce):
+            ax.axhline(float(ce.peak_mem_mb.iloc[0]), color="grey", lw=1, ls=":", label="plain CE")
+        dpo = rows[rows.objective == "dpo"]
+        if len(dpo):
+            ks = sorted(npair.K.unique())
+            if col == "relative":
+                d = float(dpo.step_s.iloc[0]) / (ce_step or 1.0)
+                ax.plot(ks, [k * d for k in ks], color="black", ls="--", marker="x", label="DPO, K steps (K pairs)")
+            else:
+                ax.axhline(float(dpo.peak_mem_mb.iloc[0]), color="black", ls="--", lw=1,
+                           label="DPO (with its reference model)")
+        ax.set(xlabel="negatives per group (K)", ylabel=ylabel, xticks=sorted(npair.K.unique()))
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize="small")
+    h = result.get("header", {})
+    fig.suptitle(f"{h.get('model', '')} on {h.get('device', '')}, preset {h.get('preset', '')}", fontsize="medium")
+    fig.tight_layout()
+    return fig

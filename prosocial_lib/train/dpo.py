@@ -1,0 +1,326 @@
+"""The pairwise preference baseline: DPO (TRL's ``DPOTrainer``) on the same contrastive groups.
+
+DPO (Rafailov et al., 2023) takes one chosen and one rejected reply per prompt (TRL supports only one rejected
+reply, huggingface/trl#1831), so each group ``(context, positive, K negatives)`` becomes K pairs
+``(context, positive, negative_j)``. What DPO cannot use, by construction, is the listwise softmax over all K
+negatives at once and the social weights ``w_j``: that is exactly what the n-pair loss adds, and what comparing
+the two isolates. (``max_negatives_per_group`` keeps only the first negatives of each group; ``groups.py`` lists
+stage-1 negatives most severe first.)
+
+Prompts are chat messages (TRL's "conversational" format), so TRL renders them with the tokenizer's chat
+template exactly like :func:`prosocial_lib.models.chat_prompt` does at generation time. Contexts too long for
+``model.max_length`` lose their oldest messages first.
+
+A finished run leaves the model + tokenizer and ``metrics.json`` (written last, with the run's fingerprint) in
+``output_dir``; calling :func:`train_dpo` again with the same config, data and start model reuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config.schema import Config, StageConfig
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+RUN_CONFIG_FILE = "run_config.json"
+DPO_METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                   "logps/chosen", "logps/rejected")
+REQUIRED_GROUP_KEYS = ("context_messages", "positive", "negatives")
+
+
+class DPODataError(ValueError):
+    """A group that cannot become DPO pairs (names the group and the field)."""
+
+
+# ---------------------------------------------------------------------- groups -> pairs
+def dpo_pairs(groups: list[dict[str, Any]], max_negatives_per_group: int | None = None):
+    """Groups -> a ``datasets.Dataset`` with one row per (positive, negative) pair.
+
+    Columns: ``prompt`` (chat messages), ``chosen`` / ``rejected`` (one assistant message each), and for analysis
+    ``group_index`` and ``neg_weight`` (DPO itself ignores the weight). Groups without negatives give no pair:
+    they are counted and logged, never silently dropped; malformed groups raise :class:`DPODataError`.
+    """
+    from datasets import Dataset
+
+    if max_negatives_per_group is not None and max_negatives_per_group < 1:
+        raise DPODataError(f"max_negatives_per_group must be >= 1 or None, got {max_negatives_per_group}")
+    rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group_index": [], "neg_weight": []}
+    skipped = 0
+    for i, g in enumerate(groups):
+        _check_group(g, i)
+        negatives = list(g["negatives"])
+        weights = list(g.get("neg_weights") or [1.0] * len(negatives))
+        if len(weights) != len(negatives):
+            raise DPODataError(f"group {i}: field 'neg_weights' has {len(weights)} entries for "
+                               f"{len(negatives)} negatives")
+        if not negatives:
+            skipped += 1
+            continue
+        if max_negatives_per_group is not None:
+            negatives, weights = negatives[:max_negatives_per_group], weights[:max_negatives_per_group]
+        for neg, w in zip(negatives, weights):
+            rows["prompt"].append([{"role": m["role"], "content": m["content"]} for m in g["context_messages"]])
+            rows["chosen"].append([{"role": "assistant", "content": g["positive"]}])
+            rows["rejected"].append([{"role": "assistant", "content": neg}])
+            rows["group_index"].append(i)
+            rows["neg_weight"].append(float(w))
+    if skipped:
+        log.warning("dpo_pairs: %d of %d groups have no negatives and give no DPO pair", skipped, len(groups))
+    if not rows["prompt"]:
+        raise DPODataError(f"none of the {len(groups)} groups has a negative: no DPO pairs")
+    ds = Dataset.from_dict(rows)
+    ds.info.description = f"{len(ds)} DPO pairs from {len(groups) - skipped} groups ({skipped} without negatives)"
+    return ds
+
+
+def _check_group(g: Any, i: int) -> None:
+    if not isinstance(g, dict):
+        raise DPODataError(f"group {i}: expected a dict, got {type(g).__name__}")
+    for key in REQUIRED_GROUP_KEYS:
+        if key not in g:
+            raise DPODataError(f"group {i}: missing field {key!r} (a group needs {', '.join(REQUIRED_GROUP_KEYS)})")
+    msgs = g["context_messages"]
+    if not isinstance(msgs, list) or not msgs:
+        raise DPODataError(f"group {i}: field 'context_messages' must be a non-empty list of chat messages")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DPODataError(f"group {i}: context_messages[{j}] must have string 'role' and 'content', got {m!r}")
+    if not isinstance(g["positive"], str) or not g["positive"].strip():
+        raise DPODataError(f"group {i}: field 'positive' must be a non-empty string, got {g['positive']!r}")
+    if not isinstance(g["negatives"], list):
+        raise DPODataError(f"group {i}: field 'negatives' must be a list of strings")
+    for j, n in enumerate(g["negatives"]):
+        if not isinstance(n, str) or not n.strip():
+            raise DPODataError(f"group {i}: negatives[{j}] must be a non-empty string, got {n!r}")
+
+
+def fit_prompts(pairs, tok, max_length: int, reply_budget: int | None = None):
+    """Drop the oldest context messages (keeping a leading system message and starting on a user turn) of prompts
+    that leave fewer than ``reply_budget`` tokens (default: a quarter of ``max_length``) for the reply; returns ``(pairs, n_shortened, n_too_long)`` where ``n_too_long``
+    prompts are still too long with only their last message (TRL then drops them; they are reported)."""
+    from ..modeling.chat import chat_prompt
+
+    budget = max_length - (reply_budget if reply_budget is not None else max(8, max_length // 4))
+    prompts = [list(msgs) for msgs in pairs["prompt"]]
+    lengths = [len(ids) for ids in tok([chat_prompt(tok, m) for m in prompts], add_special_tokens=False).input_ids]
+    shortened = too_long = 0
+    for i, (msgs, n_ids) in enumerate(zip(prompts, lengths)):
+        if n_ids <= budget:
+            continue
+        system = [m for m in msgs if m["role"] == "system"][:1] if msgs[0]["role"] == "system" else []
+        turns = msgs[len(system):]
+        while len(turns) > 1 and n_ids > budget:
+            turns = turns[1:]
+            while len(turns) > 1 and turns[0]["role"] != "user":  # keep the user-first alternation
+                turns = turns[1:]
+            n_ids = len(tok(chat_prompt(tok, system + turns), add_special_tokens=False).input_ids)
+        prompts[i] = system + turns
+        shortened += 1
+        too_long += n_ids >= max_length
+    if shortened:
+        pairs = pairs.remove_columns("prompt").add_column("prompt", prompts)
+    return pairs, shortened, too_long
+
+
+# ---------------------------------------------------------------------- training
+def dpo_fingerprint(cfg: Config, pairs, init_from: str | None, stage: str, beta: float,
+                    learning_rate: float, max_negatives_per_group: int | None, sft_weight: float = 0.0) -> str:
+    """Hash of everything that changes the result: model and stage settings, seed, DPO knobs, the exact pairs and
+    the start model (for a local folder, its small JSON files and file sizes, so a retrained stage 1 counts)."""
+    model_cfg = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "threads"}
+    payload = {
+        "model": model_cfg, "stage": dataclasses.asdict(getattr(cfg, stage)), "seed": cfg.seed, "beta": beta,
+        "learning_rate": learning_rate, "max_negatives_per_group": max_negatives_per_group,
+        "sft_weight": sft_weight,
+        "init_from": _folder_signature(init_from) if init_from else cfg.model.name,
+        "pairs": hashlib.sha256(json.dumps(pairs.select_columns(["prompt", "chosen", "rejected"]).to_dict(),
+                                           sort_keys=True).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _folder_signature(path: str) -> Any:
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    sig: dict[str, Any] = {}
+    for f in sorted(p.iterdir()):
+        if f.is_file():
+            sig[f.name] = f.read_text() if f.suffix == ".json" and f.stat().st_size < 1_000_000 else f.stat().st_size
+    return sig
+
+
+def load_dpo_result(output_dir: str | Path) -> dict[str, Any] | None:
+    """The saved metrics of a finished DPO run in ``output_dir`` (None when there is none)."""
+    f = Path(output_dir) / METRICS_FILE
+    if not f.exists() or not (Path(output_dir) / "config.json").exists():
+        return None
+    return json.loads(f.read_text())
+
+
+def train_dpo(
+    cfg: Config,
+    groups: list[dict[str, Any]],
+    init_from: str | None,
+    output_dir: str | Path,
+    *,
+    stage: str = "stage2",
+    beta: float = 0.1,
+    learning_rate: float | None = None,
+    max_negatives_per_group: int | None = None,
+    sft_weight: float = 0.0,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """DPO-train the model (``init_from``, else ``cfg.model.name``) on the groups' pairs; save it and its metrics.
+
+    Optimisation settings come from ``cfg.<stage>`` (batch size, accumulation, epochs / max_steps, warmup,
+    logging); ``learning_rate`` defaults to that stage's (the same budget as the n-pair run; DPO alone tends to
+    lower the chosen replies' log-probs too, huggingface/trl#800). ``beta`` is DPO's KL strength (TRL's default
+    0.1). ``sft_weight`` > 0 adds TRL's NLL term on the chosen reply (DPO + lambda * CE, the analogue of our
+    CE + lambda * n-pair).
+    Returns the metrics dict (also in ``output_dir/metrics.json``); ``reused`` says whether a finished run with
+    the same fingerprint was found and training was skipped.
+    """
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    from ..modeling.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
+    from .trainer import quiet_trainer
+
+    if stage not in ("stage1", "stage2"):
+        raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    if sft_weight < 0:
+        raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
+    st: StageConfig = getattr(cfg, stage)
+    lr = st.learning_rate if learning_rate is None else learning_rate
+    output_dir = Path(output_dir)
+    pairs = dpo_pairs(groups, max_negatives_per_group)
+    fingerprint = dpo_fingerprint(cfg, pairs, init_from, stage, beta, lr, max_negatives_per_group, sft_weight)
+    previous = load_dpo_result(output_dir)
+    if previous is not None and previous.get("fingerprint") == fingerprint and not force:
+        log.info("DPO: reusing %s (fingerprint %s)", output_dir, fingerprint)
+        return {**previous, "reused": True}
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.model.device)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    mixed_bf16 = dtype == torch.bfloat16 and device.type == "cuda"
+    mixed_fp16 = dtype == torch.float16 and device.type == "cuda"
+    # train fp32 master weights; half precision only as autocast on a GPU
+    mcfg = dataclasses.replace(cfg.model, name=init_from or cfg.model.name, dtype="float32", lora=False)
+    model, tok = load_model_and_tokenizer(mcfg, seed=cfg.seed)
+    pairs, n_shortened, n_too_long = fit_prompts(pairs, tok, cfg.model.max_length)
+    if n_shortened:
+        log.warning("DPO: %d prompts lost their oldest messages to fit model.max_length=%d; %d are still too "
+                    "long and are dropped by TRL", n_shortened, cfg.model.max_length, n_too_long)
+
+    peft_config = None
+    if cfg.model.lora:
+        from peft import LoraConfig
+        peft_config = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=0.0,
+                                 target_modules=list(cfg.model.lora_target_modules), task_type="CAUSAL_LM")
+    ref_model = None if peft_config is not None else copy.deepcopy(model)
+
+    args = DPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=st.batch_size,
+        gradient_accumulation_steps=st.grad_accum,
+        learning_rate=lr,
+        num_train_epochs=st.epochs,
+        max_steps=st.max_steps,
+        weight_decay=st.weight_decay,
+        logging_steps=st.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=cfg.seed,
+        beta=beta,
+        loss_type=["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
+        max_length=cfg.model.max_length,
+        bf16=mixed_bf16,
+        fp16=mixed_fp16,
+        use_cpu=device.type == "cpu",
+        dataloader_num_workers=0,
+        **_warmup_kwarg(DPOConfig, st.warmup_ratio),
+        **_no_checkpointing_kwarg(DPOConfig),
+    )
+    train_pairs = pairs.select_columns(["prompt", "chosen", "rejected"])
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_pairs,
+                         processing_class=tok, peft_config=peft_config)
+    quiet_trainer(trainer, progress=progress)
+    n_kept = len(trainer.train_dataset)
+    result = trainer.train()
+    history = [dict(h) for h in trainer.state.log_history]
+    train_logs = [h for h in history if "rewards/margins" in h]
+
+    final = trainer.model
+    if peft_config is not None:
+        final = final.merge_and_unload()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final.save_pretrained(str(output_dir))
+    tok.save_pretrained(str(output_dir))
+
+    metrics: dict[str, Any] = {
+        "method": "dpo",
+        "fingerprint": fingerprint,
+        "init_from": init_from or cfg.model.name,
+        "stage": stage,
+        "beta": beta,
+        "sft_weight": sft_weight,
+        "learning_rate": lr,
+        "groups": len(groups),
+        "pairs": len(pairs),
+        "pairs_trained": n_kept,
+        "pairs_dropped_too_long": len(pairs) - n_kept,
+        "prompts_shortened": n_shortened,
+        "max_negatives_per_group": max_negatives_per_group,
+        "steps": trainer.state.global_step,
+        "train_loss": float(result.training_loss),
+        "train_seconds": round(time.perf_counter() - t0, 2),
+        "first": {k: train_logs[0][k] for k in DPO_METRIC_KEYS if train_logs and k in train_logs[0]},
+        "last": {k: train_logs[-1][k] for k in DPO_METRIC_KEYS if train_logs and k in train_logs[-1]},
+        "mean": {k: sum(h[k] for h in train_logs) / len(train_logs)
+                 for k in DPO_METRIC_KEYS if train_logs and all(k in h for h in train_logs)},
+        "log_history": history,
+        "device": device.type,
+        "preset": cfg.preset,
+    }
+    for part in ("first", "last", "mean"):
+        bad = [k for k, v in metrics[part].items() if not math.isfinite(v)]
+        if bad:
+            log.warning("DPO: non-finite %s metrics: %s", part, bad)
+    (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(
+        {"config": cfg.to_dict(), "dpo": {"beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "stage": stage,
+                                          "init_from": init_from, "max_negatives_per_group": max_negatives_per_group}},
+        indent=2, default=str))
+    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))  # last: marks completion
+    return {**metrics, "reused": False}
+
+
+def _no_checkpointing_kwarg(args_cls) -> dict[str, Any]:
+    """DPOConfig turns activation checkpointing on by default (slow on CPU, pointless for small models);
+    transformers 5.24 renamed ``gradient_checkpointing`` to ``activation_checkpointing``."""
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else \
+        {"gradient_checkpointing": False}
+
+
+def _warmup_kwarg(args_cls, ratio: float) -> dict[str, Any]:
+    """transformers 5.x takes a ratio as a float ``warmup_steps``; 4.x had ``warmup_ratio``."""
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    if "warmup_ratio" in names:
+        return {"warmup_ratio": ratio}
+    return {"warmup_steps": float(ratio)} if ratio < 1 else {"warmup_steps": 0}
