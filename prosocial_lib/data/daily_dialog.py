@@ -60,7 +60,10 @@ def detokenize(text: str) -> str:
 
 
 def _describe(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r:.50}"
+    if value is None:
+        return "null"
+    shown = repr(value)
+    return f"{type(value).__name__} {shown if len(shown) <= 50 else shown[:47] + '...'}"
 
 
 def dialog_of(rec: Any, file: str, row: int) -> list[str] | DataFormatError:

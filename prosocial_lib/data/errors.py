@@ -84,7 +84,7 @@ class LoadReport:
 
     def summary(self) -> str:
         head = f"{self.source} [{self.split}]: read {self.rows_read} rows, kept {self.rows_kept}"
-        tail = f"; {len(self.problems)} problem(s): {' | '.join(self.problems)}" if self.problems else ""
+        tail = f"; {len(self.problems)} problem(s)" if self.problems else ""
         if not self.skipped:
             return head + ", skipped none" + tail
         reasons = "; ".join(f"{n} x {reason}" for reason, n in self.skipped.most_common())
@@ -97,11 +97,12 @@ class LoadReport:
 
     def warn_if_skipped(self, what: str = "rows") -> None:
         """One :class:`DataSkipWarning` when rows were skipped or problems recorded (the caller's caller is named)."""
+        problems = ": " + " | ".join(self.problems) if self.problems else ""
         if self.skipped:
-            warnings.warn(f"skipped {self.rows_skipped} {what} - {self.summary()}", DataSkipWarning, stacklevel=3)
-        elif self.problems:
-            warnings.warn(f"{self.source} [{self.split}]: {' | '.join(self.problems)}", DataSkipWarning,
+            warnings.warn(f"skipped {self.rows_skipped} {what} - {self.summary()}{problems}", DataSkipWarning,
                           stacklevel=3)
+        elif self.problems:
+            warnings.warn(f"{self.source} [{self.split}]{problems}", DataSkipWarning, stacklevel=3)
 
 
 _LAST = threading.local()

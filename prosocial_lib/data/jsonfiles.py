@@ -76,17 +76,12 @@ def _lines_of_text(text: str, name: str) -> Iterator[Item]:
 
 
 def _looks_like_json_lines(text: str) -> bool:
-    tried = 0
-    for line in text.split("\n"):
-        line = line.lstrip("\ufeff").strip()
-        if not line:
-            continue
-        if isinstance(parse_json(line, "", None), dict):
-            return True
-        tried += 1
-        if tried >= _SNIFF_LINES:
-            break
-    return False
+    """A text that is not one JSON document is JSON lines when it is a single line or when one of its first
+    lines is a JSON object on its own (the lines of a broken pretty-printed document never are)."""
+    lines = [line for line in (x.lstrip("\ufeff").strip() for x in text.split("\n")) if line]
+    if len(lines) == 1:
+        return True
+    return any(isinstance(parse_json(line, "", None), dict) for line in lines[:_SNIFF_LINES])
 
 
 def _document_error(text: str, name: str, err: DataFormatError) -> DataFormatError:

@@ -121,6 +121,7 @@ def iter_parquet(path: Path, required: tuple[str, ...] = ()) -> Iterator[tuple[i
         records = table.to_pylist()
     except (pa.ArrowException, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = re.sub(r"^Could not open Parquet input source '.*?': ", "", first).split(". Either")[0]
         raise DataFormatError(name, None, None, f"not a readable parquet file ({first}): it may be truncated or "
                               "not parquet at all; download or export it again", "unreadable file") from e
     missing = [c for c in required if c not in table.column_names]
