@@ -97,8 +97,10 @@ def dialog_of(rec: Any, file: str, row: int) -> list[str] | DataFormatError:
 
 # ---------------------------------------------------------------------- readers of the layouts
 def _is_record(obj: dict) -> bool:
+    """A DailyDialog record, as opposed to a JSON object of columns (a list of dialogs, or pandas' object keyed by
+    row)."""
     value = obj.get("dialog", obj.get("dialogue"))
-    return ("dialog" in obj or "dialogue" in obj) and not (
+    return ("dialog" in obj or "dialogue" in obj) and not isinstance(value, dict) and not (
         isinstance(value, list) and value and all(isinstance(v, list) for v in value))
 
 

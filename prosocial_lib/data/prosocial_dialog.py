@@ -63,6 +63,11 @@ def _is_str_list(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(v, str) for v in x)
 
 
+def _is_null(x: Any) -> bool:
+    """None, or the NaN pandas writes for a missing value (``json.dumps(df.to_dict(orient="list"))``)."""
+    return x is None or (isinstance(x, float) and x != x)
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -87,7 +92,7 @@ def validate_row(rec: Any, file: str, row: int) -> dict:
             raise fail(col, f"expected a string, got {type(out[col]).__name__}", "wrong type")
         if not out[col].strip():
             raise fail(col, "empty text", "empty text")
-    if out["rots"] is None:
+    if _is_null(out["rots"]):
         out["rots"] = []
     if not _is_str_list(out["rots"]):
         raise fail("rots", f"expected a list of strings, got {out['rots']!r:.80}", "wrong type")
@@ -111,12 +116,14 @@ def validate_row(rec: Any, file: str, row: int) -> dict:
         raise fail("safety_label", f"label {label!r} contradicts its votes {votes}, which give {implied!r}",
                    "label contradicts votes")
     reasons = out["safety_annotation_reasons"]
-    if reasons is None:
+    if _is_null(reasons):
         out["safety_annotation_reasons"] = reasons = []
     if not _is_str_list(reasons):
         raise fail("safety_annotation_reasons", f"expected a list of strings, got {reasons!r:.80}", "wrong type")
     if not isinstance(out["source"], str):
         raise fail("source", f"expected a string, got {type(out['source']).__name__}", "wrong type")
+    if _is_null(out["etc"]):
+        out["etc"] = None
     if out["etc"] is not None and not isinstance(out["etc"], str):
         raise fail("etc", f"expected a string or null, got {type(out['etc']).__name__}", "wrong type")
     for col in ("dialogue_id", "response_id"):
@@ -167,8 +174,9 @@ def direct_download_to_hub(dialogue: Any, file: str, dialogue_no: int) -> Iterat
 
 # ---------------------------------------------------------------------- reading files
 def _is_record(obj: dict) -> bool:
-    """A hub record, as opposed to a JSON object of columns (whose ``context`` is a list)."""
-    return "context" in obj and not isinstance(obj["context"], list)
+    """A hub record, as opposed to a JSON object of columns (whose ``context`` is a list, or with pandas'
+    ``to_dict()`` an object keyed by row)."""
+    return "context" in obj and not isinstance(obj["context"], (list, dict))
 
 
 def _iter_file(path: Path) -> Iterator[tuple[int, Any]]:
