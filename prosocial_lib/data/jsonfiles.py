@@ -127,7 +127,7 @@ def columns_to_records(doc: dict, name: str) -> list[dict]:
     return [{k: v[i] for k, v in doc.items()} for i in range(n_rows)]
 
 
-def _layout_of_document(doc: Any, is_record: Callable[[dict], bool]) -> str | None:
+def _layout_of_document(doc: Any, is_record: Callable[[dict], bool], one_line: bool) -> str | None:
     if isinstance(doc, list):
         return "dialogues" if any(isinstance(x, list) for x in doc) else "records"
     if isinstance(doc, dict):
@@ -135,6 +135,8 @@ def _layout_of_document(doc: Any, is_record: Callable[[dict], bool]) -> str | No
             return "lines"  # one record: the same as a JSON-lines file of one line
         if doc and all(isinstance(v, list) for v in doc.values()):
             return "columns"
+        if one_line:
+            return "lines"  # a JSON-lines file of one (bad) record: its fields are checked by the loader
     return None
 
 
@@ -157,7 +159,7 @@ def read_json(path: Path, is_record: Callable[[dict], bool]) -> tuple[str, Itera
         if _looks_like_json_lines(text):
             return "lines", _lines_of_text(text, name)
         raise _document_error(text, name, doc)
-    layout = _layout_of_document(doc, is_record)
+    layout = _layout_of_document(doc, is_record, one_line="\n" not in text.strip())
     if layout is None:
         kind = {dict: "a JSON object", list: "a JSON array"}.get(type(doc), f"a JSON {type(doc).__name__}")
         raise DataFormatError(name, None, None, f"{kind} in no supported layout (for pandas, write "
