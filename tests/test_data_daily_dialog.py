@@ -16,8 +16,8 @@ from prosocial_lib.data.daily_dialog import detokenize
 
 TOKENISED = re.compile(r" [,.?!;:]| [’'] |^ | $")
 DIALOGS = [["Hey , Tom , are you free for lunch on Friday ? ", " I ’ m not sure . Let me check my calendar . "],
-           ["Excuse me , where is the nearest post office ? ", " Go straight two blocks , then turn left . You "
-            "can ’ t miss it . ", " Thanks a lot ! "]]
+           ["Excuse me , where is the nearest post office ? ",
+            (" Go straight two blocks , then turn left . You can ’ t miss it . "), " Thanks a lot ! "]]
 NATURAL = ["I’m not sure. Let me check my calendar.", "Go straight two blocks, then turn left. You can’t miss it.",
            "Thanks a lot!"]
 

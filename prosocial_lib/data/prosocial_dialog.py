@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,34 @@ def _is_str_list(x: Any) -> bool:
 
 def _is_null(x: Any) -> bool:
     """None, or the NaN pandas writes for a missing value (``json.dumps(df.to_dict(orient="list"))``)."""
-    return x is None or (isinstance(x, float) and x != x)
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_safety(out: dict, fail: Callable[[str, str, str], DataFormatError]) -> None:
+    """The safety label, its three votes, and that the votes give the label (as upstream aggregates them)."""
+    label = out["safety_label"]
+    if not isinstance(label, str):
+        raise fail("safety_label", f"expected a string, got {type(label).__name__}", "wrong type")
+    if label not in SAFETY_LABELS:
+        raise fail("safety_label", f"unknown safety label {label!r}; expected one of {', '.join(SAFETY_LABELS)}",
+                   "unknown safety label")
+    votes = out["safety_annotations"]
+    if not _is_str_list(votes):
+        raise fail("safety_annotations", f"expected a list of strings, got {votes!r:.80}", "wrong type")
+    if len(votes) != 3:
+        raise fail("safety_annotations", f"expected 3 votes, got {len(votes)}", "wrong vote count")
+    bad = [v for v in votes if v not in SAFETY_VOTES]
+    if bad:
+        raise fail("safety_annotations", f"unknown safety vote {bad[0]!r}; expected one of "
+                   f"{', '.join(SAFETY_VOTES)}", "unknown safety vote")
+    implied = aggregate_safety_votes(votes)
+    if implied != label:
+        raise fail("safety_label", f"label {label!r} contradicts its votes {votes}, which give {implied!r}",
+                   "label contradicts votes")
 
 
 def validate_row(rec: Any, file: str, row: int) -> dict:
@@ -96,25 +120,7 @@ def validate_row(rec: Any, file: str, row: int) -> dict:
         out["rots"] = []
     if not _is_str_list(out["rots"]):
         raise fail("rots", f"expected a list of strings, got {out['rots']!r:.80}", "wrong type")
-    label = out["safety_label"]
-    if not isinstance(label, str):
-        raise fail("safety_label", f"expected a string, got {type(label).__name__}", "wrong type")
-    if label not in SAFETY_LABELS:
-        raise fail("safety_label", f"unknown safety label {label!r}; expected one of {', '.join(SAFETY_LABELS)}",
-                   "unknown safety label")
-    votes = out["safety_annotations"]
-    if not _is_str_list(votes):
-        raise fail("safety_annotations", f"expected a list of strings, got {votes!r:.80}", "wrong type")
-    if len(votes) != 3:
-        raise fail("safety_annotations", f"expected 3 votes, got {len(votes)}", "wrong vote count")
-    bad = [v for v in votes if v not in SAFETY_VOTES]
-    if bad:
-        raise fail("safety_annotations", f"unknown safety vote {bad[0]!r}; expected one of "
-                   f"{', '.join(SAFETY_VOTES)}", "unknown safety vote")
-    implied = aggregate_safety_votes(votes)
-    if implied != label:
-        raise fail("safety_label", f"label {label!r} contradicts its votes {votes}, which give {implied!r}",
-                   "label contradicts votes")
+    _check_safety(out, fail)
     reasons = out["safety_annotation_reasons"]
     if _is_null(reasons):
         out["safety_annotation_reasons"] = reasons = []
