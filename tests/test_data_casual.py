@@ -76,9 +76,10 @@ def test_daily_dialog_local_files_skip_and_count_empty_turns():
         ds = load_casual(str(FIXTURES / "daily_dialog"), "train")
     # dialog 1: 4 turns -> 3 examples; dialog 2: an empty third turn cuts it -> 1 example
     assert len(ds) == 4 and set(ds["source"]) == {"daily_dialog"}
-    assert ds[1]["history"] == ["Hi , Anna , are you coming to the picnic on Saturday ?",
-                                "I'd love to , but I promised to help my brother move ."]
-    assert ds[3]["response"] == "No , you need the number 12 . It stops right across the street ."
+    # detokenised: DailyDialog's "Hi , Anna , ... ?" becomes natural text
+    assert ds[1]["history"] == ["Hi, Anna, are you coming to the picnic on Saturday?",
+                                "I'd love to, but I promised to help my brother move."]
+    assert ds[3]["response"] == "No, you need the number 12. It stops right across the street."
     assert last_load_report().skipped["empty turn"] == 1
 
 
@@ -93,7 +94,7 @@ def test_daily_dialog_hub_goes_through_load_dataset(monkeypatch):
     monkeypatch.setattr(casmod, "_load_daily_dialog_hub", fake)
     ds = load_casual("daily_dialog", "dev")
     assert calls == ["validation"] and len(ds) == 2
-    assert ds[1]["history"][-1] == "Tiring , but everyone was friendly ."
+    assert ds[1]["history"][-1] == "Tiring, but everyone was friendly."
 
 
 def test_unknown_source():

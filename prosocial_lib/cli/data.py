@@ -1,19 +1,20 @@
 """``prosocial data``: look at the data a preset uses, check a file before training on it, export a split.
 
     prosocial data summary --preset cpu                     # counts per split, label / source shares
-    prosocial data validate PATH --kind prosocial|mic       # every bad row: file, row, field; exit 1 if any
+    prosocial data validate PATH --kind prosocial|mic|casual  # every bad row: file, row, field; exit 1 if any
     prosocial data export --kind mic --split dev --out dev.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from ..data.errors import DataSkipWarning, LoadReport, last_load_report
+from ..data.errors import DataFormatError, DataSkipWarning, LoadReport, last_load_report
 from ..data.readers import EMBEDDED_NOTICE, split_of_path
 
 KINDS = ("prosocial", "mic", "casual")
@@ -44,15 +45,13 @@ def _splits(kind: str) -> tuple[str, ...]:
 
 
 def _load(kind: str, source: str, split: str, strict: bool = True, seed: int = 0):
-    from ..data.casual import load_casual
-    from ..data.mic import load_mic
-    from ..data.prosocial_dialog import load_prosocial_dialog
+    from ..data import load_casual, load_mic, load_prosocial_dialog
 
     if kind == "prosocial":
         return load_prosocial_dialog(source, split, strict=strict)
     if kind == "mic":
         return load_mic(source, split, strict=strict)
-    return load_casual(source, split, seed=seed)
+    return load_casual(source, split, seed=seed, strict=strict)
 
 
 def summary_tables(cfg, kinds: tuple[str, ...] = KINDS, override: str | None = None) -> dict[str, pd.DataFrame]:
@@ -91,54 +90,53 @@ def _print_report(report: LoadReport, show: int) -> None:
         print(f"  - {line}")
     if report.rows_skipped > len(report.examples[:show]):
         print(f"  ... and {report.rows_skipped - len(report.examples[:show])} more")
+    for line in report.problems:
+        print(f"  - {line}")
 
 
-def run_cli(args: argparse.Namespace, cfg) -> int:
-    if args.action == "summary":
-        kinds = (args.kind,) if args.kind else KINDS
-        print(f"preset {cfg.preset}; caps in this preset: train rows {cfg.data.max_train_examples}, eval rows "
-              f"{cfg.data.max_eval_examples} (the counts below are before the caps)")
-        if "embedded" in (cfg.data.prosocial_source, cfg.data.mic_source):
-            print(f"note: {EMBEDDED_NOTICE}")
-        with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
-            for title, table in summary_tables(cfg, kinds, args.path).items():
-                print(f"\n{title}\n{table}")
-        return 0
+def _summary(args: argparse.Namespace, cfg) -> int:
+    kinds = (args.kind,) if args.kind else KINDS
+    print(f"preset {cfg.preset}; caps in this preset: train rows {cfg.data.max_train_examples}, eval rows "
+          f"{cfg.data.max_eval_examples} (the counts below are before the caps)")
+    if "embedded" in (cfg.data.prosocial_source, cfg.data.mic_source):
+        print(f"note: {EMBEDDED_NOTICE}")
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.precision", 3):
+        for title, table in summary_tables(cfg, kinds, args.path).items():
+            print(f"\n{title}\n{table}")
+    return 0
 
-    if args.action == "validate":
-        if not args.path or not args.kind or args.kind == "casual":
-            print("validate needs PATH and --kind prosocial|mic")
-            return 2
-        path = Path(args.path)
-        if args.kind == "mic":
-            splits = (args.split or "train",)  # one pass validates the whole file, whatever the split
-        elif path.is_file():
-            splits = (args.split or split_of_path(Path(path.name)) or "train",)
-        else:
-            splits = (args.split,) if args.split else _splits("prosocial")
-        bad = 0
-        from ..data.errors import DataFormatError
 
-        for split in splits:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DataSkipWarning)
-                try:
-                    _load(args.kind, str(path), split, strict=False)
-                except FileNotFoundError as e:
-                    print(f"[{split}] {e}")
-                    bad += 1
-                    continue
-                except DataFormatError as e:  # a whole-file problem (e.g. a missing column in the header)
-                    print(f"[{split}] {e}")
-                    bad += 1
-                    continue
-            report = last_load_report()
-            _print_report(report, args.show)
-            bad += report.rows_skipped
-        print("OK: no bad rows" if not bad else f"FAILED: {bad} problem(s)")
-        return 0 if not bad else 1
+def _validate_splits(kind: str, path: Path, split: str | None) -> tuple[str, ...]:
+    if kind == "mic":
+        return (split or "train",)  # one pass validates the whole file, whatever the split
+    if path.is_file() and path.suffix.lower() != ".zip":
+        return (split or split_of_path(Path(path.name)) or "train",)
+    return (split,) if split else _splits(kind)
 
-    # export
+
+def _validate(args: argparse.Namespace) -> int:
+    if not args.path or not args.kind:
+        print("validate needs PATH and --kind prosocial|mic|casual")
+        return 2
+    path = Path(args.path)
+    bad = 0
+    for split in _validate_splits(args.kind, path, args.split):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataSkipWarning)
+            try:
+                _load(args.kind, str(path), split, strict=False)
+            except (FileNotFoundError, DataFormatError, ValueError) as e:  # a whole-file problem
+                print(f"[{split}] {e}")
+                bad += 1
+                continue
+        report = last_load_report()
+        _print_report(report, args.show)
+        bad += report.rows_skipped + len(report.problems)
+    print("OK: no bad rows" if not bad else f"FAILED: {bad} problem(s)")
+    return 0 if not bad else 1
+
+
+def _export(args: argparse.Namespace, cfg) -> int:
     if not args.kind or not args.out:
         print("export needs --kind and --out")
         return 2
@@ -148,3 +146,17 @@ def run_cli(args: argparse.Namespace, cfg) -> int:
     ds.to_json(args.out, lines=True)
     print(f"wrote {len(ds)} rows of {args.kind} [{split}] to {args.out}")
     return 0
+
+
+def run_cli(args: argparse.Namespace, cfg) -> int:
+    """Run ``prosocial data ACTION``. A data file that cannot be used prints one line (file, row, field: problem)
+    on stderr and exits 1, never a traceback."""
+    try:
+        if args.action == "summary":
+            return _summary(args, cfg)
+        if args.action == "validate":
+            return _validate(args)
+        return _export(args, cfg)
+    except (DataFormatError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -7,8 +7,8 @@ Sources (``source`` column of the result):
   and consecutive messages of the same sender are merged too.
 - ``"prosocial_casual"`` (``source="prosocial"``): the casual turns of ProsocialDialog (label ``__casual__``), with
   their dialogue history.
-- ``"daily_dialog"``: DailyDialog (Li et al., 2017) from the hub (online), or a local copy of its files (a
-  ``dialog`` column holding the utterances of each conversation).
+- ``"daily_dialog"``: DailyDialog (Li et al., 2017) from the hub (online), or a local copy in any layout it is
+  distributed in (:mod:`~prosocial_lib.data.daily_dialog`), detokenised to natural text.
 
 Splits are by conversation, so no conversation is in two splits: chitchat is cut 80/10/10 after a seeded
 shuffle; ProsocialDialog and DailyDialog keep their own train/validation/test splits.
@@ -16,23 +16,22 @@ shuffle; ProsocialDialog and DailyDialog keep their own train/validation/test sp
 
 from __future__ import annotations
 
-import copy
 import functools
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import datasets
 
+from . import daily_dialog
+from .checks import require_rows
 from .dialogue import dialogue_turns
 from .errors import LoadReport, _set_last_report
 from .labels import normalise_split
 from .prosocial_dialog import is_hub_id, load_prosocial_dialog
-from .readers import iter_json_lines, iter_parquet, split_files
 
-DAILY_DIALOG_HUB_ID = "li2017dailydialog/daily_dialog"
-DAILY_DIALOG_REVISION = "refs/convert/parquet"  # the hub repo's main branch only has a loading script
+DAILY_DIALOG_HUB_ID = daily_dialog.HUB_ID
+DAILY_DIALOG_REVISION = daily_dialog.HUB_REVISION
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_MAX_HISTORY_TURNS = 4
@@ -106,20 +105,6 @@ def _load_daily_dialog_hub(split: str) -> datasets.Dataset:
     return datasets.load_dataset(DAILY_DIALOG_HUB_ID, split=split, revision=DAILY_DIALOG_REVISION)
 
 
-def _daily_dialog_records(path: Path, split: str) -> list[Any]:
-    files = split_files(path, split) if path.is_dir() else [path]
-    if not files:
-        raise FileNotFoundError(f"no {split!r} DailyDialog files under {path}")
-    dialogs: list[Any] = []
-    for f in files:
-        recs = iter_parquet(f) if f.suffix.lower() == ".parquet" else iter_json_lines(f)
-        for row, rec in recs:
-            if not isinstance(rec, dict) or "dialog" not in rec:
-                raise ValueError(f"{f}, row {row}, field 'dialog': missing column 'dialog' (DailyDialog format)")
-            dialogs.append(rec["dialog"])
-    return dialogs
-
-
 def _dialogs_to_rows(dialogs: Iterable[Sequence[str]], source: str, max_history_turns: int, report: LoadReport
                      ) -> list[dict]:
     """Examples from conversations whose turns alternate speakers. An empty turn is skipped and counted; it
@@ -143,55 +128,78 @@ def _dialogs_to_rows(dialogs: Iterable[Sequence[str]], source: str, max_history_
 
 
 # ---------------------------------------------------------------------- the loader
+def _chitchat_rows(split: str, seed: int, max_history_turns: int) -> tuple[list[dict], LoadReport, str]:
+    convs = chitchat_conversations()
+    report = LoadReport(source="casual chat (chitchat-dataset)", split=split)
+    chosen = split_conversations(list(convs), split, seed)
+    rows = _dialogs_to_rows([convs[k][0] for k in chosen], "chitchat", max_history_turns, report)
+    empty = sum(convs[k][1] for k in chosen)  # empty lines, dropped before merging a speaker's lines
+    if empty:
+        report.skipped["empty turn"] += empty
+        report.rows_read += empty
+    report.notes.append(f"{len(chosen)} of {len(convs)} conversations in split {split!r} (seed {seed})")
+    return rows, report, "chitchat-dataset"
+
+
+def _prosocial_rows(split: str, prosocial_source: str, max_history_turns: int, strict: bool
+                    ) -> tuple[list[dict], LoadReport, str]:
+    pd_rows = load_prosocial_dialog(prosocial_source, split, strict=strict)
+    turns = dialogue_turns(pd_rows, max_history_turns=max_history_turns)
+    label = f"casual turns of ProsocialDialog ({prosocial_source})"
+    report = LoadReport(source=label, split=split, rows_read=len(turns))
+    rows = [{"history": h, "response": r, "source": "prosocial_casual"}
+            for h, r, lab in zip(turns["history"], turns["response"], turns["safety_label"]) if lab == "__casual__"]
+    report.notes.append(f"{len(rows)} of {len(turns)} turns are labelled __casual__")
+    return rows, report, label
+
+
+def _daily_dialog_rows(source: str, split: str, max_history_turns: int, strict: bool
+                       ) -> tuple[list[dict], LoadReport, str]:
+    report = LoadReport(source=f"DailyDialog ({source})", split=split)
+    if source == "daily_dialog" or is_hub_id(source):
+        hub = _load_daily_dialog_hub(split)
+        records = hub.to_list() if hasattr(hub, "to_list") else list(hub)
+        dialogs = daily_dialog.read_hub_records(records, split, report, strict)
+        name = DAILY_DIALOG_HUB_ID
+    else:
+        dialogs = daily_dialog.read_local(Path(source).expanduser(), split, report, strict)
+        name = source
+    return _dialogs_to_rows(dialogs, "daily_dialog", max_history_turns, report), report, name
+
+
 def load_casual(source: str = "chitchat", split: str = "train", *, seed: int = 0, max_rows: int | None = None,
-                max_history_turns: int = DEFAULT_MAX_HISTORY_TURNS, prosocial_source: str = "embedded"
-                ) -> datasets.Dataset:
+                max_history_turns: int = DEFAULT_MAX_HISTORY_TURNS, prosocial_source: str = "embedded",
+                strict: bool = True) -> datasets.Dataset:
     """Casual-chat turns with columns ``history`` (list[str], oldest first, alternating speakers, ending with the
     utterance to answer), ``response`` and ``source``.
 
     ``source``: ``"chitchat"`` (offline, real chats) | ``"prosocial"`` (casual turns of ProsocialDialog from
-    ``prosocial_source``) | ``"daily_dialog"`` (hub) or a local folder/file in DailyDialog's format.
-    Empty turns are skipped and counted (a :class:`~prosocial_lib.data.errors.DataSkipWarning` and
-    :func:`~prosocial_lib.data.errors.last_load_report`). ``max_rows`` keeps a seeded random sample of that many
-    turns (so a small cap still spans many conversations).
+    ``prosocial_source``) | ``"daily_dialog"`` (hub) or a local DailyDialog file or folder in any layout of
+    :mod:`~prosocial_lib.data.daily_dialog` (detokenised). Empty turns are skipped and counted (a
+    :class:`~prosocial_lib.data.errors.DataSkipWarning` and :func:`~prosocial_lib.data.errors.last_load_report`).
+    ``max_rows`` keeps a seeded random sample of that many turns (so a small cap still spans many conversations).
+
+    Raises :class:`~prosocial_lib.data.errors.DataFormatError` (file, row, field) for a bad DailyDialog record
+    (``dialog`` not a list of strings, a line that is not JSON or not UTF-8), an unreadable or empty file and a
+    split with no examples; ``strict=False`` skips bad records and notes the rest instead. ``FileNotFoundError``
+    when a local copy holds no files of the split; ``ValueError`` for an unknown source.
     """
     split = normalise_split(split, SPLITS)
     source = str(source)
     if source == "chitchat":
-        convs = chitchat_conversations()
-        report = LoadReport(source="casual chat (chitchat-dataset)", split=split)
-        chosen = split_conversations(list(convs), split, seed)
-        rows = _dialogs_to_rows([convs[k][0] for k in chosen], "chitchat", max_history_turns, report)
-        empty = sum(convs[k][1] for k in chosen)  # empty lines, dropped before merging a speaker's lines
-        if empty:
-            report.skipped["empty turn"] += empty
-            report.rows_read += empty
-        report.notes.append(f"{len(chosen)} of {len(convs)} conversations in split {split!r} (seed {seed})")
+        rows, report, name = _chitchat_rows(split, seed, max_history_turns)
     elif source in ("prosocial", "prosocial_casual"):
-        pd_rows = load_prosocial_dialog(prosocial_source, split)
-        turns = dialogue_turns(pd_rows, max_history_turns=max_history_turns)
-        report = LoadReport(source=f"casual turns of ProsocialDialog ({prosocial_source})", split=split,
-                            rows_read=len(turns))
-        rows = [{"history": h, "response": r, "source": "prosocial_casual"}
-                for h, r, lab in zip(turns["history"], turns["response"], turns["safety_label"])
-                if lab == "__casual__"]
-        report.notes.append(f"{len(rows)} of {len(turns)} turns are labelled __casual__")
+        rows, report, name = _prosocial_rows(split, prosocial_source, max_history_turns, strict)
     elif source == "daily_dialog" or is_hub_id(source) or Path(source).expanduser().exists():
-        report = LoadReport(source=f"DailyDialog ({source})", split=split)
-        if source == "daily_dialog" or is_hub_id(source):
-            hub = _load_daily_dialog_hub(split)
-            dialogs = hub["dialog"] if len(hub) else []
-        else:
-            dialogs = _daily_dialog_records(Path(source).expanduser(), split)
-        rows = _dialogs_to_rows(dialogs, "daily_dialog", max_history_turns, report)
+        rows, report, name = _daily_dialog_rows(source, split, max_history_turns, strict)
     else:
         raise ValueError(f"unknown casual source {source!r}: choose 'chitchat', 'prosocial', 'daily_dialog' or a "
                          "local DailyDialog folder")
     report.rows_kept = len(rows)
     report.notes.append("rows read = utterances; rows kept = (history, response) examples built from them")
-    report = copy.deepcopy(report)
+    require_rows(report, name, split, strict, what="(history, response) examples")
     _set_last_report(report)
-    report.warn_if_skipped("empty turns")
+    report.warn_if_skipped("empty turns" if set(report.skipped) <= {"empty turn"} else "rows")
     if max_rows is not None and len(rows) > max_rows:
         picked = sorted(random.Random(seed).sample(range(len(rows)), max(0, int(max_rows))))
         rows = [rows[i] for i in picked]

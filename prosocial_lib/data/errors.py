@@ -54,6 +54,9 @@ class LoadReport:
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # the first few error messages, to show the user
     notes: list[str] = field(default_factory=list)
+    #: Whole-file or whole-split problems that ``strict=False`` let through (an empty file, a dialogue in two
+    #: splits), one message each; ``prosocial data validate`` fails on them as on skipped rows.
+    problems: list[str] = field(default_factory=list)
 
     MAX_EXAMPLES = 5
 
@@ -66,21 +69,40 @@ class LoadReport:
         if len(self.examples) < self.MAX_EXAMPLES:
             self.examples.append(str(err))
 
+    def problem(self, err: DataFormatError | str) -> None:
+        """Record a whole-file or whole-split problem (strict=False): it is warned about and counted by
+        ``prosocial data validate``, but no row is skipped for it."""
+        message = str(err)
+        if message not in self.problems:
+            self.problems.append(message)
+
+    def fail_or_note(self, err: DataFormatError, strict: bool) -> None:
+        """Raise ``err`` (strict) or keep it as a :meth:`problem` (strict=False)."""
+        if strict:
+            raise err
+        self.problem(err)
+
     def summary(self) -> str:
         head = f"{self.source} [{self.split}]: read {self.rows_read} rows, kept {self.rows_kept}"
+        tail = f"; {len(self.problems)} problem(s)" if self.problems else ""
         if not self.skipped:
-            return head + ", skipped none"
+            return head + ", skipped none" + tail
         reasons = "; ".join(f"{n} x {reason}" for reason, n in self.skipped.most_common())
-        return f"{head}, skipped {self.rows_skipped} ({reasons})"
+        return f"{head}, skipped {self.rows_skipped} ({reasons}){tail}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "split": self.split, "rows_read": self.rows_read,
                 "rows_kept": self.rows_kept, "rows_skipped": self.rows_skipped, "skipped": dict(self.skipped),
-                "examples": list(self.examples), "notes": list(self.notes)}
+                "examples": list(self.examples), "notes": list(self.notes), "problems": list(self.problems)}
 
     def warn_if_skipped(self, what: str = "rows") -> None:
+        """One :class:`DataSkipWarning` when rows were skipped or problems recorded (the caller's caller is named)."""
+        problems = ": " + " | ".join(self.problems) if self.problems else ""
         if self.skipped:
-            warnings.warn(f"skipped {self.rows_skipped} {what} - {self.summary()}", DataSkipWarning, stacklevel=3)
+            warnings.warn(f"skipped {self.rows_skipped} {what} - {self.summary()}{problems}", DataSkipWarning,
+                          stacklevel=3)
+        elif self.problems:
+            warnings.warn(f"{self.source} [{self.split}]{problems}", DataSkipWarning, stacklevel=3)
 
 
 _LAST = threading.local()

@@ -17,19 +17,19 @@ from __future__ import annotations
 import ast
 import copy
 import functools
-import io
 import json
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import datasets
 
+from .checks import empty_file_error, require_rows
 from .errors import DataFormatError, LoadReport, _set_last_report
 from .labels import MORAL_FOUNDATIONS
 from .prosocial_dialog import is_hub_id
-from .readers import EMBEDDED_NOTICE, SAMPLES_DIR, iter_csv
+from .readers import EMBEDDED_NOTICE, SAMPLES_DIR, open_text, read_csv, wrap_text, zip_errors
 
 HUB_ID = "SALT-NLP/MIC"
 EMBEDDED_FILE = SAMPLES_DIR / "mic" / "MIC.csv"
@@ -59,6 +59,8 @@ FEATURES = datasets.Features({
     "split": datasets.Value("string"),
     "worker_answer": datasets.Value("string"),
 })
+
+_MAX_VECTOR_CHARS = 200  # "[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]" has 30
 
 _RANGES = {"A_agrees": (0, 1, 2), "rot-agree": (-1, 1, 2, 3, 4, 5), "violation-severity": (-1, 1, 2, 3, 4, 5),
            "rot-agree-collapsed": (1, 2, 3), "violation-severity-collapsed": (1, 2, 3)}
@@ -95,12 +97,16 @@ def _parse_int(value: Any, file: str, row: int, field: str) -> int:
 def _parse_vector(value: Any, file: str, row: int) -> list[int]:
     field = "moral-vector"
     if isinstance(value, str):
+        if len(value) > _MAX_VECTOR_CHARS:  # never hand a huge or deeply nested value to a parser
+            raise DataFormatError(file, row, field, f"malformed moral-vector ({len(value)} characters, "
+                                  f"starting {value[:20]!r}): expected six 0/1 entries like "
+                                  "[1.0, 0.0, 0.0, 0.0, 0.0, 0.0]", "malformed")
         try:
             parsed = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             try:
                 parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                 raise DataFormatError(file, row, field, f"malformed moral-vector {value!r:.60}: expected six 0/1 "
                                       "entries like [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]", "malformed") from None
     else:
@@ -197,8 +203,8 @@ def validate_records(records: Iterable[tuple[int, Any]], file: str, report: Load
 
 
 # ---------------------------------------------------------------------- reading
-def _read_csv_stream(stream: io.TextIOBase, name: str, strict: bool, label: str) -> tuple[list[dict], LoadReport]:
-    header, rows = iter_csv(stream, name)
+def _read_csv_stream(stream: TextIO, name: str, strict: bool, label: str) -> tuple[list[dict], LoadReport]:
+    header, rows = read_csv(stream, name)
     missing = [c for c in REQUIRED if c not in header]
     if missing:  # the whole file is unusable: raise even when strict=False
         raise DataFormatError(name, 1, missing[0], f"missing column {missing[0]!r} in the header (found: "
@@ -206,25 +212,30 @@ def _read_csv_stream(stream: io.TextIOBase, name: str, strict: bool, label: str)
     report = LoadReport(source=label, split="all")
     kept = validate_records(rows, name, report, strict)
     report.rows_kept = len(kept)
+    if not rows:
+        report.fail_or_note(empty_file_error(name, "only a header line"), strict)
     return kept, report
+
+
+def _read_zip(path: str, strict: bool, label: str) -> tuple[list[dict], LoadReport]:
+    with zip_errors(path), zipfile.ZipFile(path) as zf:
+        members = [m for m in zf.namelist() if m.lower().endswith(".csv") and not m.startswith("__MACOSX")]
+        member = next((m for m in members if Path(m).name == "MIC.csv"), members[0] if members else None)
+        if member is None:
+            raise DataFormatError(path, None, None, f"no CSV file inside (members: {', '.join(zf.namelist())}); "
+                                  "extract MIC.csv by hand and pass its path", "unsupported file")
+        with zf.open(member) as raw:
+            name = f"{path}:{member}"
+            return _read_csv_stream(wrap_text(raw, name), name, strict, label)
 
 
 @functools.lru_cache(maxsize=16)
 def _read_file_cached(path: str, _mtime: float, _size: int, strict: bool, label: str
                       ) -> tuple[tuple[dict, ...], LoadReport]:
-    p = Path(path)
-    if p.suffix.lower() == ".zip":
-        with zipfile.ZipFile(p) as zf:
-            members = [m for m in zf.namelist() if m.lower().endswith(".csv") and not m.startswith("__MACOSX")]
-            member = next((m for m in members if Path(m).name == "MIC.csv"), members[0] if members else None)
-            if member is None:
-                raise DataFormatError(path, None, None, f"no CSV file inside (members: {', '.join(zf.namelist())}"
-                                      "); extract MIC.csv by hand and pass its path", "unsupported file")
-            with zf.open(member) as raw:
-                rows, report = _read_csv_stream(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""),
-                                                f"{path}:{member}", strict, label)
+    if Path(path).suffix.lower() == ".zip":
+        rows, report = _read_zip(path, strict, label)
     else:
-        with open(p, encoding="utf-8-sig", newline="") as f:
+        with open_text(Path(path)) as f:
             rows, report = _read_csv_stream(f, path, strict, label)
     return tuple(rows), report
 
@@ -263,9 +274,15 @@ def load_mic(source: str = "embedded", split: str = "train", *, strict: bool = T
 
     ``source``: ``"embedded"`` (the book's sample, NOT the real MIC) | a local ``MIC.csv`` / folder / ``.zip`` |
     ``"SALT-NLP/MIC"`` (hub). ``split``: train | dev | test (``validation`` and ``valid`` mean dev).
-    ``strict=False`` skips bad rows; the counts are in :func:`~prosocial_lib.data.errors.last_load_report` and a
-    warning. ``max_rows`` keeps whole prompts (all answers to a question), in order of first appearance, while
-    the total stays within ``max_rows``.
+    ``max_rows`` keeps whole prompts (all answers to a question), in order of first appearance, while the total
+    stays within ``max_rows``. The CSV is read as its authors wrote it (``pandas.DataFrame.to_csv``), UTF-8 with
+    or without a byte-order mark; fields may be longer than the csv module's default limit.
+
+    Raises :class:`~prosocial_lib.data.errors.DataFormatError` (file, row, field) for a bad row (see
+    :func:`validate_row`), text that is not UTF-8, a broken CSV, zip or header, a file with no rows and a split
+    with no rows; ``FileNotFoundError`` (saying how to get MIC) for a missing file. ``strict=False`` skips bad
+    rows and notes whole-file problems instead; the counts are in
+    :func:`~prosocial_lib.data.errors.last_load_report` and a warning.
     """
     split = "dev" if str(split).strip().lower() in ("validation", "valid", "val", "dev") else str(split).lower()
     if split not in SPLITS:
@@ -278,6 +295,7 @@ def load_mic(source: str = "embedded", split: str = "train", *, strict: bool = T
     selected = [r for r in rows if r["split"] == split]
     report.split = split
     report.notes.append(f"{len(selected)} of the {report.rows_kept} valid rows are in split {split!r}")
+    require_rows(report, str(path), split, strict, kept=len(selected))
     _set_last_report(report)
     report.warn_if_skipped()
     if max_rows is not None:
