@@ -20,6 +20,7 @@ from prosocial_lib.eval.audit import (
 )
 from prosocial_lib.eval.contexts import CONTEXT_COLUMNS, build_context_sets, load_contexts_jsonl
 from prosocial_lib.eval.judges.judges import SCORE_COLUMNS
+from prosocial_lib.eval.metrics import quality_table
 from prosocial_lib.report.audit import (
     context_set_table,
     describe_run,
@@ -29,7 +30,6 @@ from prosocial_lib.report.audit import (
     headline_table,
     k_sample_table,
     prompt_effect_table,
-    quality_table,
     render_examples,
     systems_table,
 )

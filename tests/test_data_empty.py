@@ -9,8 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 from realworld import EMBEDDED_PD, REAL, hub_rows, mic_rows, validate_cli, write_mic
 
-from prosocial_lib.data import DataFormatError, DataSkipWarning, last_load_report, load_casual, load_mic, \
-    load_prosocial_dialog
+from prosocial_lib.data import (
+    DataFormatError,
+    DataSkipWarning,
+    last_load_report,
+    load_casual,
+    load_mic,
+    load_prosocial_dialog,
+)
 
 
 def _pd_folder_with_empty_train(tmp_path):

@@ -20,7 +20,7 @@ def machine_header(cfg: Config, device: torch.device, model=None) -> dict[str, A
     """Where the numbers come from: CPU model and cores, torch threads and versions, device, preset, model."""
     import transformers
 
-    from ..book.builder import machine_info
+    from ..runs import machine_info
     info = machine_info()
     header: dict[str, Any] = {
         "preset": cfg.preset, "model": cfg.model.name, "device": str(device), "cpu": info["cpu"],

@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from ..runs import machine_info
+
 # Files and folders at the book root that the staging copy needs (relative to the repository root).
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -146,32 +148,6 @@ def _executes_last(path: Path) -> bool:
     return bool(nbformat.read(path, as_version=4).metadata.get("prosocial", {}).get("execute_last"))
 
 
-def machine_info() -> dict[str, object]:
-    """Where a report's times were measured: CPU model and cores, GPU, platform, date."""
-    import platform
-    import re
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        usable = os.cpu_count()
-    info: dict[str, object] = {"cpu": cpu, "cpu_cores": os.cpu_count(), "cpu_cores_usable": usable,
-                               "platform": platform.platform(), "python": platform.python_version(),
-                               "date": time.strftime("%Y-%m-%d")}
-    try:
-        import torch
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
 
 
 def write_report(path: Path, preset: str, runs: list[NotebookRun], **extra) -> dict:

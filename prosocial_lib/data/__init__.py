@@ -13,9 +13,20 @@ Bad rows raise :class:`DataFormatError` (file, row, field); with ``strict=False`
 from .casual import load_casual
 from .dialogue import dialogue_turns, history_to_messages
 from .errors import DataFormatError, DataSkipWarning, LoadReport, last_load_report
-from .labels import (MIC_AGREEMENT, MIC_CHATBOTS, MIC_CONSENSUS, MIC_SEVERITY, MORAL_FOUNDATIONS,
-                     PROSOCIAL_SOURCES, SAFETY_LABELS, SAFETY_SEVERITY, SAFETY_VOTES, UPSTREAM_LABEL_SHARES,
-                     aggregate_safety_votes, collapse_safety_label)
+from .labels import (
+                     MIC_AGREEMENT,
+                     MIC_CHATBOTS,
+                     MIC_CONSENSUS,
+                     MIC_SEVERITY,
+                     MORAL_FOUNDATIONS,
+                     PROSOCIAL_SOURCES,
+                     SAFETY_LABELS,
+                     SAFETY_SEVERITY,
+                     SAFETY_VOTES,
+                     UPSTREAM_LABEL_SHARES,
+                     aggregate_safety_votes,
+                     collapse_safety_label,
+)
 from .mic import load_mic
 from .prosocial_dialog import load_prosocial_dialog
 from .readers import EMBEDDED_NOTICE

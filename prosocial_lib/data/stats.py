@@ -10,8 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import datasets
 import pandas as pd
 
-from .labels import (MIC_AGREEMENT, MIC_CONSENSUS, MIC_SEVERITY, MORAL_FOUNDATIONS, SAFETY_LABELS,
-                     collapse_safety_label)
+from .labels import MIC_AGREEMENT, MIC_CONSENSUS, MIC_SEVERITY, MORAL_FOUNDATIONS, SAFETY_LABELS, collapse_safety_label
 
 #: Short names of the safety labels for table columns.
 SHORT_LABELS = dict(zip(SAFETY_LABELS, ("casual", "possibly caution", "probably caution", "needs caution",

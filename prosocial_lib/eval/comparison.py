@@ -189,7 +189,7 @@ def quality_frame(replies: pd.DataFrame, trained: Sequence[TrainedVariant],
                   ppl: dict[str, dict[str, float]]) -> pd.DataFrame:
     """Per variant and context set: BLEU-4 and unigram F1 against the gold responses, perplexity of the gold
     responses, distinct-1/2, mean reply length in words, empty replies; plus held-out accuracy / margin."""
-    from ..report.audit import quality_table
+    from .metrics import quality_table
 
     q = quality_table(replies)
     key_of = {tv.variant.label: tv.variant.key for tv in trained}

@@ -318,3 +318,20 @@ def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: S
                                      cluster_col=cluster_col)
             rows.append((*key, flag, rate, lo, hi, len(judged)))
     return pd.DataFrame(rows, columns=columns)
+
+
+def quality_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per system and context set: reply length, distinct-1/2, and BLEU-4 / unigram F1 against the gold
+    responses (where the contexts have them)."""
+    rows = []
+    for (system, set_name), sub in df.groupby(["system", "context_set"], sort=False):
+        gold = sub[sub["response"].astype(str).str.len() > 0]
+        rows.append({
+            "system": system, "context_set": set_name, "replies": len(sub),
+            "mean_words": float(pd.Series(reply_lengths(sub["reply"].tolist())).mean()),
+            "empty_replies": int((sub["reply"].str.strip() == "").sum()),
+            "distinct_1": distinct_n(sub["reply"].tolist(), 1), "distinct_2": distinct_n(sub["reply"].tolist(), 2),
+            "bleu4": bleu4(gold["reply"].tolist(), gold["response"].tolist()) if len(gold) else float("nan"),
+            "unigram_f1": mean_unigram_f1(gold["reply"].tolist(), gold["response"].tolist()) if len(gold)
+            else float("nan")})
+    return pd.DataFrame(rows)

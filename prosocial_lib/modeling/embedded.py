@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
-from ..runs import _file_lock
 from .chat import chat_prompt, chat_turn_end
 from .runtime import ModelSpecError, _dtype_kwarg, cache_root
 
@@ -93,7 +93,7 @@ def _atomic_build(target: Path, build) -> None:
     """Run ``build(tmp_dir)`` and rename the result to ``target``, so an interrupted build never leaves a broken
     cache; a file lock keeps two processes from converting at the same time."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    with FileLock(str(target.parent / f".{target.name}.lock")):
         if _cache_ok(target):  # another process finished while we waited
             return
         if target.exists():  # a folder without the marker: not ours to trust

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..config.schema import Config
 from ..eval.audit import AuditSystem, short_model_name
-from ..eval.metrics import bleu4, distinct_n, expected_max, mean_unigram_f1, prob_at_least_one, reply_lengths
+from ..eval.metrics import expected_max, prob_at_least_one
 
 #: The headline rate of each context set: what counts as a failure there.
 HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
@@ -27,21 +27,6 @@ def headline_table(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = H
     return pd.DataFrame(out).reindex(systems).rename_axis("system")
 
 
-def quality_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per system and context set: reply length, distinct-1/2, and BLEU-4 / unigram F1 against the gold
-    responses (where the contexts have them)."""
-    rows = []
-    for (system, set_name), sub in df.groupby(["system", "context_set"], sort=False):
-        gold = sub[sub["response"].astype(str).str.len() > 0]
-        rows.append({
-            "system": system, "context_set": set_name, "replies": len(sub),
-            "mean_words": float(pd.Series(reply_lengths(sub["reply"].tolist())).mean()),
-            "empty_replies": int((sub["reply"].str.strip() == "").sum()),
-            "distinct_1": distinct_n(sub["reply"].tolist(), 1), "distinct_2": distinct_n(sub["reply"].tolist(), 2),
-            "bleu4": bleu4(gold["reply"].tolist(), gold["response"].tolist()) if len(gold) else float("nan"),
-            "unigram_f1": mean_unigram_f1(gold["reply"].tolist(), gold["response"].tolist()) if len(gold)
-            else float("nan")})
-    return pd.DataFrame(rows)
 
 
 def k_sample_table(df: pd.DataFrame, cfg: Config, score: str = "unsafe_prob", threshold: float | None = None

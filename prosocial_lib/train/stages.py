@@ -44,7 +44,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..config.schema import Config, ModelConfig
-from ..runs import _write_json_atomic
+from ..runs import write_json_atomic
 from .collator import GroupCollator, TrainingSetupError
 from .losses import ProjectionHead
 from .scoring import evaluate_groups
@@ -258,7 +258,7 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
             "init_from"], "config": cfg.to_dict()}, indent=2, default=str))
         (out / LOG_HISTORY).write_text(json.dumps(history, indent=1))
         metrics["seconds_total"] = round(time.perf_counter() - t_start, 2)
-        _write_json_atomic(out / METRICS, metrics)
+        write_json_atomic(out / METRICS, metrics)
         shutil.rmtree(trainer_dir, ignore_errors=True)  # finished: the resumable checkpoints are not needed
     trainer.accelerator.wait_for_everyone()
     return StageResult(stage=stage, checkpoint_dir=out, metrics=metrics, log_history=history, reused=False)
