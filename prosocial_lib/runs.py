@@ -15,6 +15,9 @@ comparison, the benchmark, the converted embedded model) follows the same three 
 :func:`load_or_build` combines the three for a result saved in one file (its fingerprint in the file name or in the
 file); :func:`load_or_compute` is the same for a value stored with its key (``{"key": ..., "value": ...}``).
 
+Every chapter's steps use it: the stages of chapters 02-03, the judges and generations of chapter 01, the
+comparison of chapter 04 and the benchmark appendix.
+
 Layer: the bottom of the package (beside ``config`` and ``data``); it imports nothing from the library.
 """
 
@@ -47,7 +50,8 @@ def fingerprint(obj: Any, length: int = 12) -> str:
         length: number of hex characters kept (12 = 48 bits).
 
     Returns:
-        ``length`` lowercase hex characters of the SHA-256 of the canonical JSON.
+        ``length`` lowercase hex characters of the SHA-256 of the canonical JSON
+        (``json.dumps(obj, sort_keys=True, default=str)``).
 
     Example:
         >>> fingerprint({"b": 1, "a": [1, 2]}) == fingerprint({"a": [1, 2], "b": 1})
