@@ -130,9 +130,7 @@ def generate_replies(
         GenerationInputError: malformed histories, or settings out of range.
 
     Example:
-        >>> model, tok = load_model_and_tokenizer("tiny")  # doctest: +SKIP
         >>> generate_replies(model, tok, [["hi there"]], max_new_tokens=8, progress=False)  # doctest: +SKIP
-        [['...']]
     """
     from tqdm.auto import tqdm
 
@@ -161,19 +159,26 @@ def generate_replies(
     try:
         with padding_side(tokenizer, "right" if encoder_decoder else "left"):
             for batch in length_batches(rows, [len(encoded[i]) for i, _ in rows], batch_size, max_batch_tokens):
-                inputs = tokenizer.pad({"input_ids": [encoded[i] for i, _ in batch]}, return_tensors="pt")
-                inputs = {k: v.to(model.device) for k, v in inputs.items()}
                 seeds = [row_seed(seed, prompts[i], s) for i, s in batch] if do_sample else None
-                out = model.generate(**inputs, logits_processor=_sampling_processors(temperature, top_p, seeds),
-                                     **gen_kwargs)
-                new = out[:, 1:] if encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
-                for (i, s), ids in zip(batch, new.tolist()):
+                new = _generate_batch(model, tokenizer, [encoded[i] for i, _ in batch],
+                                      _sampling_processors(temperature, top_p, seeds), gen_kwargs)
+                for (i, s), ids in zip(batch, new):
                     replies[(i, s)] = decode_reply(tokenizer, ids, stops)
                 bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)
     return [[replies[(i, s if do_sample else 0)] for s in range(num_samples)] for i in range(len(histories))]
+
+
+def _generate_batch(model, tokenizer, ids: list[list[int]], processors: LogitsProcessorList,
+                    gen_kwargs: dict[str, Any]) -> list[list[int]]:
+    """The new token ids of each row of one batch of prompts (padded on the tokenizer's current side)."""
+    inputs = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    out = model.generate(**inputs, logits_processor=processors, **gen_kwargs)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    return (out[:, 1:] if encoder_decoder else out[:, inputs["input_ids"].shape[1]:]).tolist()
 
 
 def _check_settings(histories: Sequence[Sequence[str]], num_samples: int, batch_size: int, max_new_tokens: int,
