@@ -5,24 +5,34 @@ comparison, the benchmark, the converted embedded model) follows the same three 
 
 1. A result is keyed by a :func:`fingerprint` of everything that determines it; a result whose fingerprint matches is
    reused, never recomputed.
-2. A result is written atomically (:func:`write_json_atomic`, :func:`write_text_atomic`): a reader sees the old file
-   or the new one, never half of one. A file that cannot be read back is treated as missing (:func:`read_json`).
+2. A result is written atomically (:func:`write_json_atomic`, :func:`write_text_atomic`, :func:`write_jsonl_atomic`,
+   :func:`atomic_path` for other formats, :func:`build_folder_atomic` for a whole folder): a reader sees the old
+   file or the new one, never half of one. A file that cannot be read back is treated as missing
+   (:func:`read_json`, :func:`read_jsonl`).
 3. A folder being written is locked (:func:`run_lock`), so two processes sharing ``runs/`` never build the same
    result at once.
+
+:func:`load_or_build` combines the three for a result saved in one file (its fingerprint in the file name or in the
+file); :func:`load_or_compute` is the same for a value stored with its key (``{"key": ..., "value": ...}``).
+
+Every chapter's steps use it: the stages of chapters 02-03, the judges and generations of chapter 01, the
+comparison of chapter 04 and the benchmark appendix.
 
 Layer: the bottom of the package (beside ``config`` and ``data``); it imports nothing from the library.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from filelock import FileLock
 
@@ -40,7 +50,8 @@ def fingerprint(obj: Any, length: int = 12) -> str:
         length: number of hex characters kept (12 = 48 bits).
 
     Returns:
-        ``length`` lowercase hex characters of the SHA-256 of the canonical JSON.
+        ``length`` lowercase hex characters of the SHA-256 of the canonical JSON
+        (``json.dumps(obj, sort_keys=True, default=str)``).
 
     Example:
         >>> fingerprint({"b": 1, "a": [1, 2]}) == fingerprint({"a": [1, 2], "b": 1})
@@ -50,27 +61,76 @@ def fingerprint(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a uniquely named temporary file in the same folder and ``os.replace``.
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file path beside ``path`` to write to; on success it replaces ``path`` (``os.replace``).
 
-    Readers see the old content or the new one, never a partial file; two writers never share a temporary file.
-    Creates the parent folder.
+    For writers that want a file name rather than text (``np.savez``, ``DataFrame.to_csv``). The temporary name
+    ends with ``path``'s suffix (``np.savez`` appends ``.npz`` otherwise) and is unique, so two writers never share
+    it. On an exception the temporary file is removed and ``path`` keeps its old content.
+
+    Args:
+        path: the file to (re)write; its parent folder is created.
+
+    Yields:
+        The temporary path to write.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "x.npz"
+        >>> with atomic_path(out) as tmp:
+        ...     np.savez(tmp, a=np.zeros(2))
+        >>> sorted(p.name for p in out.parent.iterdir())
+        ['x.npz']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """:func:`write_text_atomic` of ``obj`` as indented JSON (unknown types written with ``str``)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`.
+
+    Readers see the old content or the new one, never a partial file; two writers never share a temporary file.
+
+    Args:
+        path: the file to write; its parent folder is created.
+        text: the whole new content.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """:func:`write_text_atomic` of ``obj`` as JSON (unknown types written with ``str``).
+
+    Args:
+        path: the file to write.
+        obj: a JSON-serialisable value (numbers, strings, lists, dicts; anything else becomes its ``str``).
+        indent: ``json.dumps``' indent (``None``: one line).
+    """
+    write_text_atomic(path, json.dumps(obj, indent=indent, default=str))
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[Any]) -> None:
+    """:func:`write_text_atomic` of ``records`` as JSON Lines: one ``json.dumps(record, ensure_ascii=False)`` a line.
+
+    Args:
+        path: the ``.jsonl`` file to write.
+        records: JSON-serialisable values, one per line, in order.
+    """
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def _unreadable(path: Path, error: Exception) -> None:
+    warnings.warn(f"{path} cannot be read ({error}); it is treated as missing and will be rebuilt", stacklevel=3)
 
 
 def read_json(path: str | Path) -> Any | None:
@@ -78,6 +138,12 @@ def read_json(path: str | Path) -> Any | None:
 
     A truncated or otherwise unreadable cache is treated as missing (with a warning naming the file), so the step
     that owns it recomputes it instead of failing on every later call.
+
+    Args:
+        path: a JSON file.
+
+    Returns:
+        The parsed content, or ``None`` (missing or unreadable).
     """
     path = Path(path)
     if not path.is_file():
@@ -85,20 +151,88 @@ def read_json(path: str | Path) -> Any | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        warnings.warn(f"{path} cannot be read ({e}); it is treated as missing and will be rebuilt", stacklevel=2)
+        _unreadable(path, e)
+        return None
+
+
+def read_jsonl(path: str | Path) -> list[Any] | None:
+    """The records of a JSON Lines file (blank lines skipped), or ``None`` when it is missing or unreadable.
+
+    Args:
+        path: a ``.jsonl`` file, e.g. one :func:`write_jsonl_atomic` wrote.
+
+    Returns:
+        One parsed value per non-blank line, or ``None`` (missing, or any line unreadable: warned, as
+        :func:`read_json`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        _unreadable(path, e)
         return None
 
 
 def run_lock(folder: str | Path, timeout: float = -1) -> FileLock:
     """An exclusive, inter-process lock on ``folder`` (a file ``.lock`` inside it), for use as a context manager.
 
+    Locks are not re-entrant across lock objects: do not take the lock of a folder again while holding it.
+
     Args:
         folder: the run folder being written; created if missing.
         timeout: seconds to wait for another process (-1 = wait as long as it takes).
+
+    Returns:
+        A :class:`filelock.FileLock` (``with run_lock(folder): ...``).
+
+    Raises:
+        filelock.Timeout: when ``timeout`` passes before the lock is free.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return FileLock(str(folder / LOCK_NAME), timeout=timeout)
+
+
+def load_or_build(path: str | Path, build: Callable[[], T], *, valid: Callable[[Any], bool] | None = None,
+                  read: Callable[[Path], Any | None] = read_json,
+                  write: Callable[[Path, Any], None] = write_json_atomic,
+                  lock: bool = True, force: bool = False) -> tuple[T, bool]:
+    """The result saved at ``path`` when it reads back (and ``valid`` accepts it), else ``build()`` saved there.
+
+    The one "reuse if present" rule of the library: the audit's generations, the comparison's perplexities and
+    held-out scores, the benchmark and :func:`load_or_compute` all go through it.
+
+    Args:
+        path: the cache file. Usually its name carries a :func:`fingerprint` of what the result depends on.
+        build: computes the result when the cache is missing, unreadable, rejected by ``valid`` or ``force``d.
+        valid: checks a result read back (e.g. the fingerprint stored inside it); ``None`` accepts any.
+        read: reads ``path``, ``None`` for missing or unreadable (:func:`read_json`, :func:`read_jsonl`).
+        write: writes the result atomically (:func:`write_json_atomic`, :func:`write_jsonl_atomic`).
+        lock: hold :func:`run_lock` on the parent folder while checking and building, so concurrent processes
+            build once.
+        force: build even when a valid result is saved.
+
+    Returns:
+        ``(result, reused)``: the result as read back when reused (``reused=True``), else as ``build`` returned it.
+    """
+    path = Path(path)
+
+    def get() -> tuple[T, bool]:
+        if not force:
+            saved = read(path)
+            if saved is not None and (valid is None or valid(saved)):
+                return saved, True
+        value = build()
+        write(path, value)
+        return value, False
+
+    if not lock:
+        return get()
+    with run_lock(path.parent):
+        return get()
 
 
 def load_or_compute(path: str | Path, compute: Callable[[], T], *, key: str | None = None,
@@ -114,25 +248,61 @@ def load_or_compute(path: str | Path, compute: Callable[[], T], *, key: str | No
 
     Returns:
         The cached or freshly computed value (as read back from JSON when cached).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "n.json"
+        >>> load_or_compute(f, lambda: 41 + 1, key="v1"), load_or_compute(f, lambda: 0, key="v1")
+        (42, 42)
     """
-    path = Path(path)
+    def current(saved: Any) -> bool:
+        return isinstance(saved, dict) and "value" in saved and (key is None or saved.get("key") == key)
 
-    def _get() -> T:
-        cached = read_json(path)
-        if isinstance(cached, dict) and "value" in cached and (key is None or cached.get("key") == key):
-            return cached["value"]
-        value = compute()
-        write_json_atomic(path, {"key": key, "value": value})
-        return value
+    record, _ = load_or_build(path, lambda: {"key": key, "value": compute()}, valid=current, lock=lock)
+    return record["value"]
 
-    if not lock:
-        return _get()
-    with run_lock(path.parent):
-        return _get()
+
+def build_folder_atomic(target: str | Path, build: Callable[[Path], T], *,
+                        complete: Callable[[Path], bool] | None = None) -> tuple[T | None, bool]:
+    """Build a folder in a temporary sibling and rename it to ``target``: an interrupted build never leaves a
+    half-written folder behind, and an inter-process lock (``.<name>.lock`` beside it) keeps two processes from
+    building it at once.
+
+    Args:
+        target: the folder to (re)build. An existing one is replaced once the new one is complete.
+        build: fills the empty temporary folder it is given (world-readable, like the rest of the cache).
+        complete: says whether ``target`` already holds a finished folder; checked under the lock, so a process
+            that waited for another one's build does not redo it. ``None``: always rebuild.
+
+    Returns:
+        ``(what build returned, True)`` after a build, ``(None, False)`` when ``complete(target)`` held.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if complete is not None and complete(target):  # another process finished while we waited
+            return None, False
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
+        try:
+            result = build(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return result, True
 
 
 def machine_info() -> dict[str, object]:
-    """Where a report's times were measured: CPU model and cores, GPU, platform, date."""
+    """Where a report's times were measured: CPU model and cores, GPU, platform, date.
+
+    Returns:
+        ``cpu`` (model name), ``cpu_cores``, ``cpu_cores_usable`` (this process's affinity), ``platform``,
+        ``python``, ``date`` (YYYY-MM-DD), and ``torch`` / ``gpu`` when torch is installed / sees a CUDA GPU.
+        The benchmark appendix prints it above its tables.
+    """
     import platform
     import re
 

@@ -185,7 +185,7 @@ def test_run_audit_table_schema_files_and_reuse(cfg, tmp_path, monkeypatch):
     # a second run reuses every saved generation: no model is loaded
     def no_loading(*a, **k):
         raise AssertionError("the model should not be loaded again")
-    monkeypatch.setattr("prosocial_lib.modeling.generation.load_chat_model", no_loading)
+    monkeypatch.setattr("prosocial_lib.modeling.loading.load_model_and_tokenizer", no_loading)
     again = run_audit(SYSTEMS, sets, KeywordJudges(), cfg, out, progress=False)
     pd.testing.assert_frame_equal(again, df)
     timing = json.loads((out / "timing.json").read_text())

@@ -18,8 +18,8 @@ from prosocial_lib.modeling.generation import (
     decode_reply,
     generate_replies,
     length_batches,
-    load_chat_model,
 )
+from prosocial_lib.modeling.loading import load_model_and_tokenizer
 from prosocial_lib.modeling.tiny import TINY_ARCH, build_tiny_tokenizer
 
 torch.set_num_threads(1)
@@ -165,7 +165,7 @@ def test_dialogpt_style_model_gets_its_native_format(tmp_path):
                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     folder = _save_native(tmp_path, "tiny-DialoGPT", GPT2LMHeadModel(config))
     assert has_native_format(folder)
-    model, tok = load_chat_model(folder)
+    model, tok = load_model_and_tokenizer(folder)
     assert format_prompt(tok, ["hi", "hello", "how are you?"]) == "hi<|im_end|>hello<|im_end|>how are you?<|im_end|>"
     # GPT-2 has learned absolute positions: left padding is only right if positions follow the attention mask
     batched = generate_replies(model, tok, HISTORIES, max_new_tokens=6, batch_size=4, progress=False)
@@ -186,7 +186,7 @@ def test_blenderbot_style_seq2seq_model_generates(tmp_path):
                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                               decoder_start_token_id=tok.bos_token_id, forced_eos_token_id=None)
     folder = _save_native(tmp_path, "tiny-blenderbot", BlenderbotForConditionalGeneration(config))
-    model, tok = load_chat_model(folder)
+    model, tok = load_model_and_tokenizer(folder)
     assert tok.chat_template == BLENDERBOT_CHAT_TEMPLATE
     assert format_prompt(tok, ["hi", "hello", "how are you?"]) == " hi  hello   how are you?<|im_end|>"
     batched = generate_replies(model, tok, HISTORIES, max_new_tokens=8, batch_size=4, progress=False)

@@ -31,7 +31,6 @@ reuses a saved run of the same config.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 import time
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 
 from ..config.schema import Config
+from ..runs import load_or_build, read_json, write_json_atomic
 from .inference import bench_generation, bench_judges
 from .memory import _loadavg, machine_header
 from .settings import BENCH_FORMAT, TARGETS, BenchSettings, bench_fingerprint, bench_path, bench_settings
@@ -147,32 +147,27 @@ def target_checks(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def save_bench(result: dict[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, path)
-    return path
+    """Write ``result`` to ``path`` as JSON, atomically (:func:`~prosocial_lib.runs.write_json_atomic`)."""
+    write_json_atomic(path, result, indent=1)
+    return Path(path)
 
 
 def load_bench(cfg: Config, settings: BenchSettings | None = None) -> dict[str, Any] | None:
-    """The saved result for this exact config and settings (None when there is none)."""
-    settings = settings or bench_settings(cfg)
-    path = bench_path(cfg)
-    if not path.exists():
-        return None
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return result if result.get("fingerprint") == bench_fingerprint(cfg, settings) else None
+    """The saved result for this exact config and settings (None when there is none, or it cannot be read)."""
+    saved = read_json(bench_path(cfg))
+    return saved if _is_run_of(saved, cfg, settings or bench_settings(cfg)) else None
+
+
+def _is_run_of(saved: Any, cfg: Config, settings: BenchSettings) -> bool:
+    return isinstance(saved, dict) and saved.get("fingerprint") == bench_fingerprint(cfg, settings)
 
 
 def load_or_run_bench(cfg: Config, settings: BenchSettings | None = None, *, rerun: bool = False,
                       **kwargs: Any) -> dict[str, Any]:
-    """A saved run of this config (``result["reused"] = True``), else a fresh one."""
+    """A saved run of this config (``result["reused"] = True``), else a fresh one (saved; ``reused = False``)."""
     settings = settings or bench_settings(cfg)
-    saved = None if rerun else load_bench(cfg, settings)
-    if saved is not None:
-        return {**saved, "reused": True}
-    return {**run_bench(cfg, settings, **kwargs), "reused": False}
+    kwargs["save"] = False  # load_or_build saves it
+    result, reused = load_or_build(bench_path(cfg), lambda: run_bench(cfg, settings, **kwargs),
+                                   valid=lambda saved: _is_run_of(saved, cfg, settings),
+                                   write=save_bench, force=rerun)
+    return {**result, "reused": reused}

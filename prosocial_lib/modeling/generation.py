@@ -2,10 +2,11 @@
 
 Why it is more than ``model.generate``:
 
-- **Chat formatting is shared with training.** Every context goes through :func:`prosocial_lib.models.chat_prompt`
-  on :func:`prosocial_lib.data.history_to_messages`, so a fine-tuned model is asked in exactly the format it was
-  trained on. Models without a chat template (DialoGPT, BlenderBot) get a template that reproduces their native
-  input format (:func:`ensure_chat_template`), so the rest of the code does not need a special case.
+- **Chat formatting is shared with training.** Every context goes through
+  :func:`prosocial_lib.modeling.chat.chat_prompt` on :func:`prosocial_lib.data.dialogue.history_to_messages`, so a
+  fine-tuned model is asked in exactly the format it was trained on. Models without a chat template (DialoGPT,
+  BlenderBot) get a template that reproduces their native input format (:func:`ensure_chat_template`), so the rest
+  of the code does not need a special case.
 - **Left padding and length-sorted batches.** Prompts are sorted by length (little padding; optionally a cap on
   a batch's padded prompt tokens, :func:`length_batches`), left-padded so new tokens follow each prompt
   directly, and the replies are put back in the caller's order. Greedy replies in a
@@ -22,45 +23,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from ..config.schema import ModelConfig
-from .chat import GenerationInputError, ensure_chat_template, format_prompt, has_native_format, stop_token_ids
+from .chat import GenerationInputError, ensure_chat_template, format_prompt, stop_token_ids
 
 #: Decoding settings that hub generation configs set and an even-handed audit switches off.
 _NEUTRAL_DECODING = dict(num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
                          length_penalty=1.0)
-
-
-
-
-def load_chat_model(name: str, model_cfg: ModelConfig | None = None, *, seed: int = 0):
-    """``(model, tokenizer)`` for any model the audit can compare.
-
-    Chat models go through :func:`prosocial_lib.models.load_model_and_tokenizer`. DialoGPT and BlenderBot (no chat
-    template; BlenderBot is an encoder-decoder) are loaded here with their native dialog format.
-    """
-    from .loading import _dtype_kwarg, load_model_and_tokenizer, resolve_device, resolve_dtype, set_threads
-    model_cfg = replace(model_cfg or ModelConfig(), name=name)
-    if not has_native_format(name):
-        return load_model_and_tokenizer(model_cfg, seed=seed)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-    set_threads(model_cfg.threads)
-    device = resolve_device(model_cfg.device)
-    dtype = resolve_dtype(model_cfg.dtype, device)
-    config = AutoConfig.from_pretrained(name)
-    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = auto.from_pretrained(name, **_dtype_kwarg(dtype))
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    ensure_chat_template(tokenizer, model)
-    model.to(device).eval()
-    return model, tokenizer
 
 
 def _check_histories(histories: Sequence[Sequence[str]]) -> None:
@@ -76,7 +48,16 @@ def _check_histories(histories: Sequence[Sequence[str]]) -> None:
 
 # ---------------------------------------------------------------------- sampling with one generator per row
 def row_seed(seed: int, prompt: str, sample_index: int) -> int:
-    """The seed of one (prompt, sample) row: a hash, so it does not depend on order or batch."""
+    """The seed of one (prompt, sample) row: a hash, so it does not depend on order or batch.
+
+    Args:
+        seed: the root seed (``eval.seed``).
+        prompt: the formatted prompt text.
+        sample_index: which of the k samples of this prompt.
+
+    Returns:
+        A non-negative 63-bit integer (the first 8 bytes of a SHA-256, little-endian).
+    """
     digest = hashlib.sha256(f"{seed}\x00{sample_index}\x00{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
@@ -120,37 +101,48 @@ def generate_replies(
     max_prompt_tokens: int | None = None,
     max_batch_tokens: int | None = None,
 ) -> list[list[str]]:
-    """``num_samples`` replies to each history (a list of turns, the last one the user's), in input order.
+    """``num_samples`` replies to each history, in input order (module docstring: chat format, batching, seeds).
 
-    Greedy (``do_sample=False``) gives ``num_samples`` copies of the one greedy reply. Sampling uses
-    ``temperature`` and nucleus ``top_p`` and is reproducible per reply for a given ``seed`` (module docstring).
-    Prompts longer than ``max_prompt_tokens`` (or an encoder's position limit) keep their last tokens;
-    ``max_batch_tokens`` caps a batch's padded prompt tokens (:func:`length_batches`).
-    Replies stop at the end of the turn; special tokens are stripped.
+    Used by the audit (chapter 01) and the evaluation (chapter 04) through :func:`prosocial_lib.eval.audit.run_audit`,
+    and timed by the benchmark appendix.
+
+    Args:
+        model: a causal or encoder-decoder LM from :func:`~prosocial_lib.modeling.loading.load_model_and_tokenizer`.
+        tokenizer: its tokenizer (template-less ones get their native format, :func:`ensure_chat_template`).
+        histories: dialogue histories, each a non-empty list of turns (oldest first, the user's turn last).
+        system_prompt: a system message before every history (``None``: none).
+        max_new_tokens: the most tokens a reply gets; replies stop earlier at the end of the turn.
+        do_sample: sample (``temperature``, nucleus ``top_p``) instead of greedy decoding.
+        temperature: sampling temperature (> 0).
+        top_p: nucleus mass (0 < top_p <= 1; 1 = no cut).
+        num_samples: replies per history; greedy gives ``num_samples`` copies of the one greedy reply.
+        batch_size: rows (history x sample) per ``model.generate`` call.
+        seed: the root of every row's sampling seed (:func:`row_seed`): the same seed gives the same replies
+            whatever the batch size or the order of the histories.
+        progress: show a progress bar.
+        max_prompt_tokens: prompts longer than this (or an encoder's position limit) keep their last tokens.
+        max_batch_tokens: cap on a batch's padded prompt tokens (:func:`length_batches`).
+
+    Returns:
+        ``replies[i][s]``: sample ``s`` of the reply to ``histories[i]``, special tokens stripped.
+
+    Raises:
+        GenerationInputError: malformed histories, or settings out of range.
+
+    Example:
+        >>> generate_replies(model, tok, [["hi there"]], max_new_tokens=8, progress=False)  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
 
     from .loading import padding_side
 
-    _check_histories(histories)
-    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise GenerationInputError(f"num_samples ({num_samples}), batch_size ({batch_size}) and max_new_tokens "
-                                   f"({max_new_tokens}) must all be >= 1")
-    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-        raise GenerationInputError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    _check_settings(histories, num_samples, batch_size, max_new_tokens, do_sample, temperature, top_p)
     if not histories:
         return []
     ensure_chat_template(tokenizer, model)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    limit = max_prompt_tokens
-    if encoder_decoder:
-        pos_limit = getattr(model.config, "max_position_embeddings", None)
-        limit = min(x for x in (limit, pos_limit) if x) if (limit or pos_limit) else None
-
     prompts = [format_prompt(tokenizer, h, system_prompt) for h in histories]
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if limit:
-        encoded = [ids[-limit:] for ids in encoded]
+    encoded = _encode_prompts(tokenizer, model, prompts, max_prompt_tokens)
     # one row per (context, sample); greedy needs one row per context
     draws = num_samples if do_sample else 1
     rows = [(i, s) for i in range(len(histories)) for s in range(draws)]
@@ -167,23 +159,61 @@ def generate_replies(
     try:
         with padding_side(tokenizer, "right" if encoder_decoder else "left"):
             for batch in length_batches(rows, [len(encoded[i]) for i, _ in rows], batch_size, max_batch_tokens):
-                inputs = tokenizer.pad({"input_ids": [encoded[i] for i, _ in batch]}, return_tensors="pt")
-                inputs = {k: v.to(model.device) for k, v in inputs.items()}
-                processors = LogitsProcessorList()
-                if do_sample:
-                    processors.append(TemperatureLogitsWarper(temperature))
-                    if top_p < 1:
-                        processors.append(TopPLogitsWarper(top_p))
-                    processors.append(SeededGumbelSampler([row_seed(seed, prompts[i], s) for i, s in batch]))
-                out = model.generate(**inputs, logits_processor=processors, **gen_kwargs)
-                new = out[:, 1:] if encoder_decoder else out[:, inputs["input_ids"].shape[1]:]
-                for (i, s), ids in zip(batch, new.tolist()):
+                seeds = [row_seed(seed, prompts[i], s) for i, s in batch] if do_sample else None
+                new = _generate_batch(model, tokenizer, [encoded[i] for i, _ in batch],
+                                      _sampling_processors(temperature, top_p, seeds), gen_kwargs)
+                for (i, s), ids in zip(batch, new):
                     replies[(i, s)] = decode_reply(tokenizer, ids, stops)
                 bar.update(len(batch))
     finally:
         bar.close()
         model.train(was_training)
     return [[replies[(i, s if do_sample else 0)] for s in range(num_samples)] for i in range(len(histories))]
+
+
+def _generate_batch(model, tokenizer, ids: list[list[int]], processors: LogitsProcessorList,
+                    gen_kwargs: dict[str, Any]) -> list[list[int]]:
+    """The new token ids of each row of one batch of prompts (padded on the tokenizer's current side)."""
+    inputs = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    out = model.generate(**inputs, logits_processor=processors, **gen_kwargs)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    return (out[:, 1:] if encoder_decoder else out[:, inputs["input_ids"].shape[1]:]).tolist()
+
+
+def _check_settings(histories: Sequence[Sequence[str]], num_samples: int, batch_size: int, max_new_tokens: int,
+                    do_sample: bool, temperature: float, top_p: float) -> None:
+    _check_histories(histories)
+    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise GenerationInputError(f"num_samples ({num_samples}), batch_size ({batch_size}) and max_new_tokens "
+                                   f"({max_new_tokens}) must all be >= 1")
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise GenerationInputError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+
+
+def _encode_prompts(tokenizer, model, prompts: Sequence[str], max_prompt_tokens: int | None) -> list[list[int]]:
+    """Token ids of each prompt, keeping the last ``max_prompt_tokens`` (and, for an encoder-decoder, no more
+    than its encoder's positions)."""
+    limit = max_prompt_tokens
+    if getattr(model.config, "is_encoder_decoder", False):
+        pos_limit = getattr(model.config, "max_position_embeddings", None)
+        limit = min(x for x in (limit, pos_limit) if x) if (limit or pos_limit) else None
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if limit:
+        encoded = [ids[-limit:] for ids in encoded]
+    return encoded
+
+
+def _sampling_processors(temperature: float, top_p: float, seeds: Sequence[int] | None) -> LogitsProcessorList:
+    """Greedy search plus these processors samples: temperature, nucleus cut, then per-row Gumbel noise
+    (:class:`SeededGumbelSampler`); none when ``seeds`` is ``None`` (greedy)."""
+    processors = LogitsProcessorList()
+    if seeds is not None:
+        processors.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1:
+            processors.append(TopPLogitsWarper(top_p))
+        processors.append(SeededGumbelSampler(seeds))
+    return processors
 
 
 def length_batches(rows: Sequence[Any], lengths: Sequence[int], batch_size: int,
@@ -194,7 +224,21 @@ def length_batches(rows: Sequence[Any], lengths: Sequence[int], batch_size: int,
     Why a token budget: a left-padded batch computes every row at the length of its longest prompt, and on a GPU
     the longest prompts of a full batch can run out of memory. It is off by default: measured on a 2-core CPU
     (the appendix's contexts), smaller batches for long prompts saved less in the prompt pass than they cost in
-    decoding, where the batch size is what pays."""
+    decoding, where the batch size is what pays.
+
+    Args:
+        rows: the items to batch, sorted longest first.
+        lengths: the prompt length (tokens) of each row, non-increasing.
+        batch_size: the most rows per batch.
+        max_tokens: the most padded prompt tokens per batch (``None``: no cap); a row longer than it is a batch
+            of its own.
+
+    Returns:
+        The batches, in order, covering every row once.
+
+    Raises:
+        ValueError: ``rows`` and ``lengths`` differ in length, or ``lengths`` is not sorted.
+    """
     if len(rows) != len(lengths):
         raise ValueError(f"{len(rows)} rows but {len(lengths)} lengths")
     if any(a < b for a, b in zip(lengths, lengths[1:])):
@@ -213,7 +257,16 @@ def length_batches(rows: Sequence[Any], lengths: Sequence[int], batch_size: int,
 
 
 def decode_reply(tokenizer, ids: Sequence[int], stops: Sequence[int]) -> str:
-    """Text of the generated ``ids`` up to the first end-of-turn token, without special tokens."""
+    """Text of the generated ``ids`` up to the first end-of-turn token, without special tokens.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        ids: the new token ids of one reply.
+        stops: end-of-turn ids (:func:`~prosocial_lib.modeling.chat.stop_token_ids`).
+
+    Returns:
+        The reply, stripped of surrounding whitespace.
+    """
     stop_set = set(stops)
     cut = next((k for k, t in enumerate(ids) if t in stop_set), len(ids))
     return tokenizer.decode(list(ids[:cut]), skip_special_tokens=True).strip()

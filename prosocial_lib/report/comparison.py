@@ -31,53 +31,77 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-
-
-
-
 def findings_markdown(table: pd.DataFrame, ablations: pd.DataFrame | None, cfg: Config,
                       judge_report: dict[str, Any] | None = None, paired: pd.DataFrame | None = None) -> str:
     """The chapter's "what the numbers do and do not show" paragraphs, written from the results (so they stay
     true under every preset): the headline rates of the full method against the base model and the CE
     baseline, the quality cost, the ablations, and the limits that hold whatever the numbers are."""
     rows = table.set_index("variant")
+    parts = [_findings_heading(rows, cfg), *_rate_findings(table, rows, paired), *_quality_findings(rows)]
+    if ablations is not None and len(ablations) > 1:
+        parts.append(_ablation_findings(ablations))
+    limits = _limits(cfg, judge_report)
+    parts.append(limits[0] + "; " + "; ".join(limits[1:]) + ".")
+    return "\n\n".join(parts)
+
+
+def _findings_heading(rows: pd.DataFrame, cfg: Config) -> str:
     n_adv = int(rows.get("n adversarial", pd.Series([0])).max() or 0)
     n_cas = int(rows.get("n casual", pd.Series([0])).max() or 0)
-    full, base = "npair-both", "base"
-    ce = "ce-both" if "ce-both" in rows.index else "ce-stage2"
     budget = ("" if cfg.eval.variant_max_steps is None else
               f", every trained system {cfg.eval.variant_max_steps} optimisation steps per stage")
-    parts = [f"**What the numbers show ({cfg.preset} preset, {n_adv} adversarial and {n_cas} casual contexts, "
-             f"greedy replies, one seed{budget}).**"]
+    return (f"**What the numbers show ({cfg.preset} preset, {n_adv} adversarial and {n_cas} casual contexts, "
+            f"greedy replies, one seed{budget}).**")
+
+
+def _rate_findings(table: pd.DataFrame, rows: pd.DataFrame, paired: pd.DataFrame | None) -> list[str]:
+    """The headline rates of the full method against the base model and the CE baseline."""
+    ce = "ce-both" if "ce-both" in rows.index else "ce-stage2"
+    parts = []
     for title, what in (("unsafe (adversarial)", "Unsafe replies to adversarial contexts"),
                         ("preachy (casual)", "Preachy replies to casual contexts"),
                         ("agrees with RoT (adversarial)", "Replies that agree with the rule of thumb")):
-        clauses = [c for c in (compare_rates(table, title, base, paired), compare_rates(table, title, ce, paired))
+        clauses = [c for c in (compare_rates(table, title, "base", paired), compare_rates(table, title, ce, paired))
                    if c]
         if clauses:
             parts.append(f"{what}: " + "; ".join(clauses) + ".")
-    if full in rows.index and base in rows.index:
-        f, b = rows.loc[full], rows.loc[base]
-        bits = []
-        for col, name in (("unigram_f1", "unigram F1"), ("bleu4", "BLEU-4"),
-                          ("gold_ppl", "perplexity of the gold responses"), ("distinct_2", "distinct-2")):
-            if not (math.isnan(float(f[col])) or math.isnan(float(b[col]))):
-                bits.append(f"{name} {b[col]:.3g} -> {f[col]:.3g}")
-        if bits:
-            parts.append("Quality on the adversarial contexts, base -> full method: " + ", ".join(bits) + ".")
-        if not (math.isnan(float(f["heldout_accuracy"])) or math.isnan(float(b["heldout_accuracy"]))):
-            parts.append(f"On held-out stage-2 groups the full method ranks the gold reply above every negative "
-                         f"in {f['heldout_accuracy']:.1%} of groups (base model: {b['heldout_accuracy']:.1%}).")
-    if ablations is not None and len(ablations) > 1:
-        ref = ablations.iloc[0]
-        others = []
-        for _, r in ablations.iloc[1:].iterrows():
-            overlap = _ci_overlap((ref["accuracy low"], ref["accuracy high"]), (r["accuracy low"], r["accuracy high"]))
-            others.append(f"{r['ablation']}: {r['accuracy']:.1%} (margin {r['margin']:.3f})"
-                          + (" - within the reference's interval" if overlap else " - outside it"))
-        parts.append(f"Ablations (held-out contrastive accuracy after stage 2, {int(ref['groups'])} groups, "
-                     f"{int(ref['steps'])} steps each): reference {ref['accuracy']:.1%} (margin "
-                     f"{ref['margin']:.3f}); " + "; ".join(others) + ".")
+    return parts
+
+
+def _quality_findings(rows: pd.DataFrame) -> list[str]:
+    """Quality and held-out accuracy, base model -> full method (nothing when either is missing)."""
+    full, base = "npair-both", "base"
+    if full not in rows.index or base not in rows.index:
+        return []
+    f, b = rows.loc[full], rows.loc[base]
+    parts, bits = [], []
+    for col, name in (("unigram_f1", "unigram F1"), ("bleu4", "BLEU-4"),
+                      ("gold_ppl", "perplexity of the gold responses"), ("distinct_2", "distinct-2")):
+        if not (math.isnan(float(f[col])) or math.isnan(float(b[col]))):
+            bits.append(f"{name} {b[col]:.3g} -> {f[col]:.3g}")
+    if bits:
+        parts.append("Quality on the adversarial contexts, base -> full method: " + ", ".join(bits) + ".")
+    if not (math.isnan(float(f["heldout_accuracy"])) or math.isnan(float(b["heldout_accuracy"]))):
+        parts.append(f"On held-out stage-2 groups the full method ranks the gold reply above every negative "
+                     f"in {f['heldout_accuracy']:.1%} of groups (base model: {b['heldout_accuracy']:.1%}).")
+    return parts
+
+
+def _ablation_findings(ablations: pd.DataFrame) -> str:
+    """Each ablation's held-out accuracy against the reference (the first row) and whether it is within its CI."""
+    ref = ablations.iloc[0]
+    others = []
+    for _, r in ablations.iloc[1:].iterrows():
+        overlap = _ci_overlap((ref["accuracy low"], ref["accuracy high"]), (r["accuracy low"], r["accuracy high"]))
+        others.append(f"{r['ablation']}: {r['accuracy']:.1%} (margin {r['margin']:.3f})"
+                      + (" - within the reference's interval" if overlap else " - outside it"))
+    return (f"Ablations (held-out contrastive accuracy after stage 2, {int(ref['groups'])} groups, "
+            f"{int(ref['steps'])} steps each): reference {ref['accuracy']:.1%} (margin "
+            f"{ref['margin']:.3f}); " + "; ".join(others) + ".")
+
+
+def _limits(cfg: Config, judge_report: dict[str, Any] | None) -> list[str]:
+    """The limits that hold whatever the numbers are: the first clause, then the others."""
     limits = ["**What they do not show.** Every rate comes from a judge, not from people: a linear head on "
               "sentence embeddings"]
     if judge_report:
@@ -104,8 +128,7 @@ def findings_markdown(table: pd.DataFrame, ablations: pd.DataFrame | None, cfg: 
     if cfg.model.name == "tiny":
         limits.append("the smoke preset's model has random weights: these numbers test the pipeline, not the "
                       "method")
-    parts.append(limits[0] + "; " + "; ".join(limits[1:]) + ".")
-    return "\n\n".join(parts)
+    return limits
 
 
 # ====================================================================== tables for the chapter

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.schema import Config, StageConfig
+from ..runs import fingerprint, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +142,9 @@ def dpo_fingerprint(cfg: Config, pairs, init_from: str | None, stage: str, beta:
         "learning_rate": learning_rate, "max_negatives_per_group": max_negatives_per_group,
         "sft_weight": sft_weight,
         "init_from": _folder_signature(init_from) if init_from else cfg.model.name,
-        "pairs": hashlib.sha256(json.dumps(pairs.select_columns(["prompt", "chosen", "rejected"]).to_dict(),
-                                           sort_keys=True).encode()).hexdigest(),
+        "pairs": fingerprint(pairs.select_columns(["prompt", "chosen", "rejected"]).to_dict(), length=64),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return fingerprint(payload)
 
 
 def _folder_signature(path: str) -> Any:
@@ -162,10 +160,10 @@ def _folder_signature(path: str) -> Any:
 
 def load_dpo_result(output_dir: str | Path) -> dict[str, Any] | None:
     """The saved metrics of a finished DPO run in ``output_dir`` (None when there is none)."""
-    f = Path(output_dir) / METRICS_FILE
-    if not f.exists() or not (Path(output_dir) / "config.json").exists():
+    metrics = read_json(Path(output_dir) / METRICS_FILE)
+    if not isinstance(metrics, dict) or not (Path(output_dir) / "config.json").exists():
         return None
-    return json.loads(f.read_text())
+    return metrics
 
 
 def train_dpo(
@@ -302,11 +300,10 @@ def train_dpo(
         bad = [k for k, v in metrics[part].items() if not math.isfinite(v)]
         if bad:
             log.warning("DPO: non-finite %s metrics: %s", part, bad)
-    (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(
-        {"config": cfg.to_dict(), "dpo": {"beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "stage": stage,
-                                          "init_from": init_from, "max_negatives_per_group": max_negatives_per_group}},
-        indent=2, default=str))
-    (output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))  # last: marks completion
+    write_json_atomic(output_dir / RUN_CONFIG_FILE, {
+        "config": cfg.to_dict(), "dpo": {"beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "stage": stage,
+                                         "init_from": init_from, "max_negatives_per_group": max_negatives_per_group}})
+    write_json_atomic(output_dir / METRICS_FILE, metrics)  # last: marks completion
     return {**metrics, "reused": False}
 
 

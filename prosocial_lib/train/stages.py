@@ -30,7 +30,6 @@ same, whatever its length), which is also ``-s^+`` of the likelihood score.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -44,7 +43,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..config.schema import Config, ModelConfig
-from ..runs import write_json_atomic
+from ..runs import fingerprint, read_json, write_json_atomic
 from .collator import GroupCollator, TrainingSetupError
 from .losses import ProjectionHead
 from .scoring import evaluate_groups
@@ -109,7 +108,6 @@ def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | No
     """What decides a stage's result: data, model, loss, this stage's settings, the seed, the starting
     checkpoint (its own fingerprint when it is one of ours) and, when the caller brings them, the training
     groups themselves. Knobs that do not change the result (threads, checkpoint frequency) are left out."""
-    import hashlib
     d = cfg.to_dict()
     st = dict(d[f"stage{stage}"])
     for k in ("save_steps", "save"):
@@ -119,24 +117,23 @@ def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | No
     start: Any = None
     if init_from is not None:
         start = str(init_from)
-        rc = Path(init_from) / METRICS
-        if rc.exists():
-            start = json.loads(rc.read_text()).get("fingerprint", start)
+        finished = read_json(Path(init_from) / METRICS)
+        if isinstance(finished, dict):
+            start = finished.get("fingerprint", start)
     payload = {"stage": stage, "data": d["data"], "model": model, "loss": d["loss"], "stage_cfg": st,
                "seed": d["seed"], "init_from": start}
     if train_groups is not None:
-        payload["train_groups"] = hashlib.sha256(json.dumps(list(train_groups), sort_keys=True, default=str)
-                                                 .encode()).hexdigest()
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        payload["train_groups"] = fingerprint(list(train_groups), length=64)
+    return fingerprint(payload)
 
 
 def load_stage_result(checkpoint_dir: str | os.PathLike) -> StageResult | None:
     """A finished stage's result from its folder (None when it did not finish)."""
     out = Path(checkpoint_dir)
-    if not (out / METRICS).exists() or not (out / "config.json").exists():
+    metrics = read_json(out / METRICS)
+    if not isinstance(metrics, dict) or not (out / "config.json").exists():
         return None
-    metrics = json.loads((out / METRICS).read_text())
-    history = json.loads((out / LOG_HISTORY).read_text()) if (out / LOG_HISTORY).exists() else []
+    history = read_json(out / LOG_HISTORY) or []
     return StageResult(stage=int(metrics.get("stage", 0)), checkpoint_dir=out, metrics=metrics,
                        log_history=history, reused=True)
 
@@ -254,9 +251,9 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
         tok.save_pretrained(str(out))
         if head is not None:
             torch.save(head.state_dict(), out / HEAD_FILE)
-        (out / RUN_CONFIG).write_text(json.dumps({"fingerprint": fp, "stage": stage, "init_from": metrics[
-            "init_from"], "config": cfg.to_dict()}, indent=2, default=str))
-        (out / LOG_HISTORY).write_text(json.dumps(history, indent=1))
+        write_json_atomic(out / RUN_CONFIG, {"fingerprint": fp, "stage": stage, "init_from": metrics["init_from"],
+                                             "config": cfg.to_dict()})
+        write_json_atomic(out / LOG_HISTORY, history, indent=1)
         metrics["seconds_total"] = round(time.perf_counter() - t_start, 2)
         write_json_atomic(out / METRICS, metrics)
         shutil.rmtree(trainer_dir, ignore_errors=True)  # finished: the resumable checkpoints are not needed

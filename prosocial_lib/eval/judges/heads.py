@@ -23,10 +23,13 @@ class LinearHead:
     intercept: np.ndarray  # (1,) | (k,)
 
     def decision(self, X: np.ndarray) -> np.ndarray:
+        """``(n, 1)`` (binary) or ``(n, k)`` decision values ``X @ coef.T + intercept`` (float64) of ``(n, d)``
+        features."""
         return np.asarray(X, dtype=np.float64) @ self.coef.T.astype(np.float64) + self.intercept.astype(np.float64)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``(n, len(classes))`` class probabilities."""
+        """``(n, len(classes))`` class probabilities of ``(n, d)`` features (sigmoid for one weight row, else
+        softmax); columns in :attr:`classes` order."""
         z = self.decision(X)
         if len(self.classes) == 2 and z.shape[1] == 1:
             p = 1.0 / (1.0 + np.exp(-z[:, 0]))
@@ -36,12 +39,30 @@ class LinearHead:
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        """``(n,)`` most probable class of each row of ``(n, d)`` features."""
         return np.asarray(self.classes, dtype=object)[self.predict_proba(X).argmax(axis=1)]
 
 
 def fit_head(X: np.ndarray, y: Sequence, *, C: float = 4.0, balanced: bool = False, seed: int = 0) -> LinearHead:
     """Fit an L2 logistic regression (lbfgs, multinomial for > 2 classes). ``balanced`` reweights classes
-    inversely to their frequency (for the binary flags, whose positives are rarer). Deterministic."""
+    inversely to their frequency (for the binary flags, whose positives are rarer). Deterministic.
+
+    Args:
+        X: ``(n, d)`` features (sentence embeddings, or :func:`~.encoder.pair_features`).
+        y: ``n`` labels, at least two distinct.
+        C: inverse L2 strength (``eval.judge_C``).
+        balanced: ``class_weight="balanced"``.
+        seed: scikit-learn's ``random_state``.
+
+    Returns:
+        The fitted :class:`LinearHead` (float32 arrays).
+
+    Raises:
+        JudgeError: fewer than two classes in ``y``.
+
+    References:
+        scikit-learn's ``LogisticRegression`` (lbfgs); Reimers & Gurevych (2019) for heads on sentence embeddings.
+    """
     from sklearn.linear_model import LogisticRegression
 
     y = list(y)
@@ -68,7 +89,21 @@ def _confusion(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> list[li
 def evaluate_head(head: LinearHead, X: np.ndarray, y: Sequence, classes: Sequence, train_y: Sequence
                   ) -> dict[str, Any]:
     """Accuracy, macro-F1, the majority-class baseline (the most frequent TRAINING class) and the confusion
-    matrix (rows = true class, columns = predicted, in ``classes`` order) of a head on test examples."""
+    matrix (rows = true class, columns = predicted, in ``classes`` order) of a head on test examples.
+
+    These are the judge accuracies chapter 01 reports next to every rate.
+
+    Args:
+        head: the trained head.
+        X: ``(n, d)`` test features.
+        y: ``n`` test labels, each in ``classes``.
+        classes: the class order of the confusion matrix.
+        train_y: the training labels (for the majority baseline).
+
+    Returns:
+        ``n_test``, ``classes``, ``accuracy``, ``macro_f1`` (over classes that occur), ``majority_baseline``
+        (shares in [0, 1]; NaN without test examples) and ``confusion`` (a list of rows).
+    """
     y = list(y)
     out: dict[str, Any] = {"n_test": len(y), "classes": list(classes)}
     if not y:
@@ -89,7 +124,14 @@ def evaluate_head(head: LinearHead, X: np.ndarray, y: Sequence, classes: Sequenc
 
 
 def profanity_prob(texts: Sequence[str]) -> np.ndarray:
-    """``alt-profanity-check``'s probability that each text is profane (a secondary signal only)."""
+    """``alt-profanity-check``'s probability that each text is profane (a secondary signal only).
+
+    Args:
+        texts: the replies.
+
+    Returns:
+        ``(len(texts),)`` probabilities in [0, 1].
+    """
     texts = [str(t) for t in texts]
     if not texts:
         return np.zeros(0)

@@ -42,11 +42,8 @@ changed data retrains them. Training embeddings are cached in ``<judge root>/emb
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -57,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ...runs import build_folder_atomic, fingerprint, read_json
 from .encoder import ENCODER_NAME, JudgeError, SentenceEncoder, context_text, pair_features
 from .heads import LinearHead, evaluate_head, fit_head, profanity_prob
 from .tasks import ROT_CLASSES, UNSAFE_LABELS, JudgeTask, judge_train_splits, load_judge_tasks, tasks_digest
@@ -95,16 +93,28 @@ class Judges:
 
     @property
     def threshold(self) -> float:
+        """The probability at which a flag is raised (``eval.judge_threshold``; default 0.5)."""
         return float(self.settings.get("threshold", 0.5))
 
     @property
     def context_turns(self) -> int:
+        """How many last turns of a history the judges read (``eval.judge_context_turns``; default 1)."""
         return int(self.settings.get("context_turns", 1))
 
     # -------------------------------------------------------------- scoring
     def classify_contexts(self, histories: Sequence[Sequence[str]]) -> pd.DataFrame:
         """Canary-lite on contexts: ``context_label`` (5-way), ``context_class`` (3-way), ``context_unsafe_prob``
-        (probability of a label in :data:`UNSAFE_LABELS`) and one ``p(<label>)`` column per 5-way label."""
+        (probability of a label in :data:`UNSAFE_LABELS`) and one ``p(<label>)`` column per 5-way label.
+
+        Args:
+            histories: dialogue histories (turns oldest first).
+
+        Returns:
+            One row per history.
+
+        References:
+            Kim et al. (2022), ProsocialDialog's Canary (the 5-way safety labels).
+        """
         ctx = [context_text(h, self.context_turns) for h in histories]
         E = self.encoder.encode(ctx)
         p5 = self.heads["safety_5way"].predict_proba(E)
@@ -118,7 +128,20 @@ class Judges:
 
     def score(self, histories: Sequence[Sequence[str]], replies: Sequence[str]) -> pd.DataFrame:
         """One row per reply with the columns of :data:`SCORE_COLUMNS` (rule for ``unsafe`` in the module
-        docstring). ``histories[i]`` is the dialogue reply ``i`` answers (oldest first, the user's turn last)."""
+        docstring). ``histories[i]`` is the dialogue reply ``i`` answers (oldest first, the user's turn last).
+
+        The audit (chapter 01) and the evaluation (chapter 04) judge every reply with it.
+
+        Args:
+            histories: one non-empty list of turns (strings) per reply.
+            replies: the replies.
+
+        Returns:
+            ``len(replies)`` rows: probabilities in [0, 1] and bool flags (``>= threshold``).
+
+        Raises:
+            JudgeError: lengths differ, an empty or non-string history, a non-string reply.
+        """
         histories, replies = list(histories), list(replies)
         if len(histories) != len(replies):
             raise JudgeError(f"score: {len(histories)} histories but {len(replies)} replies")
@@ -154,7 +177,8 @@ class Judges:
 
     # -------------------------------------------------------------- reporting
     def summary(self) -> pd.DataFrame:
-        """One row per head: what it predicts, train/test sizes, test accuracy, macro-F1, majority baseline."""
+        """One row per head: what it predicts, train/test sizes, test accuracy, macro-F1, majority baseline
+        (the judge table of chapter 01)."""
         rows = []
         for name, r in self.report.get("heads", {}).items():
             rows.append({"judge": name, "task": r["description"], "n_train": r["n_train"], "n_test": r["n_test"],
@@ -163,7 +187,11 @@ class Judges:
         return pd.DataFrame(rows)
 
     def confusion(self, name: str = "safety_5way") -> pd.DataFrame:
-        """The test confusion matrix of head ``name`` (rows = true, columns = predicted)."""
+        """The test confusion matrix of head ``name`` (rows = true, columns = predicted).
+
+        Raises:
+            KeyError: no head ``name``.
+        """
         r = self.report["heads"].get(name)
         if r is None:
             raise KeyError(f"no judge head {name!r}; heads are {list(self.report['heads'])}")
@@ -173,29 +201,49 @@ class Judges:
 
     # -------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``heads.npz`` and ``judges.json`` into ``path`` (atomically: a half-written folder never
-        counts as saved)."""
+        """Write ``heads.npz`` and ``judges.json`` into the folder ``path``, replacing what it held.
+
+        The folder is built beside it and renamed (:func:`~prosocial_lib.runs.build_folder_atomic`), so a
+        half-written folder never counts as saved.
+
+        Args:
+            path: the folder to write (usually ``judge_root(cfg) / <fingerprint>``).
+
+        Returns:
+            ``path`` (also kept in ``self.path``).
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+        build_folder_atomic(path, self._write_files)
+        self.path = path
+        return path
+
+    def _write_files(self, folder: Path) -> None:
         arrays = {}
         for name, h in self.heads.items():
             arrays[f"{name}.coef"] = h.coef
             arrays[f"{name}.intercept"] = h.intercept
-        np.savez(tmp / "heads.npz", **arrays)
+        np.savez(folder / "heads.npz", **arrays)
         meta = {"format": JUDGE_FORMAT, "settings": self.settings, "report": self.report,
                 "classes": {n: h.classes for n, h in self.heads.items()}}
-        (tmp / "judges.json").write_text(json.dumps(meta, indent=1, default=_json_default))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        self.path = path
-        return path
+        (folder / "judges.json").write_text(json.dumps(meta, indent=1, default=_json_default))
 
     @classmethod
     def load(cls, path: str | os.PathLike, encoder: SentenceEncoder | None = None) -> "Judges":
+        """The judges :meth:`save` wrote in the folder ``path`` (``reused=True``).
+
+        Args:
+            path: a folder holding ``judges.json`` and ``heads.npz``.
+            encoder: the sentence encoder to score with (default: a CPU :class:`SentenceEncoder` with the saved
+                ``max_seq_length``).
+
+        Raises:
+            JudgeError: the folder is missing, unreadable, or saved in another :data:`JUDGE_FORMAT`.
+            KeyError: ``heads.npz`` lacks a head ``judges.json`` names.
+        """
         path = Path(path)
-        meta = json.loads((path / "judges.json").read_text())
+        meta = read_json(path / "judges.json")
+        if not isinstance(meta, dict):
+            raise JudgeError(f"{path}: no readable judges.json")
         if meta.get("format") != JUDGE_FORMAT:
             raise JudgeError(f"{path}: judges saved in format {meta.get('format')}, this library reads "
                              f"{JUDGE_FORMAT}: retrain them (load_judges(cfg, retrain=True))")
@@ -231,7 +279,23 @@ def train_judges(tasks: Sequence[JudgeTask], encoder: SentenceEncoder | None = N
                  threshold: float = 0.5, context_turns: int = 1, seed: int = 0,
                  extra_settings: dict[str, Any] | None = None) -> Judges:
     """Embed every task's texts, fit one head per task, score it on its test examples and run the checks of
-    ``report["checks"]`` (how well the unsafe signals tell failing from acceptable test replies)."""
+    ``report["checks"]`` (how well the unsafe signals tell failing from acceptable test replies).
+
+    Args:
+        tasks: the heads' examples (:func:`~.tasks.load_judge_tasks`).
+        encoder: the sentence encoder (default: a CPU :class:`SentenceEncoder`).
+        C: inverse L2 strength of every head.
+        threshold: the flag threshold kept in the settings.
+        context_turns: the turns a judge reads, kept in the settings.
+        seed: scikit-learn's ``random_state``.
+        extra_settings: more entries for ``settings`` (the fingerprint, the data settings).
+
+    Returns:
+        The trained :class:`Judges` (not saved).
+
+    Raises:
+        JudgeError: a head whose training data has one class.
+    """
     encoder = encoder or SentenceEncoder()
     t0 = time.perf_counter()
     all_texts = list(dict.fromkeys(t for task in tasks for t in task.texts()))
@@ -284,14 +348,25 @@ def _sanity_checks(judges: Judges, tasks: dict[str, JudgeTask]) -> dict[str, Any
 
 
 def judge_root(cfg) -> Path:
-    """Folder holding saved judges and the embedding cache: ``eval.judge_dir`` or ``<runs root>/judges``."""
+    """Folder holding saved judges and the embedding cache: ``eval.judge_dir`` or ``<runs root>/judges``.
+
+    Args:
+        cfg: a Config (``eval.judge_dir``, ``run_dir``).
+    """
     if cfg.eval.judge_dir:
         return Path(cfg.eval.judge_dir).expanduser()
     return cfg.run_dir.parent / "judges"
 
 
 def judge_settings(cfg) -> dict[str, Any]:
-    """Everything that decides what the judges learn (the fingerprint of saved judges covers it)."""
+    """Everything that decides what the judges learn (the fingerprint of saved judges covers it).
+
+    Args:
+        cfg: a Config (its ``data`` sources and seed, ``eval.judge_*`` settings, ``eval.seed``).
+
+    Returns:
+        A JSON-serialisable dict.
+    """
     ev, data = cfg.eval, cfg.data
     train_splits = judge_train_splits(cfg)
     return {"format": JUDGE_FORMAT, "encoder": ENCODER_NAME, "prosocial_source": data.prosocial_source,
@@ -305,13 +380,24 @@ def judge_settings(cfg) -> dict[str, Any]:
 def load_judges(cfg, *, retrain: bool = False, encoder: SentenceEncoder | None = None,
                 tasks: Sequence[JudgeTask] | None = None) -> Judges:
     """The preset's judges: loaded from ``judge_root(cfg)/<fingerprint>`` when they were trained before on the
-    same settings and data, trained (and saved) otherwise. ``tasks`` replaces the preset's data (tests)."""
+    same settings and data, trained (and saved) otherwise. ``tasks`` replaces the preset's data (tests).
+
+    The judges of chapters 01 and 04. Saved judges that cannot be read are retrained (with a warning).
+
+    Args:
+        cfg: a Config (``eval``, ``data``, ``model.device`` for the encoder).
+        retrain: train even when saved judges match.
+        encoder: the sentence encoder (default: on ``model.device``).
+        tasks: the judge data (default :func:`~.tasks.load_judge_tasks`).
+
+    Returns:
+        The :class:`Judges`; ``reused`` says whether they were loaded.
+    """
     settings = judge_settings(cfg)
     tasks = list(tasks) if tasks is not None else load_judge_tasks(cfg)
-    fingerprint = hashlib.sha256(json.dumps([settings, tasks_digest(tasks)], sort_keys=True,
-                                            default=str).encode()).hexdigest()[:12]
+    key = fingerprint([settings, tasks_digest(tasks)])
     root = judge_root(cfg)
-    path = root / fingerprint
+    path = root / key
     if encoder is None:
         from ...modeling.loading import resolve_device
 
@@ -325,7 +411,7 @@ def load_judges(cfg, *, retrain: bool = False, encoder: SentenceEncoder | None =
     encoder.load_cache(cache)
     judges = train_judges(tasks, encoder, C=cfg.eval.judge_C, threshold=cfg.eval.judge_threshold,
                           context_turns=cfg.eval.judge_context_turns, seed=cfg.eval.seed,
-                          extra_settings={"fingerprint": fingerprint, "data": settings})
+                          extra_settings={"fingerprint": key, "data": settings})
     encoder.save_cache(cache, [t for task in tasks for t in task.texts()])
     judges.save(path)
     return judges

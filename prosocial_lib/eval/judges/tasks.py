@@ -35,6 +35,7 @@ class JudgeTask:
     balanced: bool = False
 
     def texts(self) -> list[str]:
+        """Every text the task embeds (both sides of a pair), train then test, in order."""
         xs = [*self.train_x, *self.test_x]
         return [t for x in xs for t in (x if self.kind == "pair" else (x,))]
 
@@ -57,6 +58,15 @@ def prosocial_examples(turns: Any, casual_replies: Sequence[str], *, context_tur
     ``turns`` has ProsocialDialog turn columns (``history``, ``response``, ``safety_label``, ``rots``: see
     :func:`~prosocial_lib.data.dialogue_turns`); ``casual_replies`` are replies from casual chat. The rules are
     in the module docstring. Deterministic for a seed.
+
+    Args:
+        turns: ProsocialDialog turns (a ``datasets.Dataset``, a dict of lists or a list of dicts).
+        casual_replies: replies from casual chat (acceptable casual replies, off-topic replies to unsafe contexts).
+        context_turns: how many last turns a judge reads (:func:`~.encoder.context_text`).
+        seed: seeds the choice of replies from other conversations.
+
+    Returns:
+        ``{"safety_5way" | "safety_3way" | "reply_in_context" | "reply_safety" | "preachiness": (inputs, labels)}``.
     """
     cols = _columns(turns, ("history", "response", "safety_label", "rots"))
     rng = np.random.default_rng(seed)
@@ -108,7 +118,14 @@ def _collapse(label: str) -> str:
 
 def mic_rot_examples(mic: Any) -> tuple[list[tuple[str, str]], list[str]]:
     """MIC rows -> one ``((Q, A), agreement)`` example per distinct (Q, A) pair: ``"disagrees"`` if any of its
-    rules of thumb is violated (``A_agrees == 0``), else ``"agrees"`` if any agrees (2), else ``"neutral"``."""
+    rules of thumb is violated (``A_agrees == 0``), else ``"agrees"`` if any agrees (2), else ``"neutral"``.
+
+    Args:
+        mic: MIC rows (columns ``Q``, ``A``, ``A_agrees``), any table form :func:`_columns` reads.
+
+    Returns:
+        ``(pairs, labels)``.
+    """
     cols = _columns(mic, ("Q", "A", "A_agrees"))
     votes: dict[tuple[str, str], set[int]] = {}
     for q, a, agree in zip(cols["Q"], cols["A"], cols["A_agrees"]):
@@ -127,7 +144,14 @@ def mic_condoning_examples(mic: Any) -> tuple[list[tuple[str, str]], list[int]]:
     """MIC rows -> ``((Q, A), fails)`` examples for the ``reply_in_context`` judge, one per distinct (Q, A):
     1 if A violates a rule of thumb with ``violation-severity >= CONDONING_MIN_SEVERITY`` (condoning or doing
     harm: "Let em. They're an adult" to a drunk friend driving home), 0 if it violates none. Pairs whose only
-    violations are mild or unrated are left out (neither clearly fine nor clearly failing)."""
+    violations are mild or unrated are left out (neither clearly fine nor clearly failing).
+
+    Args:
+        mic: MIC rows (``Q``, ``A``, ``A_agrees``, ``rot-severity``).
+
+    Returns:
+        ``(pairs, labels)`` with labels 1 (fails) / 0 (acceptable).
+    """
     cols = _columns(mic, ("Q", "A", "A_agrees", "violation-severity"))
     worst: dict[tuple[str, str], int | None] = {}
     for q, a, agree, sev in zip(cols["Q"], cols["A"], cols["A_agrees"], cols["violation-severity"]):
@@ -160,7 +184,15 @@ HEAD_DESCRIPTIONS: dict[str, tuple[str, str, bool]] = {
 
 
 def make_tasks(train: dict[str, tuple[list, list]], test: dict[str, tuple[list, list]]) -> list[JudgeTask]:
-    """Pair the train and test examples of each head into :class:`JudgeTask` objects."""
+    """Pair the train and test examples of each head into :class:`JudgeTask` objects.
+
+    Args:
+        train: ``{head: (inputs, labels)}`` from the judge training split(s).
+        test: the same from the test split.
+
+    Returns:
+        One task per head in ``train``, with its kind, description and class order.
+    """
     from ...data.labels import SAFETY_LABELS
 
     order = {"safety_5way": list(SAFETY_LABELS), "safety_3way": ["casual", "caution", "intervention"],
@@ -219,7 +251,14 @@ def _split_examples(cfg, split: str, cap: int | None, casual_cap: int) -> dict[s
 
 def load_judge_tasks(cfg) -> list[JudgeTask]:
     """Load the preset's judge data (ProsocialDialog, MIC, casual chat) from the judge train split(s) and the
-    test split, and build every head's examples."""
+    test split, and build every head's examples. Chapter 01 trains its judges on them.
+
+    Args:
+        cfg: a Config (``data`` sources and seeds, ``eval.judge_*`` caps and splits).
+
+    Returns:
+        The :class:`JudgeTask` list.
+    """
     ev, data = cfg.eval, cfg.data
     train_splits = judge_train_splits(cfg)
     if ev.judge_test_split in train_splits:
@@ -241,7 +280,14 @@ def load_judge_tasks(cfg) -> list[JudgeTask]:
 
 
 def tasks_digest(tasks: Sequence[JudgeTask]) -> str:
-    """A hash of every example and label: judges trained on other data are not reused."""
+    """A hash of every example and label: judges trained on other data are not reused.
+
+    Args:
+        tasks: the judge tasks.
+
+    Returns:
+        A hex SHA-256 digest (64 characters), streamed over the tasks.
+    """
     h = hashlib.sha256()
     for t in tasks:
         h.update(json.dumps([t.name, t.kind, t.train_x, t.train_y, t.test_x, t.test_y], default=str).encode())

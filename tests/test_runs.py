@@ -1,0 +1,149 @@
+"""Run state (prosocial_lib.runs): atomic writes leave no temporary file, an unreadable cache counts as missing and
+is rebuilt, a changed key recomputes, and a folder lock keeps a second process out."""
+
+import json
+import multiprocessing
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from prosocial_lib.runs import (
+    LOCK_NAME,
+    atomic_path,
+    build_folder_atomic,
+    fingerprint,
+    load_or_build,
+    load_or_compute,
+    read_json,
+    read_jsonl,
+    run_lock,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".lock"))
+
+
+def test_fingerprint_is_stable_and_order_free():
+    assert fingerprint({"b": 1, "a": [1, 2]}) == fingerprint({"a": [1, 2], "b": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    assert len(fingerprint("x")) == 12 and len(fingerprint("x", length=64)) == 64
+
+
+def test_atomic_writes_leave_no_temporary_file(tmp_path):
+    write_text_atomic(tmp_path / "a.txt", "héllo")
+    write_json_atomic(tmp_path / "sub" / "b.json", {"x": [1, 2]}, indent=None)
+    write_jsonl_atomic(tmp_path / "c.jsonl", [{"r": "é"}, {"r": 2}])
+    with atomic_path(tmp_path / "d.npz") as tmp:
+        np.savez(tmp, a=np.arange(3))
+    assert _files(tmp_path) == ["a.txt", "c.jsonl", "d.npz", "sub"] and _files(tmp_path / "sub") == ["b.json"]
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "héllo"
+    assert (tmp_path / "sub" / "b.json").read_text() == '{"x": [1, 2]}'
+    assert (tmp_path / "c.jsonl").read_text(encoding="utf-8") == '{"r": "é"}\n{"r": 2}\n'
+    assert read_jsonl(tmp_path / "c.jsonl") == [{"r": "é"}, {"r": 2}]
+    with np.load(tmp_path / "d.npz") as z:
+        assert z["a"].tolist() == [0, 1, 2]
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "a.json"
+    write_json_atomic(path, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert read_json(path) == {"v": 1} and _files(tmp_path) == ["a.json"]
+
+
+def test_unreadable_cache_counts_as_missing_and_is_rebuilt(tmp_path):
+    path = tmp_path / "cache.json"
+    path.write_text('{"key": "k", "value": ')  # truncated
+    with pytest.warns(UserWarning, match="treated as missing"):
+        assert read_json(path) is None
+    (tmp_path / "g.jsonl").write_text('{"a": 1}\n{"a": ')
+    with pytest.warns(UserWarning, match="treated as missing"):
+        assert read_jsonl(tmp_path / "g.jsonl") is None
+    assert read_json(tmp_path / "missing.json") is None and read_jsonl(tmp_path / "missing.jsonl") is None
+    calls = []
+    with pytest.warns(UserWarning):
+        assert load_or_compute(path, lambda: calls.append(1) or 7, key="k") == 7
+    assert calls == [1] and json.loads(path.read_text()) == {"key": "k", "value": 7}
+
+
+def test_load_or_compute_reuses_and_recomputes_on_key_change(tmp_path):
+    path = tmp_path / "v.json"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    assert load_or_compute(path, compute, key="a") == {"n": 1}
+    assert load_or_compute(path, compute, key="a") == {"n": 1}
+    assert load_or_compute(path, compute, key="b") == {"n": 2}
+    assert load_or_compute(path, compute, key=None) == {"n": 2}  # None accepts what is there
+    assert len(calls) == 2
+
+
+def test_load_or_build_validates_forces_and_uses_any_format(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    rows, reused = load_or_build(path, lambda: [{"i": 0}, {"i": 1}], read=read_jsonl, write=write_jsonl_atomic)
+    assert rows == [{"i": 0}, {"i": 1}] and not reused
+    rows, reused = load_or_build(path, lambda: [], read=read_jsonl, write=write_jsonl_atomic)
+    assert reused and rows == [{"i": 0}, {"i": 1}]
+    _, reused = load_or_build(path, lambda: [{"i": 2}], read=read_jsonl, write=write_jsonl_atomic,
+                              valid=lambda r: len(r) == 1)
+    assert not reused and read_jsonl(path) == [{"i": 2}]
+    _, reused = load_or_build(path, lambda: [{"i": 3}], read=read_jsonl, write=write_jsonl_atomic, force=True)
+    assert not reused and read_jsonl(path) == [{"i": 3}]
+
+
+def test_build_folder_atomic_never_leaves_a_half_built_folder(tmp_path):
+    target = tmp_path / "model"
+
+    def failing(tmp):
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        build_folder_atomic(target, failing)
+    assert not target.exists() and _files(tmp_path) == []
+
+    def ok(tmp):
+        (tmp / "done").write_text("1")
+        return "built"
+
+    assert build_folder_atomic(target, ok, complete=lambda p: (p / "done").exists()) == ("built", True)
+    assert build_folder_atomic(target, ok, complete=lambda p: (p / "done").exists()) == (None, False)
+    assert _files(target) == ["done"] and _files(tmp_path) == ["model"]
+
+
+def _hold_lock(folder, started, seconds):
+    with run_lock(folder):
+        started.set()
+        time.sleep(seconds)
+
+
+def test_the_lock_keeps_a_second_process_out(tmp_path):
+    from filelock import Timeout
+
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), started, 3.0))
+    proc.start()
+    try:
+        assert started.wait(60), "the other process never took the lock"
+        with pytest.raises(Timeout):
+            with run_lock(tmp_path, timeout=0.2):
+                pass
+    finally:
+        proc.join(60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with run_lock(tmp_path, timeout=5):  # released when the other process is done
+            pass
