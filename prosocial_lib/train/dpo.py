@@ -90,9 +90,20 @@ def dpo_pairs(groups: Sequence[ContrastiveGroup | dict[str, Any]], max_negatives
 
 
 def fit_prompts(pairs, tok, max_length: int, reply_budget: int | None = None):
-    """Drop the oldest context messages (keeping a leading system message and starting on a user turn) of prompts
-    that leave fewer than ``reply_budget`` tokens (default: a quarter of ``max_length``) for the reply; returns ``(pairs, n_shortened, n_too_long)`` where ``n_too_long``
-    prompts are still too long with only their last message (TRL then drops them; they are reported)."""
+    """Fit the prompts of DPO pairs to ``max_length``, dropping their oldest context messages first.
+
+    A leading system message stays and a prompt keeps starting on a user turn.
+
+    Args:
+        pairs: :func:`dpo_pairs` output.
+        tok: the tokenizer (its chat template renders the prompts).
+        max_length: tokens per prompt + reply.
+        reply_budget: tokens left to the reply (default a quarter of ``max_length``, at least 8).
+
+    Returns:
+        ``(pairs, n_shortened, n_too_long)``: ``n_too_long`` prompts are still too long with only their last
+        message (TRL then drops them; they are reported).
+    """
     from ..modeling.chat import chat_prompt
 
     budget = max_length - (reply_budget if reply_budget is not None else max(8, max_length // 4))
@@ -120,8 +131,9 @@ def fit_prompts(pairs, tok, max_length: int, reply_budget: int | None = None):
 # ---------------------------------------------------------------------- training
 def dpo_fingerprint(cfg: Config, pairs, init_from: str | None, stage: str, beta: float,
                     learning_rate: float, max_negatives_per_group: int | None, sft_weight: float = 0.0) -> str:
-    """Hash of everything that changes the result: model and stage settings, seed, DPO knobs, the exact pairs and
-    the start model (for a local folder, its small JSON files and file sizes, so a retrained stage 1 counts)."""
+    """A 12-hex-digit hash of everything that changes a DPO result: model and stage settings, seed, DPO knobs,
+    the exact pairs and the start model (for a local folder, its small JSON files and file sizes, so a retrained
+    stage 1 counts)."""
     model_cfg = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "threads"}
     payload = {
         "model": model_cfg, "stage": dataclasses.asdict(getattr(cfg, stage)), "seed": cfg.seed, "beta": beta,

@@ -1,30 +1,15 @@
-r"""Training with the socially aware n-pair loss, on the Hugging Face Trainer, and the two-stage runner.
+r"""The two-stage runner: stage 1 (MIC) then stage 2 (ProsocialDialog + casual) from the stage-1 checkpoint.
 
-Pieces, in the order data flows through them:
+In the order data flows: :func:`stage_groups` builds the groups (:mod:`prosocial_lib.groups`), ``GroupCollator``
+packs them into token batches, ``score_groups`` gives the ``(B, 1 + K)`` scores, ``ContrastiveTrainer`` (set up by
+a ``ContrastiveConfig``) minimises ``CE(positive) + lambda * L_npair`` (``lambda = 0``: plain CE fine-tuning, the
+negatives not even run), and ``evaluate_groups`` scores held-out groups before and after each stage.
 
-- :class:`GroupCollator` turns a list of groups (:mod:`prosocial_lib.groups`) into one token batch: every group
-  gives ``1 + K`` texts ``context + reply`` formatted with the model's chat template (:func:`~prosocial_lib.models.
-  chat_prompt` and the template's end-of-turn marker, the same text generation sees). By default they share one
-  packed row ``[context, reply_0, ..., reply_K]`` with a 4D attention mask, so the context is computed once;
-  only reply tokens are scored (the context is never a target). Rows are **left**-padded to the batch's own
-  longest row (dynamic padding), so the model only projects the last positions onto the vocabulary
-  (``logits_to_keep``); explicit ``position_ids`` make the padding invisible. Contexts longer than
-  ``model.max_length`` lose their oldest turns (the most recent turns stay, the template stays whole).
-- :func:`score_groups` runs the model and returns the ``(B, 1 + K)`` score matrix the loss needs (positive in
-  column 0) and the positive's per-token cross-entropy.
-- :class:`ContrastiveTrainer` (a ``transformers.Trainer``): ``loss = CE(positive) + lambda * L_npair``; it logs
-  ``ce``, ``npair``, ``contrastive_accuracy`` and ``margin`` into the Trainer's ``log_history``. The loss is a
-  mean over the groups of a device batch, so gradient accumulation (``loss_is_scaled_for_ga = False``) and
-  data parallelism (equal batches per rank, averaged gradients) both reproduce the single-process objective.
-  With ``lambda = 0`` the negatives are not even run: plain CE fine-tuning, the baseline.
-- :func:`evaluate_groups`: the same scores on held-out groups without gradients (before and after each stage).
-- :func:`run_stage` / :func:`run_stages`: stage 1 (MIC) then stage 2 (ProsocialDialog + casual) from the stage-1
-  checkpoint. Each stage writes ``<run_dir>/stage<N>/`` with the model, tokenizer, ``run_config.json``,
-  ``metrics.json`` and ``log_history.json``; a stage whose config fingerprint matches a finished one is reused,
-  an interrupted one resumes from the Trainer's last ``checkpoint-*``.
-
-The CE term is the mean over groups of each positive's per-token negative log-likelihood (every group counts the
-same, whatever its length), which is also ``-s^+`` of the likelihood score.
+Each stage writes ``<run_dir>/stage<N>/`` with the model, tokenizer, ``run_config.json``, ``metrics.json`` and
+``log_history.json``; a stage whose config fingerprint matches a finished one is reused, an interrupted one
+resumes from the Trainer's last ``checkpoint-*``. The CE term is the mean over groups of each positive's per-token
+negative log-likelihood (every group counts the same, whatever its length), which is also ``-s^+`` of the
+likelihood score. Chapters 02 and 03 run the stages; chapter 04 trains the compared systems with them.
 """
 
 from __future__ import annotations
@@ -126,8 +111,16 @@ def _stage_cfg(cfg: Config, stage: int):
 # ---------------------------------------------------------------------- the stage runner
 @dataclass
 class StageResult:
-    """One finished stage: where its model is, its metrics (``before``/``after`` on held-out groups,
-    ``train``), the Trainer's log history, and whether it was reused instead of trained."""
+    """One finished stage (:func:`run_stage`).
+
+    Attributes:
+        stage: 1 or 2.
+        checkpoint_dir: the folder holding the model, tokenizer and ``metrics.json``.
+        metrics: ``before`` / ``after`` (held-out ``evaluate_groups``), ``train`` (steps, seconds, groups, ...),
+            ``groups`` (summaries and the build report), ``fingerprint``.
+        log_history: the Trainer's logs (``loss``, ``ce``, ``npair``, ``contrastive_accuracy``, ``margin``).
+        reused: True when a finished run with the same fingerprint was loaded instead of trained.
+    """
 
     stage: int
     checkpoint_dir: Path
@@ -166,7 +159,8 @@ def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | No
 
 
 def load_stage_result(checkpoint_dir: str | os.PathLike) -> StageResult | None:
-    """A finished stage's result from its folder (None when it did not finish)."""
+    """A finished stage's :class:`StageResult` from its folder (``reused`` True), or None when it did not finish
+    (no ``metrics.json`` or no model config)."""
     out = Path(checkpoint_dir)
     if not (out / METRICS).exists() or not (out / "config.json").exists():
         return None
@@ -254,10 +248,7 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
     metrics = {
         "stage": stage, "fingerprint": fp, "preset": cfg.preset, "init_from": None if init_from is None
         else str(init_from), "before": before, "after": after,
-        "train": {**{k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))},
-                  "train_seconds": round(train_seconds, 2), "global_step": trainer.state.global_step,
-                  "groups": len(train), "truncated_sequences": trainer.data_collator.truncated,
-                  "resumed": resume is not None},
+        "train": _train_metrics(trainer, train_out, train_seconds, len(train), resume is not None),
         "groups": {"train": summarize_groups(train), "eval": summarize_groups(held_out),
                    "train_build": report.to_dict() if report else None},
         "seconds_total": None,
@@ -267,6 +258,13 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
         _save_stage(out, trainer, model, tok, head, cfg, metrics, history, t_start)
     trainer.accelerator.wait_for_everyone()
     return StageResult(stage=stage, checkpoint_dir=out, metrics=metrics, log_history=history, reused=False)
+
+
+def _train_metrics(trainer, train_out, seconds: float, n_groups: int, resumed: bool) -> dict[str, Any]:
+    """The Trainer's numeric training metrics plus time, steps, groups, truncations and whether it resumed."""
+    return {**{k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))},
+            "train_seconds": round(seconds, 2), "global_step": trainer.state.global_step, "groups": n_groups,
+            "truncated_sequences": trainer.data_collator.truncated, "resumed": resumed}
 
 
 def _reusable(out: Path, stage: int, fp: str) -> StageResult | None:
@@ -350,7 +348,15 @@ def _save_stage(out: Path, trainer, model, tok, head, cfg: Config, metrics: dict
 def run_stages(cfg: Config, stages: Sequence[int] = (1, 2), init_from: str | os.PathLike | None = None,
                **kwargs: Any) -> dict[int, StageResult]:
     """Run the stages in order, each starting from the previous one's checkpoint (the first from
-    ``init_from``, None = the base model). Finished stages with the same config are reused."""
+    ``init_from``, None = the base model). Finished stages with the same config are reused.
+
+    Args:
+        cfg, init_from, **kwargs: as :func:`run_stage`.
+        stages: which stages, in order.
+
+    Returns:
+        ``{stage: StageResult}``. Chapter 03 runs both stages with it.
+    """
     results: dict[int, StageResult] = {}
     start = init_from
     for s in stages:
