@@ -288,6 +288,9 @@ def test_own_training_groups(two_stages, tmp_path):
     assert r.metrics["train"]["groups"] == 4 and r.metrics["groups"]["train_build"] is None
     assert r.metrics["fingerprint"] == stage_fingerprint(own_cfg, 1, train_groups=groups[:4])
     assert run_stage(own_cfg, 1, progress=False, train_groups=groups[:4]).reused
+    from prosocial_lib.groups.io import write_groups
+    path = write_groups(groups[:4], tmp_path / "own.jsonl")  # the same groups from a file: the same run
+    assert run_stage(own_cfg, 1, progress=False, train_groups=path).reused
     assert not run_stage(own_cfg, 1, progress=False).reused  # the default groups are another run
 
 
@@ -430,3 +433,30 @@ def test_quiet_trainer_keeps_the_book_free_of_trainer_tables(tiny, tmp_path, mon
     assert not {ProgressCallback, NotebookProgressCallback, PrinterCallback} & kinds(trainer)
     monkeypatch.setenv("TQDM_DISABLE", "1")  # the book: a disabled bar would still print every log line
     assert ProgressCallback not in kinds(quiet_trainer(trainer, progress=True))
+
+
+# ---------------------------------------------------------------------- the training arguments
+def test_contrastive_config_from_the_preset(tmp_path, tiny):
+    from transformers import TrainingArguments
+
+    from prosocial_lib.train.config import ContrastiveConfig, contrastive_args, dpo_args
+    from prosocial_lib.train.trainer import ContrastiveTrainer
+
+    cfg = get_config("smoke", {"loss.temperature": 0.5, "loss.num_negatives": 2, "stage1.warmup_ratio": 0.1,
+                               "stage1.max_steps": 20})
+    cpu = torch.device("cpu")
+    args = contrastive_args(cfg.loss, cfg.stage1, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, n_groups=40)
+    assert isinstance(args, ContrastiveConfig) and args.tau == 0.5 and args.num_negatives == 2 and args.seed == 3
+    assert (args.per_device_train_batch_size, args.learning_rate) == (cfg.stage1.batch_size, cfg.stage1.learning_rate)
+    assert args.warmup_steps == 2 and args.data_seed == 3 and not args.remove_unused_columns
+    assert contrastive_args(cfg.loss, cfg.stage1, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, n_groups=40,
+                            lr_scheduler_type="constant").lr_scheduler_type == "constant"
+    assert ContrastiveConfig(output_dir=str(tmp_path), score="embedding").tau == 0.1
+    with pytest.raises(ValueError, match="score"):
+        ContrastiveConfig(output_dir=str(tmp_path), score="dot")
+    dpo = dpo_args(cfg.stage2, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, beta=0.2, max_length=64,
+                   sft_weight=1.0)
+    assert dpo.beta == 0.2 and list(dpo.loss_type) == ["sigmoid", "sft"] and dpo.seed == 3
+    assert dpo.learning_rate == cfg.stage2.learning_rate
+    with pytest.raises(TypeError, match="ContrastiveConfig"):
+        ContrastiveTrainer(model=tiny[0], args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
