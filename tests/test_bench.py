@@ -24,6 +24,7 @@ from prosocial_lib.bench.settings import (
 )
 from prosocial_lib.bench.training import _summarise_steps, history_of, with_k
 from prosocial_lib.config import get_config
+from prosocial_lib.groups.types import ContrastiveGroup
 from prosocial_lib.report.bench import format_bench, headline_numbers, inference_table, targets_markdown, training_table
 
 torch.set_num_threads(1)
@@ -51,16 +52,17 @@ def test_settings_come_from_the_config_and_are_checked(tmp_path):
 
 
 def test_with_k_keeps_the_first_negatives():
-    g = {"context_messages": [], "positive": "p", "negatives": ["a", "b", "c"], "neg_weights": [1.0, 2.0, 3.0],
-         "neg_severity": [0.0, 0.5, 1.0], "meta": {}}
+    g = ContrastiveGroup(context_messages=[], positive="p", negatives=["a", "b", "c"], neg_weights=[1.0, 2.0, 3.0],
+                         neg_severity=[0.0, 0.5, 1.0], meta={})
     (h,) = with_k([g], 2)
-    assert (h["negatives"], h["neg_weights"], h["neg_severity"]) == (["a", "b"], [1.0, 2.0], [0.0, 0.5])
-    assert g["negatives"] == ["a", "b", "c"]  # the original is untouched
+    assert (h.negatives, h.neg_weights, h.neg_severity) == (["a", "b"], [1.0, 2.0], [0.0, 0.5])
+    assert g.negatives == ["a", "b", "c"]  # the original is untouched
 
 
 def test_history_of_drops_the_system_message():
-    g = {"context_messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
-                              {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]}
+    g = ContrastiveGroup(context_messages=[{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
+                                           {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}],
+                         positive="p")
     assert history_of(g) == ["hi", "hello", "bye"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from prosocial_lib.config import get_config
-from prosocial_lib.groups.types import make_group
+from prosocial_lib.groups.types import ContrastiveGroup, make_group
 from prosocial_lib.modeling.chat import chat_prompt
 from prosocial_lib.modeling.loading import load_model_and_tokenizer
 from prosocial_lib.train.dpo import DPODataError, dpo_pairs, fit_prompts, load_dpo_result, train_dpo
@@ -18,7 +19,7 @@ from prosocial_lib.train.dpo import DPODataError, dpo_pairs, fit_prompts, load_d
 torch.set_num_threads(1)
 
 
-def _groups(n: int = 4) -> list[dict]:
+def _groups(n: int = 4) -> list[ContrastiveGroup]:
     unsafe = [f"I'm going to key my neighbour's car tonight, number {i}." for i in range(n)]
     return [
         make_group([{"role": "user", "content": text}],
@@ -34,8 +35,8 @@ def test_dpo_pairs_one_row_per_negative():
     ds = dpo_pairs(groups)
     assert len(ds) == 6 and set(ds.column_names) >= {"prompt", "chosen", "rejected", "group_index", "neg_weight"}
     row = ds[1]
-    assert row["prompt"] == groups[0]["context_messages"]
-    assert row["chosen"] == [{"role": "assistant", "content": groups[0]["positive"]}]
+    assert row["prompt"] == groups[0].context_messages
+    assert row["chosen"] == [{"role": "assistant", "content": groups[0].positive}]
     assert row["rejected"] == [{"role": "assistant", "content": "Haha, do it."}]
     assert row["group_index"] == 0 and row["neg_weight"] == pytest.approx(1.75)
     first = dpo_pairs(groups, max_negatives_per_group=1)
@@ -44,7 +45,7 @@ def test_dpo_pairs_one_row_per_negative():
 
 def test_dpo_pairs_counts_groups_without_negatives(caplog):
     groups = _groups(2)
-    groups[1] = {**groups[1], "negatives": [], "neg_weights": []}
+    groups[1] = dataclasses.replace(groups[1], negatives=[], neg_weights=[], neg_severity=[])
     with caplog.at_level(logging.WARNING, logger="prosocial_lib.dpo"):
         ds = dpo_pairs(groups)
     assert len(ds) == 3 and "1 of 2 groups have no negatives" in caplog.text
@@ -61,9 +62,10 @@ def test_dpo_pairs_counts_groups_without_negatives(caplog):
 ])
 def test_dpo_pairs_names_group_and_field(field, value, message):
     groups = _groups(2)
-    groups[1] = {**groups[1], field: value}
+    groups[1] = dataclasses.replace(groups[1], **{field: value})
     with pytest.raises(DPODataError, match=message):
         dpo_pairs(groups)
+    groups[1] = groups[1].to_dict()  # a group dict (your own data) without the field
     del groups[1][field]
     if field in ("positive", "context_messages", "negatives"):
         with pytest.raises(DPODataError, match=f"group 1: missing field '{field}'"):
@@ -115,7 +117,7 @@ def test_tiny_dpo_run_checkpoint_metrics_and_reuse(tmp_path):
     trained, tok = load_model_and_tokenizer(str(out))
     base, _ = load_model_and_tokenizer("tiny", seed=cfg.seed)
     assert not torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)
-    assert chat_prompt(tok, groups[0]["context_messages"]).endswith("<|im_start|>assistant\n")
+    assert chat_prompt(tok, groups[0].context_messages).endswith("<|im_start|>assistant\n")
 
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     again = train_dpo(cfg, groups, None, out)

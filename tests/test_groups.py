@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import datasets
 import pytest
 import torch
@@ -14,7 +17,6 @@ from prosocial_lib.groups.types import (
     GROUP_KEYS,
     GroupBuildError,
     groups_frame,
-    last_build_report,
     mic_severity,
     summarize_groups,
 )
@@ -64,71 +66,70 @@ def test_mic_severity_formula():
 
 
 def test_stage1_positive_negatives_and_weights():
-    groups = build_stage1_groups(mic_ds(), cfg())
-    rep = last_build_report()
+    groups, rep = build_stage1_groups(mic_ds(), cfg())
     assert rep.groups == 2 and rep.candidates == 5
     assert rep.skipped == {"prompt has no violating answer": 1, "prompt has no aligned answer and no rewrite": 2}
-    by_q = {g["meta"]["prompt"]: g for g in groups}
+    by_q = {g.meta["prompt"]: g for g in groups}
     assert set(by_q) == {Q1, Q2}
     for g in groups:
-        assert tuple(g) == GROUP_KEYS
-        assert len(g["negatives"]) == 3 and g["positive"] not in g["negatives"]
+        assert tuple(f.name for f in dataclasses.fields(g)) == GROUP_KEYS
+        assert len(g.negatives) == 3 and g.positive not in g.negatives
 
     g1 = by_q[Q1]
-    assert g1["context_messages"] == [{"role": "user", "content": Q1}]
-    assert g1["positive"] == "Never, I love them."  # an aligned answer beats the rewrite
-    assert g1["meta"]["positive_origin"] == "aligned_answer"
-    assert g1["negatives"][:2] == ["I would do it for the money.", "Maybe, it depends."]  # most severe first
-    assert g1["neg_severity"][:2] == pytest.approx([1.0, 0.375])
-    assert g1["meta"]["neg_origin"] == ["same_prompt", "same_prompt", "other_prompt"]
+    assert g1.context_messages == [{"role": "user", "content": Q1}]
+    assert g1.positive == "Never, I love them."  # an aligned answer beats the rewrite
+    assert g1.meta["positive_origin"] == "aligned_answer"
+    assert g1.negatives[:2] == ["I would do it for the money.", "Maybe, it depends."]  # most severe first
+    assert g1.neg_severity[:2] == pytest.approx([1.0, 0.375])
+    assert g1.meta["neg_origin"] == ["same_prompt", "same_prompt", "other_prompt"]
     # the padded negative is another prompt's violating answer, with that answer's own severity
-    assert (g1["negatives"][2], g1["neg_severity"][2]) in {("Sure, everyone does it.", 0.375),
+    assert (g1.negatives[2], g1.neg_severity[2]) in {("Sure, everyone does it.", 0.375),
                                                             ("Yes, yell louder.", 0.5625)}
-    assert g1["meta"]["rot"] == ROT1
+    assert g1.meta["rot"] == ROT1
 
     g2 = by_q[Q2]
-    assert g2["positive"] == "No, cheating is unfair to others."
-    assert g2["meta"]["positive_origin"] == "worker_rewrite"
-    assert g2["negatives"][0] == "Sure, everyone does it."
-    assert g2["neg_severity"][0] == pytest.approx(0.375)
-    assert g2["meta"]["neg_origin"] == ["same_prompt", "other_prompt", "other_prompt"]
-    assert not set(g2["negatives"][1:]) & {"Sure, everyone does it.", g2["positive"]}
+    assert g2.positive == "No, cheating is unfair to others."
+    assert g2.meta["positive_origin"] == "worker_rewrite"
+    assert g2.negatives[0] == "Sure, everyone does it."
+    assert g2.neg_severity[0] == pytest.approx(0.375)
+    assert g2.meta["neg_origin"] == ["same_prompt", "other_prompt", "other_prompt"]
+    assert not set(g2.negatives[1:]) & {"Sure, everyone does it.", g2.positive}
     for g in groups:  # alpha = 1 (default): w = 1 + severity, the same rule as the loss module
-        assert g["neg_weights"] == pytest.approx(social_weights(torch.tensor(g["neg_severity"]), 1.0).tolist())
+        assert g.neg_weights == pytest.approx(social_weights(torch.tensor(g.neg_severity), 1.0).tolist())
 
 
 def test_stage1_alpha_zero_gives_unit_weights_and_same_groups():
-    base = build_stage1_groups(mic_ds(), cfg())
-    flat = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 0.0}))
-    assert all(w == 1.0 for g in flat for w in g["neg_weights"])
-    assert [g["negatives"] for g in flat] == [g["negatives"] for g in base]
-    assert [g["neg_severity"] for g in flat] == [g["neg_severity"] for g in base]
-    doubled = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 2.0}))
-    assert doubled[0]["neg_weights"] == pytest.approx([1 + 2 * s for s in doubled[0]["neg_severity"]])
+    base, _ = build_stage1_groups(mic_ds(), cfg())
+    flat, _ = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 0.0}))
+    assert all(w == 1.0 for g in flat for w in g.neg_weights)
+    assert [g.negatives for g in flat] == [g.negatives for g in base]
+    assert [g.neg_severity for g in flat] == [g.neg_severity for g in base]
+    doubled, _ = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 2.0}))
+    assert doubled[0].neg_weights == pytest.approx([1 + 2 * s for s in doubled[0].neg_severity])
 
 
 def test_stage1_without_fill_keeps_fewer_negatives():
-    groups = build_stage1_groups(mic_ds(), cfg(**{"stage1.fill_negatives": False}))
-    by_q = {g["meta"]["prompt"]: g for g in groups}
-    assert by_q[Q1]["negatives"] == ["I would do it for the money.", "Maybe, it depends."]
-    assert by_q[Q2]["negatives"] == ["Sure, everyone does it."]
-    assert by_q[Q2]["meta"]["neg_origin"] == ["same_prompt"]
+    groups, _ = build_stage1_groups(mic_ds(), cfg(**{"stage1.fill_negatives": False}))
+    by_q = {g.meta["prompt"]: g for g in groups}
+    assert by_q[Q1].negatives == ["I would do it for the money.", "Maybe, it depends."]
+    assert by_q[Q2].negatives == ["Sure, everyone does it."]
+    assert by_q[Q2].meta["neg_origin"] == ["same_prompt"]
 
 
 def test_stage1_rot_in_context_and_k():
-    groups = build_stage1_groups(mic_ds(), cfg(**{"stage1.rot_in_context": True, "loss.num_negatives": 1}))
-    g1 = next(g for g in groups if g["meta"]["prompt"] == Q1)
-    assert g1["context_messages"] == [{"role": "system", "content": f"Rule of thumb: {ROT1}"},
+    groups, _ = build_stage1_groups(mic_ds(), cfg(**{"stage1.rot_in_context": True, "loss.num_negatives": 1}))
+    g1 = next(g for g in groups if g.meta["prompt"] == Q1)
+    assert g1.context_messages == [{"role": "system", "content": f"Rule of thumb: {ROT1}"},
                                       {"role": "user", "content": Q1}]
-    assert g1["negatives"] == ["I would do it for the money."]  # K = 1: only the worst
+    assert g1.negatives == ["I would do it for the money."]  # K = 1: only the worst
 
 
 def test_stage1_deterministic_and_capped():
-    a = build_stage1_groups(mic_ds(), cfg(), seed=3)
-    b = build_stage1_groups(mic_ds(), cfg(), seed=3)
+    a, _ = build_stage1_groups(mic_ds(), cfg(), seed=3)
+    b, _ = build_stage1_groups(mic_ds(), cfg(), seed=3)
     assert a == b
-    one = build_stage1_groups(mic_ds(), cfg(), max_groups=1)
-    assert len(one) == 1 and "kept 1 of 2" in last_build_report().notes[0]
+    one, report = build_stage1_groups(mic_ds(), cfg(), max_groups=1)
+    assert len(one) == 1 and "kept 1 of 2" in report.notes[0]
 
 
 def test_stage1_bad_row_names_row_and_field():
@@ -170,62 +171,61 @@ def stage2(**over):
 
 
 def test_stage2_unsafe_and_casual_negatives():
-    groups = stage2(**{"stage2.casual_fraction": 0.5})
-    rep = last_build_report()
+    groups, rep = stage2(**{"stage2.casual_fraction": 0.5})
     assert rep.candidates == 7
-    kinds = [g["meta"]["kind"] for g in groups]
+    kinds = [g.meta["kind"] for g in groups]
     assert kinds.count("unsafe") == 3 and kinds.count("casual") == 3  # all unsafe, casual in proportion 1:1
     for g in groups:
-        assert tuple(g) == GROUP_KEYS
-        assert len(g["negatives"]) == 3 and len(set(g["negatives"])) == 3
-        assert g["positive"] not in g["negatives"]
-        assert g["context_messages"][-1]["role"] == "user"
-        if g["meta"]["kind"] == "unsafe":
+        assert tuple(f.name for f in dataclasses.fields(g)) == GROUP_KEYS
+        assert len(g.negatives) == 3 and len(set(g.negatives)) == 3
+        assert g.positive not in g.negatives
+        assert g.context_messages[-1]["role"] == "user"
+        if g.meta["kind"] == "unsafe":
             # chatting along is the bad reply, weighted by how much this context needs intervention
-            assert set(g["negatives"]) <= CASUAL_REPLIES
-            sev = SAFETY_SEVERITY[g["meta"]["safety_label"]]
-            assert sev > 0 and g["neg_severity"] == [sev] * 3
-            assert g["neg_weights"] == pytest.approx([1 + sev] * 3)
+            assert set(g.negatives) <= CASUAL_REPLIES
+            sev = SAFETY_SEVERITY[g.meta["safety_label"]]
+            assert sev > 0 and g.neg_severity == [sev] * 3
+            assert g.neg_weights == pytest.approx([1 + sev] * 3)
         else:
             # a preachy reply written for an unsafe context is the bad reply, weighted by its context's severity
-            assert set(g["negatives"]) <= set(UNSAFE_REPLIES)
-            assert g["neg_severity"] == pytest.approx([UNSAFE_REPLIES[n] for n in g["negatives"]])
+            assert set(g.negatives) <= set(UNSAFE_REPLIES)
+            assert g.neg_severity == pytest.approx([UNSAFE_REPLIES[n] for n in g.negatives])
     # the history runs up to this turn: turn 1 of dialogue 0 sees turn 0 and its reply
-    g = next(g for g in groups if g["positive"] == "I understand, but talk to him calmly.")
-    assert [m["content"] for m in g["context_messages"]] == [
+    g = next(g for g in groups if g.positive == "I understand, but talk to him calmly.")
+    assert [m["content"] for m in g.context_messages] == [
         "I want to threaten my neighbor.", "You should not threaten anyone, it's wrong.", "He is annoying though."]
-    assert [m["role"] for m in g["context_messages"]] == ["user", "assistant", "user"]
+    assert [m["role"] for m in g.context_messages] == ["user", "assistant", "user"]
 
 
 def test_stage2_own_dialogue_excluded_for_casual_pd_contexts():
     # dialogue 3: a casual turn inside an unsafe dialogue; its unsafe sibling's reply must not be its negative
     rows = PD_ROWS + [pd_row(3, 0, "I'll steal a car.", "Stealing is a crime, please don't.", "__needs_caution__"),
                       pd_row(3, 1, "Just kidding, I like cars.", "Cars are great!", "__casual__")]
-    groups = build_stage2_groups(datasets.Dataset.from_list(rows), None,
-                                 cfg(**{"stage2.casual_fraction": 1.0}))
-    g = next(g for g in groups if g["positive"] == "Cars are great!")
-    assert "Stealing is a crime, please don't." not in g["negatives"]
+    groups, _ = build_stage2_groups(datasets.Dataset.from_list(rows), None,
+                                    cfg(**{"stage2.casual_fraction": 1.0}))
+    g = next(g for g in groups if g.positive == "Cars are great!")
+    assert "Stealing is a crime, please don't." not in g.negatives
 
 
 def test_stage2_fraction_and_cap():
-    groups = stage2(**{"stage2.max_groups": 4, "stage2.casual_fraction": 0.25})
-    kinds = [g["meta"]["kind"] for g in groups]
+    groups, _ = stage2(**{"stage2.max_groups": 4, "stage2.casual_fraction": 0.25})
+    kinds = [g.meta["kind"] for g in groups]
     assert len(groups) == 4 and kinds.count("casual") == 1
-    groups = stage2(**{"stage2.max_groups": 6, "stage2.casual_fraction": 0.0})
-    assert {g["meta"]["kind"] for g in groups} == {"unsafe"} and len(groups) == 3
-    assert "wanted 6 unsafe groups, the data has 3" in last_build_report().warnings[0]
+    groups, report = stage2(**{"stage2.max_groups": 6, "stage2.casual_fraction": 0.0})
+    assert {g.meta["kind"] for g in groups} == {"unsafe"} and len(groups) == 3
+    assert "wanted 6 unsafe groups, the data has 3" in report.warnings[0]
 
 
 def test_stage2_alpha_zero_and_determinism():
-    a = stage2(**{"stage2.casual_fraction": 0.5})
-    b = stage2(**{"stage2.casual_fraction": 0.5})
+    a, _ = stage2(**{"stage2.casual_fraction": 0.5})
+    b, _ = stage2(**{"stage2.casual_fraction": 0.5})
     assert a == b
-    flat = stage2(**{"stage2.casual_fraction": 0.5, "loss.social_alpha": 0.0})
-    assert [g["negatives"] for g in flat] == [g["negatives"] for g in a]
-    assert all(w == 1.0 for g in flat for w in g["neg_weights"])
-    other = build_stage2_groups(datasets.Dataset.from_list(PD_ROWS), datasets.Dataset.from_list(CASUAL_ROWS),
-                                cfg(**{"stage2.casual_fraction": 0.5}), seed=1)
-    assert sorted(g["positive"] for g in other) == sorted(g["positive"] for g in a)
+    flat, _ = stage2(**{"stage2.casual_fraction": 0.5, "loss.social_alpha": 0.0})
+    assert [g.negatives for g in flat] == [g.negatives for g in a]
+    assert all(w == 1.0 for g in flat for w in g.neg_weights)
+    other, _ = build_stage2_groups(datasets.Dataset.from_list(PD_ROWS), datasets.Dataset.from_list(CASUAL_ROWS),
+                                   cfg(**{"stage2.casual_fraction": 0.5}), seed=1)
+    assert sorted(g.positive for g in other) == sorted(g.positive for g in a)
 
 
 def test_stage2_unknown_label_is_an_error():
@@ -236,7 +236,7 @@ def test_stage2_unknown_label_is_an_error():
 
 # ---------------------------------------------------------------------- summaries
 def test_summaries():
-    groups = stage2(**{"stage2.casual_fraction": 0.5})
+    groups, _ = stage2(**{"stage2.casual_fraction": 0.5})
     s = summarize_groups(groups, bins=4)
     assert s["groups"] == 6 and s["by_kind"] == {"unsafe": 3, "casual": 3}
     assert s["negatives"] == 18 and s["negatives_per_group"] == {3: 6} and s["mean_negatives"] == 3.0
@@ -245,7 +245,30 @@ def test_summaries():
     frame = groups_frame(groups)
     assert len(frame) == 18 and set(frame["kind"]) == {"unsafe", "casual"}
     table = group_table(groups[0])
-    assert list(table["role"])[-3:] == ["negative 1, " + groups[0]["meta"]["neg_origin"][0],
-                                        "negative 2, " + groups[0]["meta"]["neg_origin"][1],
-                                        "negative 3, " + groups[0]["meta"]["neg_origin"][2]]
+    assert list(table["role"])[-3:] == ["negative 1, " + groups[0].meta["neg_origin"][0],
+                                        "negative 2, " + groups[0].meta["neg_origin"][1],
+                                        "negative 3, " + groups[0].meta["neg_origin"][2]]
     assert summarize_groups([])["groups"] == 0
+
+
+# ---------------------------------------------------------------------- your own groups (dicts, JSON, JSONL)
+def test_groups_from_dicts_and_files(tmp_path):
+    from prosocial_lib.groups.io import read_groups, write_groups
+    from prosocial_lib.groups.types import ContrastiveGroup, as_groups
+
+    groups, _ = stage2(**{"stage2.casual_fraction": 0.5})
+    assert [ContrastiveGroup.from_dict(g.to_dict()) for g in groups] == groups
+    for name in ("own.jsonl", "own.json"):
+        assert read_groups(write_groups(groups, tmp_path / name)) == groups
+    plain = as_groups([{"context_messages": [{"role": "user", "content": "hi"}], "positive": "hello",
+                        "negatives": ["go away"]}])
+    assert plain[0].neg_weights == [1.0] and plain[0].neg_severity == [0.0] and plain[0].meta == {}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(groups[0].to_dict()) + "\n" + json.dumps({**groups[1].to_dict(), "positive": ""}) + "\n")
+    with pytest.raises(GroupBuildError, match=r"bad.jsonl, line 2: field 'positive'"):
+        read_groups(bad)
+    bad.write_text(json.dumps({**groups[0].to_dict(), "negative": ["x"]}) + "\n")
+    with pytest.raises(GroupBuildError, match=r"line 1: unknown field 'negative'"):
+        read_groups(bad)
+    with pytest.raises(GroupBuildError, match=r"group 0: missing field 'negatives'"):
+        as_groups([{"context_messages": [{"role": "user", "content": "hi"}], "positive": "hello"}])

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prosocial_lib.data.dialogue import history_to_messages
+from prosocial_lib.groups.types import ContrastiveGroup
 from prosocial_lib.modeling.chat import chat_prompt, chat_turn_end
 from prosocial_lib.modeling.tiny import build_tiny_model
 from prosocial_lib.train.collator import GroupCollator
@@ -33,8 +34,8 @@ TAU, LAMBDA = 0.7, 0.5
 
 
 def group(ctx, pos, negs, weights):
-    return {"context_messages": history_to_messages(ctx), "positive": pos, "negatives": negs,
-            "neg_weights": weights, "neg_severity": [w - 1 for w in weights], "meta": {}}
+    return ContrastiveGroup(context_messages=history_to_messages(ctx), positive=pos, negatives=negs,
+                            neg_weights=weights, neg_severity=[w - 1 for w in weights], meta={})
 
 
 LONG = "I keep thinking about it and " * 30 + "so should I just key his car tonight?"
@@ -62,17 +63,17 @@ def straightforward(model, tok, groups, batch, score="likelihood", positives_onl
     the one the collator kept for the group (how long contexts are cut is the collator's policy, tested in
     test_training.py); the replies are tokenized here."""
     end = chat_turn_end(tok)
-    k = 0 if positives_only else max(len(g["negatives"]) for g in groups)
+    k = 0 if positives_only else max(len(g.negatives) for g in groups)
     sum_logp = torch.zeros(len(groups), 1 + k)
     n_tok = torch.zeros(len(groups), 1 + k, dtype=torch.long)
     ctx_emb, cand_emb = [], torch.zeros(len(groups), 1 + k, model.config.hidden_size)
     for b, g in enumerate(groups):
         row = int(batch["ctx_row"][b])
         prompt = batch["input_ids"][row][batch["context_mask"][row]].tolist()
-        full = tok(chat_prompt(tok, g["context_messages"]), add_special_tokens=False)["input_ids"]
+        full = tok(chat_prompt(tok, g.context_messages), add_special_tokens=False)["input_ids"]
         if len(full) <= MAX_LENGTH // 2:
             assert prompt == full  # a short context is kept whole
-        replies = [g["positive"]] + ([] if positives_only else g["negatives"])
+        replies = [g.positive] + ([] if positives_only else g.negatives)
         for slot, reply in enumerate(replies):
             comp = tok(reply + end, add_special_tokens=False)["input_ids"]
             assert len(prompt) + len(comp) <= MAX_LENGTH
@@ -97,8 +98,8 @@ def objective(scores, ce, batch_scores, groups, in_batch=False):
     w = torch.ones(len(groups), k)
     mask = torch.zeros(len(groups), k, dtype=torch.bool)
     for b, g in enumerate(groups):
-        n = len(g["negatives"][:k])
-        w[b, :n] = torch.tensor(g["neg_weights"][:n])
+        n = len(g.negatives[:k])
+        w[b, :n] = torch.tensor(g.neg_weights[:n])
         mask[b, :n] = True
     out = npair_loss(scores, w, mask, TAU, in_batch=in_batch, batch_scores=batch_scores)
     return combined_loss(ce.mean(), out.loss, LAMBDA)
@@ -133,8 +134,8 @@ def test_one_packed_row_per_group_and_the_long_context_is_cut_once(tiny64):
     assert batch["input_ids"].shape[0] == len(GROUPS)
     assert batch["neg_mask"].tolist() == [[True, True, True], [True, False, False], [True, True, False]]
     comps = [len(tok(r + end, add_special_tokens=False)["input_ids"])
-             for r in [GROUPS[2]["positive"], *GROUPS[2]["negatives"]]]
-    prompt = len(tok(chat_prompt(tok, GROUPS[2]["context_messages"]), add_special_tokens=False)["input_ids"])
+             for r in [GROUPS[2].positive, *GROUPS[2].negatives]]
+    prompt = len(tok(chat_prompt(tok, GROUPS[2].context_messages), add_special_tokens=False)["input_ids"])
     assert prompt > MAX_LENGTH  # the case under test really is cut
     # the context keeps exactly the room the longest reply leaves, and it is computed once for the three replies
     assert int(batch["context_mask"][2].sum()) == MAX_LENGTH - max(comps)

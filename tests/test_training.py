@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from prosocial_lib.config import get_config
 from prosocial_lib.data import history_to_messages
+from prosocial_lib.groups.types import ContrastiveGroup
 from prosocial_lib.modeling.chat import chat_prompt, chat_turn_end
 from prosocial_lib.modeling.loading import load_model_and_tokenizer
 from prosocial_lib.modeling.tiny import build_tiny_model
@@ -37,8 +39,8 @@ def tiny():
 
 def group(ctx, pos, negs, weights=None):
     weights = weights or [1.0 + 0.5 * i for i in range(len(negs))]
-    return {"context_messages": [{"role": "user", "content": c} for c in ctx], "positive": pos,
-            "negatives": negs, "neg_weights": weights, "neg_severity": [w - 1 for w in weights], "meta": {}}
+    return ContrastiveGroup(context_messages=[{"role": "user", "content": c} for c in ctx], positive=pos,
+                            negatives=negs, neg_weights=weights, neg_severity=[w - 1 for w in weights], meta={})
 
 
 GROUPS = [
@@ -50,7 +52,7 @@ GROUPS = [
 # ---------------------------------------------------------------------- the collator
 REPLIES = ["Please don't, talk to him instead.", "Go for it!", "lol ok", "Pasta, and you?",
            "It is wrong to lie to people."]
-CONTEXTS = [GROUPS[0]["context_messages"]] * 3 + [GROUPS[1]["context_messages"]] * 2
+CONTEXTS = [GROUPS[0].context_messages] * 3 + [GROUPS[1].context_messages] * 2
 SEGMENTS = [0, 1, 2, 3, 4]  # b * (1 + K) + slot with K = 2; group 1's second negative slot (5) is padding
 
 
@@ -112,7 +114,7 @@ def test_collator_cuts_long_contexts_from_the_left(tiny):
 def test_collator_drops_oldest_turns_first(tiny):
     _, tok = tiny
     turns = [f"turn {i} " + "blah " * 12 for i in range(8)] + ["the question?"]
-    g = {**group([], "Answer.", ["No."]), "context_messages": history_to_messages(turns, system="Be kind.")}
+    g = dataclasses.replace(group([], "Answer.", ["No."]), context_messages=history_to_messages(turns, system="Be kind."))
     col = GroupCollator(tok, max_length=80)
     seen, _, _, _ = _seen_by(col([g]), 0)
     text = tok.decode(seen)
@@ -147,7 +149,7 @@ def test_scores_match_separate_unpadded_runs(tiny, shared):
     with torch.no_grad():
         gs = score_groups(model, batch)
     for b, g in enumerate(GROUPS):
-        expected = [_mean_logprob(model, tok, g["context_messages"], r) for r in [g["positive"], *g["negatives"]]]
+        expected = [_mean_logprob(model, tok, g.context_messages, r) for r in [g.positive, *g.negatives]]
         got = gs.scores[b, : len(expected)].tolist()
         assert got == pytest.approx(expected, abs=2e-5)
         assert float(gs.ce[b]) == pytest.approx(-expected[0], abs=2e-5)
@@ -181,7 +183,7 @@ def test_embedding_scores_are_cosines(tiny):
 def test_evaluate_groups(tiny):
     model, tok = tiny
     cfg = get_config("smoke")
-    groups = [{**g, "meta": {"kind": kind}} for g, kind in zip(GROUPS, ["unsafe", "casual"])]
+    groups = [dataclasses.replace(g, meta={"kind": kind}) for g, kind in zip(GROUPS, ["unsafe", "casual"])]
     m = evaluate_groups(model, tok, groups, cfg, batch_size=1, progress=False)
     assert set(m) == {"accuracy", "margin", "npair", "ce", "groups", "by_kind"} and m["groups"] == 2
     batch = GroupCollator(tok, 128)(groups)
@@ -227,7 +229,7 @@ def test_both_stages_learn_on_their_training_groups(two_stages):
         r = results[stage]
         assert not r.reused and (r.checkpoint_dir / "config.json").exists()
         assert r.checkpoint_dir == cfg.run_dir / f"stage{stage}"
-        groups = stage_groups(cfg, stage, "train")
+        groups, _ = stage_groups(cfg, stage, "train")
         before_model, tok = (load_model_and_tokenizer("tiny", seed=cfg.seed) if start is None
                              else load_model_and_tokenizer(str(start)))
         after_model, _ = load_model_and_tokenizer(str(r.checkpoint_dir))
@@ -275,9 +277,9 @@ def test_own_training_groups(two_stages, tmp_path):
     """A caller's own groups (another negative sampler) train the stage, and are part of its fingerprint."""
     cfg, _ = two_stages
     own_cfg = tiny_cfg(tmp_path, name="own", **{"stage1.max_steps": 2})
-    groups = stage_groups(own_cfg, 1, "train")
-    reversed_negatives = [{**g, "negatives": g["negatives"][::-1], "neg_weights": g["neg_weights"][::-1],
-                           "neg_severity": g["neg_severity"][::-1]} for g in groups]
+    groups, _ = stage_groups(own_cfg, 1, "train")
+    reversed_negatives = [dataclasses.replace(g, negatives=g.negatives[::-1], neg_weights=g.neg_weights[::-1],
+                                              neg_severity=g.neg_severity[::-1]) for g in groups]
     fp_default = stage_fingerprint(own_cfg, 1)
     assert stage_fingerprint(own_cfg, 1, train_groups=groups) != fp_default
     assert stage_fingerprint(own_cfg, 1, train_groups=reversed_negatives) != \
@@ -286,6 +288,9 @@ def test_own_training_groups(two_stages, tmp_path):
     assert r.metrics["train"]["groups"] == 4 and r.metrics["groups"]["train_build"] is None
     assert r.metrics["fingerprint"] == stage_fingerprint(own_cfg, 1, train_groups=groups[:4])
     assert run_stage(own_cfg, 1, progress=False, train_groups=groups[:4]).reused
+    from prosocial_lib.groups.io import write_groups
+    path = write_groups(groups[:4], tmp_path / "own.jsonl")  # the same groups from a file: the same run
+    assert run_stage(own_cfg, 1, progress=False, train_groups=path).reused
     assert not run_stage(own_cfg, 1, progress=False).reused  # the default groups are another run
 
 
@@ -395,7 +400,7 @@ def test_chapter_tables_and_figures(two_stages, tiny):
     scored = group_scores_table(model, tok, GROUPS[0], cfg)
     assert list(scored["role"]) == ["positive", "negative 1", "negative 2"]
     assert scored["score"].tolist() == pytest.approx(
-        [_mean_logprob(model, tok, GROUPS[0]["context_messages"], r) for r in ["Please don't, talk to him instead.",
+        [_mean_logprob(model, tok, GROUPS[0].context_messages, r) for r in ["Please don't, talk to him instead.",
                                                                               "Go for it!", "lol ok"]], abs=2e-5)
     replies = compare_replies({"a": (model, tok), "b": (model, tok)}, GROUPS, cfg, max_new_tokens=3)
     assert list(replies.columns) == ["kind", "context (last turn)", "gold reply", "a", "b"]
@@ -428,3 +433,30 @@ def test_quiet_trainer_keeps_the_book_free_of_trainer_tables(tiny, tmp_path, mon
     assert not {ProgressCallback, NotebookProgressCallback, PrinterCallback} & kinds(trainer)
     monkeypatch.setenv("TQDM_DISABLE", "1")  # the book: a disabled bar would still print every log line
     assert ProgressCallback not in kinds(quiet_trainer(trainer, progress=True))
+
+
+# ---------------------------------------------------------------------- the training arguments
+def test_contrastive_config_from_the_preset(tmp_path, tiny):
+    from transformers import TrainingArguments
+
+    from prosocial_lib.train.config import ContrastiveConfig, contrastive_args, dpo_args
+    from prosocial_lib.train.trainer import ContrastiveTrainer
+
+    cfg = get_config("smoke", {"loss.temperature": 0.5, "loss.num_negatives": 2, "stage1.warmup_ratio": 0.1,
+                               "stage1.max_steps": 20})
+    cpu = torch.device("cpu")
+    args = contrastive_args(cfg.loss, cfg.stage1, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, n_groups=40)
+    assert isinstance(args, ContrastiveConfig) and args.tau == 0.5 and args.num_negatives == 2 and args.seed == 3
+    assert (args.per_device_train_batch_size, args.learning_rate) == (cfg.stage1.batch_size, cfg.stage1.learning_rate)
+    assert args.warmup_steps == 2 and args.data_seed == 3 and not args.remove_unused_columns
+    assert contrastive_args(cfg.loss, cfg.stage1, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, n_groups=40,
+                            lr_scheduler_type="constant").lr_scheduler_type == "constant"
+    assert ContrastiveConfig(output_dir=str(tmp_path), score="embedding").tau == 0.1
+    with pytest.raises(ValueError, match="score"):
+        ContrastiveConfig(output_dir=str(tmp_path), score="dot")
+    dpo = dpo_args(cfg.stage2, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, beta=0.2, max_length=64,
+                   sft_weight=1.0)
+    assert dpo.beta == 0.2 and list(dpo.loss_type) == ["sigmoid", "sft"] and dpo.seed == 3
+    assert dpo.learning_rate == cfg.stage2.learning_rate
+    with pytest.raises(TypeError, match="ContrastiveConfig"):
+        ContrastiveTrainer(model=tiny[0], args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))

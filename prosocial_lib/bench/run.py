@@ -84,7 +84,7 @@ def run_bench(cfg: Config, settings: BenchSettings | None = None, *, judges=None
     else:
         result["generation"] = _unavailable("skipped (settings.generation = false)")
     if settings.judges:
-        pairs = [(history_of(g), r) for g in groups for r in [g["positive"], *g["negatives"]]]
+        pairs = [(history_of(g), r) for g in groups for r in [g.positive, *g.negatives]]
         if settings.judge_replies:
             pairs = pairs[: settings.judge_replies]
         t0 = time.perf_counter()
@@ -103,13 +103,13 @@ def run_bench(cfg: Config, settings: BenchSettings | None = None, *, judges=None
 def _group_stats(groups: list[dict[str, Any]], tok) -> dict[str, Any]:
     from ..modeling.chat import chat_prompt, chat_turn_end
     end = chat_turn_end(tok)
-    ctx = [len(tok(chat_prompt(tok, g["context_messages"]), add_special_tokens=False)["input_ids"]) for g in groups]
+    ctx = [len(tok(chat_prompt(tok, g.context_messages), add_special_tokens=False)["input_ids"]) for g in groups]
     rep = [len(tok(r + end, add_special_tokens=False)["input_ids"]) for g in groups
-           for r in [g["positive"], *g["negatives"]]]
-    return {"groups": len(groups), "mean_context_turns": statistics.mean(len(g["context_messages"]) for g in groups),
+           for r in [g.positive, *g.negatives]]
+    return {"groups": len(groups), "mean_context_turns": statistics.mean(len(g.context_messages) for g in groups),
             "mean_context_tokens": statistics.mean(ctx), "mean_reply_tokens": statistics.mean(rep),
-            "mean_negatives": statistics.mean(len(g["negatives"]) for g in groups),
-            "kinds": {k: sum(g["meta"].get("kind") == k for g in groups) for k in ("unsafe", "casual")}}
+            "mean_negatives": statistics.mean(len(g.negatives) for g in groups),
+            "kinds": {k: sum(g.meta.get("kind") == k for g in groups) for k in ("unsafe", "casual")}}
 
 
 def _row(result: dict[str, Any], objective: str, k: int, layout: str | None = None) -> dict[str, Any] | None:

@@ -16,7 +16,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..config.schema import Config
+from ..config.schema import Config, StageConfig
+from ..groups.types import ContrastiveGroup
 from .memory import PeakMemory, _rss_bytes, release_memory
 from .settings import BenchError, BenchSettings
 
@@ -24,43 +25,39 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------- data
-def bench_groups(cfg: Config, n_groups: int, k_max: int) -> list[dict[str, Any]]:
-    """``n_groups`` stage-2 training groups (dialogue histories; ``k_max`` negatives where the data has them)."""
+def bench_groups(cfg: Config, n_groups: int, k_max: int) -> list[ContrastiveGroup]:
+    """``n_groups`` stage-2 training groups (dialogue histories; ``k_max`` negatives where the data has them).
+
+    Raises:
+        BenchError: the data gives fewer than ``n_groups`` groups.
+    """
     from ..data.casual import load_casual
     from ..data.errors import DataSkipWarning
     from ..data.prosocial_dialog import load_prosocial_dialog
     from ..groups.stage2 import build_stage2_groups
 
-    bc = copy.deepcopy(cfg)
-    bc.set("loss.num_negatives", k_max)
+    bc = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, num_negatives=k_max))
     prosocial = load_prosocial_dialog(cfg.data.prosocial_source, split="train", max_rows=cfg.data.max_train_examples)
     casual_rows = cfg.data.max_train_examples if cfg.data.max_train_examples is not None else 4 * n_groups
     with warnings.catch_warnings():  # skipped empty turns: chapter 0 reports them; here they only change the pool
         warnings.simplefilter("ignore", DataSkipWarning)
         casual = load_casual(cfg.data.casual_source, split="train", seed=cfg.data.seed, max_rows=casual_rows,
                              prosocial_source=cfg.data.prosocial_source)
-    groups = build_stage2_groups(prosocial, casual, bc, max_groups=n_groups, seed=cfg.data.seed,
-                                 where=f"ProsocialDialog ({cfg.data.prosocial_source}, train)")
+    groups, _ = build_stage2_groups(prosocial, casual, bc, max_groups=n_groups, seed=cfg.data.seed,
+                                    where=f"ProsocialDialog ({cfg.data.prosocial_source}, train)")
     if len(groups) < n_groups:
         raise BenchError(f"the benchmark needs {n_groups} stage-2 groups; the data gave {len(groups)}")
     return groups
 
 
-def with_k(groups: Sequence[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+def with_k(groups: Sequence[ContrastiveGroup], k: int) -> list[ContrastiveGroup]:
     """The groups with at most their first ``k`` negatives (and weights)."""
-    out = []
-    for g in groups:
-        h = dict(g)
-        for key in ("negatives", "neg_weights", "neg_severity"):
-            if key in h:
-                h[key] = list(h[key])[:k]
-        out.append(h)
-    return out
+    return [g.with_negatives(k) for g in groups]
 
 
-def history_of(group: dict[str, Any]) -> list[str]:
+def history_of(group: ContrastiveGroup) -> list[str]:
     """A group's context as the list of turns generation and the judges take (the user's turn last)."""
-    return [m["content"] for m in group["context_messages"] if m["role"] != "system"]
+    return [m["content"] for m in group.context_messages if m["role"] != "system"]
 
 
 class _CountingCollator:
@@ -109,28 +106,17 @@ class StepTimer:
         return _Timer()
 
 
-def _training_args(cfg: Config, settings: BenchSettings, out_dir: str, device: torch.device,
-                   mp_dtype: torch.dtype, args_cls=None, **extra: Any):
-    """The same optimisation settings for every row (TRL's DPOConfig is a TrainingArguments subclass)."""
-    import inspect
+def _bench_stage(cfg: Config, settings: BenchSettings) -> StageConfig:
+    """The optimisation settings every row shares: stage 2's learning rate and weight decay, the benchmark's batch
+    size, no accumulation, no warm-up, warm-up + timed steps."""
+    return dataclasses.replace(cfg.stage2, batch_size=settings.batch_size, grad_accum=1, warmup_ratio=0.0,
+                               max_steps=settings.warmup_steps + settings.timed_steps)
 
-    from transformers import TrainingArguments
-    args_cls = args_cls or TrainingArguments
-    kwargs: dict[str, Any] = dict(
-        output_dir=out_dir, per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=1,
-        learning_rate=cfg.stage2.learning_rate, weight_decay=cfg.stage2.weight_decay,
-        max_steps=settings.warmup_steps + settings.timed_steps, lr_scheduler_type="constant", warmup_steps=0,
-        logging_strategy="no", save_strategy="no", report_to="none", seed=cfg.seed, data_seed=cfg.seed,
-        dataloader_num_workers=0, disable_tqdm=True, use_cpu=device.type == "cpu", remove_unused_columns=False,
-        bf16=mp_dtype == torch.bfloat16 and device.type == "cuda",
-        fp16=mp_dtype == torch.float16 and device.type == "cuda")
-    kwargs.update(extra)
-    names = {f.name for f in dataclasses.fields(args_cls)} | set(inspect.signature(args_cls.__init__).parameters)
-    if "activation_checkpointing" in names:
-        kwargs["activation_checkpointing"] = False
-    else:
-        kwargs["gradient_checkpointing"] = False
-    return args_cls(**{k: v for k, v in kwargs.items() if k in names})
+
+def _bench_overrides(cfg: Config) -> dict[str, Any]:
+    """What the benchmark's trainers change from a stage's: a constant rate, no logs, checkpoints or bars."""
+    return dict(lr_scheduler_type="constant", warmup_steps=0, logging_strategy="no", save_strategy="no",
+                disable_tqdm=True, remove_unused_columns=False, data_seed=cfg.seed)
 
 
 def _summarise_steps(times: list[float], warmup: int) -> dict[str, Any]:
@@ -193,50 +179,41 @@ def _error_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:400] + where
 
 
-def bench_training(cfg: Config, settings: BenchSettings, model, tok, groups: list[dict[str, Any]],
+def bench_training(cfg: Config, settings: BenchSettings, model, tok, groups: list[ContrastiveGroup],
                    device: torch.device, mp_dtype: torch.dtype, progress: bool = True) -> list[dict[str, Any]]:
-    """The training rows (module docstring), plain CE first; each gets ``ratio_to_ce``."""
+    """Time training steps: plain CE, the n-pair loss for each K in both layouts, and TRL's DPO.
+
+    Args:
+        cfg: the experiment config (loss, stage-2 optimisation settings, model length, seed).
+        settings: the benchmark's sizes (batch size, K values, warm-up and timed steps, DPO on/off).
+        model, tok: the model (each row trains a fresh copy) and its tokenizer.
+        groups: the groups every row trains on, in the same order.
+        device, mp_dtype: where and in which mixed precision to train.
+        progress: show a bar over the rows.
+
+    Returns:
+        One dict per row (module docstring), plain CE first; each available row gets ``groups_per_s``,
+        ``response_tokens_per_s`` and ``ratio_to_ce``; a row that failed has ``available`` False and a reason.
+
+    Chapter 05 (and ``prosocial bench``) shows these rows.
+    """
     from tqdm.auto import tqdm
 
-    from ..modeling.chat import chat_turn_end
     from ..train.collator import GroupCollator
-    from ..train.trainer import ContrastiveTrainer, quiet_trainer
-
-    turn_end = chat_turn_end(tok)
-    n_tok_cache: dict[str, int] = {}
-
-    def reply_len(text: str) -> int:
-        if text not in n_tok_cache:
-            n_tok_cache[text] = len(tok(text + turn_end, add_special_tokens=False)["input_ids"])
-        return n_tok_cache[text]
-
-    def reply_tokens_for(k: int) -> Callable[[dict[str, Any]], int]:
-        return lambda g: reply_len(g["positive"]) + sum(reply_len(n) for n in list(g["negatives"])[:k])
+    from ..train.trainer import quiet_trainer
 
     bs = settings.batch_size
-    plan: list[dict[str, Any]] = [{"row": "plain CE", "objective": "ce", "K": 0, "layout": "separate"}]
-    for layout in ("separate", "shared"):
-        for k in settings.ks:
-            plan.append({"row": f"n-pair K={k} ({layout})", "objective": "npair", "K": k, "layout": layout})
-    if settings.dpo:
-        plan.append({"row": "TRL DPO (K=1 pairs)", "objective": "dpo", "K": 1, "layout": "TRL"})
-
-    def contrastive(k: int, layout: str, data, collator, out_dir: str, **extra: Any):
-        loss_cfg = dataclasses.replace(cfg.loss, npair_weight=cfg.loss.npair_weight if k else 0.0,
-                                       num_negatives=max(k, 1), shared_context=layout == "shared")
-        args = _training_args(cfg, settings, out_dir, device, mp_dtype, **extra)
-        return ContrastiveTrainer(model=copy.deepcopy(model), args=args, train_dataset=list(data),
-                                  data_collator=collator, processing_class=tok, loss_cfg=loss_cfg)
-
+    reply_tokens_for = _reply_counter(tok)
     rows: list[dict[str, Any]] = []
-    bar = tqdm(plan, desc="bench: training rows", unit="row", disable=not progress)
+    bar = tqdm(_plan(settings), desc="bench: training rows", unit="row", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="prosocial-bench-") as tmp:
         # The first Trainer of a process pays one-off costs (imports, thread pools, allocator growth): a throwaway
         # one-step run takes them, so they do not land on the first measured row.
         with contextlib.suppress(Exception):
             first = with_k(groups[:bs], 0)
-            warm = contrastive(0, "separate", first, GroupCollator(tok, cfg.model.max_length, positives_only=True),
-                               f"{tmp}/warm-up", max_steps=1)
+            warm = _contrastive_trainer(cfg, settings, model, tok, 0, "separate", first,
+                                        GroupCollator(tok, cfg.model.max_length, positives_only=True),
+                                        f"{tmp}/warm-up", device, mp_dtype, max_steps=1)
             quiet_trainer(warm).train()
             del warm
         for spec in bar:
@@ -250,22 +227,81 @@ def bench_training(cfg: Config, settings: BenchSettings, model, tok, groups: lis
                     if k1 is not None:  # the same (positive, first negative) pairs in the same order
                         row["response_tokens_per_step"] = k1.get("response_tokens_per_step")
                 else:
-                    k = spec["K"]
-                    data = with_k(groups, k)
-                    collator = GroupCollator(tok, cfg.model.max_length, positives_only=k == 0,
-                                             shared_context=spec["layout"] == "shared")
-                    counter = _CountingCollator(collator, reply_tokens_for(k))
-                    row["collate_ms"] = _collate_ms(collator, [data[i:i + bs] for i in range(0, len(data), bs)])
-
-                    def make(k=k, layout=spec["layout"], data=data, counter=counter):
-                        return contrastive(k, layout, data, counter, f"{tmp}/{len(rows)}")
-                    row.update(_train_row(make, device, settings, counter))
+                    row.update(_contrastive_row(cfg, settings, model, tok, groups, spec, reply_tokens_for,
+                                                f"{tmp}/{len(rows)}", device, mp_dtype))
                 row["available"] = True
             except Exception as e:  # a broken row is reported, the others still run
                 log.warning("bench row %s failed: %s", spec["row"], e)
                 row.update(_unavailable(_error_reason(e)))
             rows.append(row)
     bar.close()
+    _add_rates(rows, bs, device)
+    return rows
+
+
+def _plan(settings: BenchSettings) -> list[dict[str, Any]]:
+    """The rows to measure: plain CE, n-pair for each K in the separate then the shared layout, DPO."""
+    plan: list[dict[str, Any]] = [{"row": "plain CE", "objective": "ce", "K": 0, "layout": "separate"}]
+    for layout in ("separate", "shared"):
+        for k in settings.ks:
+            plan.append({"row": f"n-pair K={k} ({layout})", "objective": "npair", "K": k, "layout": layout})
+    if settings.dpo:
+        plan.append({"row": "TRL DPO (K=1 pairs)", "objective": "dpo", "K": 1, "layout": "TRL"})
+    return plan
+
+
+def _reply_counter(tok) -> Callable[[int], Callable[[ContrastiveGroup], int]]:
+    """``k -> (group -> reply tokens of its positive and first k negatives)``, with a token-count cache."""
+    from ..modeling.chat import chat_turn_end
+
+    turn_end = chat_turn_end(tok)
+    n_tok_cache: dict[str, int] = {}
+
+    def reply_len(text: str) -> int:
+        if text not in n_tok_cache:
+            n_tok_cache[text] = len(tok(text + turn_end, add_special_tokens=False)["input_ids"])
+        return n_tok_cache[text]
+
+    def reply_tokens_for(k: int) -> Callable[[ContrastiveGroup], int]:
+        return lambda g: reply_len(g.positive) + sum(reply_len(n) for n in list(g.negatives)[:k])
+    return reply_tokens_for
+
+
+def _contrastive_trainer(cfg: Config, settings: BenchSettings, model, tok, k: int, layout: str, data, collator,
+                         out_dir: str, device: torch.device, mp_dtype: torch.dtype, **extra: Any):
+    """A :class:`ContrastiveTrainer` on a fresh copy of ``model``: lambda = 0 (plain CE) when ``k`` is 0."""
+    from ..train.config import contrastive_args
+    from ..train.trainer import ContrastiveTrainer
+
+    loss = dataclasses.replace(cfg.loss, npair_weight=cfg.loss.npair_weight if k else 0.0,
+                               num_negatives=max(k, 1), shared_context=layout == "shared")
+    args = contrastive_args(loss, _bench_stage(cfg, settings), out_dir, seed=cfg.seed, device=device,
+                            mp_dtype=mp_dtype, n_groups=len(data), **{**_bench_overrides(cfg), **extra})
+    return ContrastiveTrainer(model=copy.deepcopy(model), args=args, train_dataset=list(data),
+                              data_collator=collator, processing_class=tok)
+
+
+def _contrastive_row(cfg: Config, settings: BenchSettings, model, tok, groups, spec: dict[str, Any],
+                     reply_tokens_for, out_dir: str, device: torch.device, mp_dtype: torch.dtype) -> dict[str, Any]:
+    """One CE or n-pair row: the collation time, then the timed training steps."""
+    from ..train.collator import GroupCollator
+
+    k, bs = spec["K"], settings.batch_size
+    data = with_k(groups, k)
+    collator = GroupCollator(tok, cfg.model.max_length, positives_only=k == 0,
+                             shared_context=spec["layout"] == "shared")
+    counter = _CountingCollator(collator, reply_tokens_for(k))
+    row = {"collate_ms": _collate_ms(collator, [data[i:i + bs] for i in range(0, len(data), bs)])}
+
+    def make():
+        return _contrastive_trainer(cfg, settings, model, tok, k, spec["layout"], data, counter, out_dir, device,
+                                    mp_dtype)
+    row.update(_train_row(make, device, settings, counter))
+    return row
+
+
+def _add_rates(rows: list[dict[str, Any]], bs: int, device: torch.device) -> None:
+    """Add groups/s, reply tokens/s and the ratios to plain CE to every available row (in place)."""
     ce = next((r for r in rows if r["objective"] == "ce" and r.get("available")), None)
     for r in rows:
         if r.get("available"):
@@ -275,14 +311,14 @@ def bench_training(cfg: Config, settings: BenchSettings, model, tok, groups: lis
             r["ratio_to_ce"] = r["step_s"] / ce["step_s"] if ce else None
             if device.type == "cpu" and ce and r.get("cpu_step_s") and ce.get("cpu_step_s"):
                 r["cpu_ratio_to_ce"] = r["cpu_step_s"] / ce["cpu_step_s"]
-    return rows
 
 
 def _dpo_row(cfg: Config, settings: BenchSettings, model, tok, groups, device, mp_dtype, tmp: str) -> dict:
     """TRL's DPOTrainer on (positive, first negative) of the same groups; the frozen reference model is a copy."""
     import datasets
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
+    from ..train.config import dpo_args
     from ..train.dpo import dpo_pairs, fit_prompts
 
     pairs = dpo_pairs(groups, max_negatives_per_group=1)
@@ -293,8 +329,8 @@ def _dpo_row(cfg: Config, settings: BenchSettings, model, tok, groups, device, m
     train = pairs.select_columns(["prompt", "chosen", "rejected"])
 
     def make():
-        args = _training_args(cfg, settings, f"{tmp}/dpo", device, mp_dtype, args_cls=DPOConfig,
-                              beta=cfg.eval.dpo_beta, max_length=cfg.model.max_length)
+        args = dpo_args(_bench_stage(cfg, settings), f"{tmp}/dpo", seed=cfg.seed, device=device, mp_dtype=mp_dtype,
+                        beta=cfg.eval.dpo_beta, max_length=cfg.model.max_length, **_bench_overrides(cfg))
         policy = copy.deepcopy(model)
         was = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()

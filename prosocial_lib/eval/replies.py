@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..config.schema import Config
+from ..groups.types import ContrastiveGroup
 
 
-def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[dict[str, Any]], cfg: Config, *,
+def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[ContrastiveGroup], cfg: Config, *,
                     max_new_tokens: int | None = None, progress: bool = False):
     """Greedy replies of each named ``(model, tokenizer)`` to the groups' contexts, beside the gold reply."""
     import pandas as pd
@@ -15,12 +16,12 @@ def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[dict[st
     from ..modeling.generation import generate_replies
     histories, systems = [], []
     for g in groups:
-        msgs = g["context_messages"]
+        msgs = g.context_messages
         systems.append(next((m["content"] for m in msgs if m["role"] == "system"), None))
         histories.append([m["content"] for m in msgs if m["role"] != "system"])
-    table = pd.DataFrame({"kind": [g.get("meta", {}).get("kind", "") for g in groups],
+    table = pd.DataFrame({"kind": [g.kind for g in groups],
                           "context (last turn)": [h[-1] for h in histories],
-                          "gold reply": [g["positive"] for g in groups]})
+                          "gold reply": [g.positive for g in groups]})
     for name, (model, tok) in models.items():
         replies: list[tuple[int, str]] = []
         for system in dict.fromkeys(systems):  # one call per distinct system prompt (rot_in_context)

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import runs
 from ..config.schema import Config
+from ..groups.types import ContrastiveGroup
 
 
 # ====================================================================== the systems compared
@@ -135,7 +136,7 @@ def train_variant(cfg: Config, variant: Variant, *, progress: bool = True) -> Tr
 
         if variant.stages != (2,):
             raise EvaluationError(f"variant {variant.key!r}: DPO runs on the stage-2 groups only")
-        groups = stage_groups(vc, 2, "train")
+        groups, _ = stage_groups(vc, 2, "train")
         out = vc.run_dir / "dpo"
         m = train_dpo(vc, groups, None, out, beta=cfg.eval.dpo_beta, sft_weight=cfg.eval.dpo_sft_weight,
                       progress=progress)
@@ -155,7 +156,7 @@ def heldout_metrics(cfg: Config, model: str, fingerprint: str, name: str, cache_
     from ..train.scoring import evaluate_groups
     from ..train.stages import stage_groups
 
-    groups = stage_groups(cfg, 2, "validation")
+    groups, _ = stage_groups(cfg, 2, "validation")
     key = runs.fingerprint([fingerprint, _groups_digest(groups), cfg.loss.tau, cfg.model.max_length])
     slug = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in name)
 
@@ -168,5 +169,5 @@ def heldout_metrics(cfg: Config, model: str, fingerprint: str, name: str, cache_
     return out
 
 
-def _groups_digest(groups: Sequence[dict[str, Any]]) -> str:
-    return runs.fingerprint([[g["context_messages"], g["positive"], g["negatives"]] for g in groups])
+def _groups_digest(groups: Sequence[ContrastiveGroup]) -> str:
+    return runs.fingerprint([[g.context_messages, g.positive, g.negatives] for g in groups])

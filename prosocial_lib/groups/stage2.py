@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..config.schema import Config
-from .types import BuildReport, GroupBuildError, _finish, _rng, _rows, _text, make_group
+from .types import BuildReport, ContrastiveGroup, GroupBuildError, _finish, _rng, _rows, _text, make_group
 
 
 # ---------------------------------------------------------------------- stage 2: ProsocialDialog + casual chat
@@ -26,24 +26,74 @@ def _turns(prosocial_ds):
 
 
 def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int | None = -1,
-                        seed: int | None = None, where: str = "ProsocialDialog") -> list[dict[str, Any]]:
-    """Stage-2 groups from ProsocialDialog turns and a casual-chat dataset (rules in the module docstring).
+                        seed: int | None = None, where: str = "ProsocialDialog"
+                        ) -> tuple[list[ContrastiveGroup], BuildReport]:
+    """Stage-2 groups from ProsocialDialog turns and casual chat (rules in :mod:`prosocial_lib.groups.types`).
 
-    ``prosocial_ds``: hub-column rows (turned into per-turn histories with ``data.dialogue_turns``) or its
-    output; ``casual_ds``: rows ``(history: list[str], response, source)`` or None. ``max_groups`` defaults to
-    ``cfg.stage2.max_groups`` (None = every unsafe turn plus casual ones in proportion); ``casual_fraction``
-    of them come from casual contexts.
+    Args:
+        prosocial_ds: hub-column rows (turned into per-turn histories with ``data.dialogue_turns``) or its output.
+        casual_ds: rows ``(history: list[str], response, source)``, or None.
+        cfg: reads ``loss.num_negatives`` (K), ``loss.social_alpha``, ``stage2.max_groups``,
+            ``stage2.casual_fraction`` and ``data.seed``.
+        max_groups: cap on groups (default -1 = ``cfg.stage2.max_groups``; None = every unsafe turn plus casual
+            ones in proportion); ``casual_fraction`` of them come from casual contexts.
+        seed: default ``cfg.data.seed``.
+        where: names the data in error messages.
+
+    Returns:
+        ``(groups, report)``: the :class:`ContrastiveGroup` list (``meta["kind"]`` "unsafe" or "casual", in a
+        seeded random order) and the :class:`BuildReport`.
+
+    Raises:
+        GroupBuildError: an unknown safety label, a non-string text, or no replies to take negatives from.
+
+    Chapter 03 shows the groups and the report.
     """
-    from ..data.labels import SAFETY_SEVERITY
-
     max_groups = cfg.stage2.max_groups if max_groups == -1 else max_groups
     seed = cfg.data.seed if seed is None else seed
     k, alpha, frac = cfg.loss.num_negatives, cfg.loss.social_alpha, cfg.stage2.casual_fraction
     report = BuildReport(stage=2)
+    unsafe, casual, casual_replies, preachy_replies = _contexts(prosocial_ds, casual_ds, where, report)
+    report.candidates = len(unsafe) + len(casual)
+    rng = _rng(seed, 2)
+    n_unsafe, n_casual = _counts(len(unsafe), len(casual), max_groups, frac, report)
+    if n_unsafe and not casual_replies:
+        raise GroupBuildError(f"{where}: no casual replies to use as negatives for unsafe contexts "
+                              "(no casual ProsocialDialog turns and no casual-chat rows)")
+    if n_casual and not preachy_replies:
+        raise GroupBuildError(f"{where}: no unsafe-context replies to use as preachy negatives for casual contexts")
+    pick_unsafe = rng.permutation(len(unsafe))[:n_unsafe]
+    pick_casual = rng.permutation(len(casual))[:n_casual]
+    picked = [("unsafe", unsafe[j]) for j in pick_unsafe] + [("casual", casual[j]) for j in pick_casual]
+    picked = [picked[j] for j in rng.permutation(len(picked))]
 
-    unsafe, casual = [], []  # contexts: dicts with messages, positive, severity, source, dialogue
-    casual_replies: list[tuple[str, Any]] = []  # (reply, dialogue key) that chat along
-    preachy_replies: list[tuple[str, float, Any]] = []  # (reply, severity of its context, dialogue key)
+    groups = []
+    for kind, ctx in picked:
+        pool = casual_replies if kind == "unsafe" else preachy_replies
+        negatives, severity = _sample_negatives(pool, ctx, k, rng, kind)
+        if len(negatives) < k:
+            report.skipped["negative slots left empty (reply pool too small)"] += k - len(negatives)
+        meta = {"stage": 2, "kind": kind, "safety_label": ctx["label"], "context_severity": ctx["severity"],
+                "source": ctx["source"], "dialogue": list(ctx["dialogue"]), "response_id": ctx["response_id"],
+                "neg_origin": ["casual_reply" if kind == "unsafe" else "unsafe_context_reply"] * len(negatives)}
+        groups.append(make_group(_history_messages(ctx["history"]), ctx["positive"], negatives, severity,
+                                 alpha, meta))
+    report.groups = len(groups)
+    return groups, _finish(report)
+
+
+def _contexts(prosocial_ds, casual_ds, where: str, report: BuildReport):
+    """The candidate contexts and the two reply pools.
+
+    Returns ``(unsafe, casual, casual_replies, preachy_replies)``: contexts are dicts (history, positive,
+    severity, label, dialogue, source, response_id); ``casual_replies`` ``(reply, dialogue key)`` chat along;
+    ``preachy_replies`` ``(reply, severity of its context, dialogue key)`` are gold replies of unsafe contexts.
+    """
+    from ..data.labels import SAFETY_SEVERITY
+
+    unsafe, casual = [], []
+    casual_replies: list[tuple[str, Any]] = []
+    preachy_replies: list[tuple[str, float, Any]] = []
     for i, row in enumerate(_turns(prosocial_ds)):
         label = row.get("safety_label")
         if label not in SAFETY_SEVERITY:
@@ -74,47 +124,22 @@ def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int
         casual.append({"history": history, "positive": response, "severity": 0.0, "label": "__casual__",
                        "dialogue": key, "source": row.get("source") or "casual", "response_id": None})
         casual_replies.append((response, key))
-    report.candidates = len(unsafe) + len(casual)
+    return unsafe, casual, casual_replies, preachy_replies
 
-    # how many of each kind
-    rng = _rng(seed, 2)
+
+def _counts(have_unsafe: int, have_casual: int, max_groups: int | None, frac: float,
+            report: BuildReport) -> tuple[int, int]:
+    """How many unsafe and casual groups to build; a shortfall is a warning in the report."""
     if max_groups is None:
-        n_unsafe = len(unsafe) if frac < 1 else 0
-        n_casual = len(casual) if frac >= 1 else min(len(casual), round(n_unsafe * frac / (1 - frac)))
+        n_unsafe = have_unsafe if frac < 1 else 0
+        n_casual = have_casual if frac >= 1 else min(have_casual, round(n_unsafe * frac / (1 - frac)))
     else:
         n_casual = round(max_groups * frac)
         n_unsafe = max_groups - n_casual
-    for kind, want, have in (("unsafe", n_unsafe, len(unsafe)), ("casual", n_casual, len(casual))):
+    for kind, want, have in (("unsafe", n_unsafe, have_unsafe), ("casual", n_casual, have_casual)):
         if want > have:
             report.warnings.append(f"wanted {want} {kind} groups, the data has {have} {kind} contexts")
-    n_unsafe, n_casual = min(n_unsafe, len(unsafe)), min(n_casual, len(casual))
-    if n_unsafe and not casual_replies:
-        raise GroupBuildError(f"{where}: no casual replies to use as negatives for unsafe contexts "
-                              "(no casual ProsocialDialog turns and no casual-chat rows)")
-    if n_casual and not preachy_replies:
-        raise GroupBuildError(f"{where}: no unsafe-context replies to use as preachy negatives for casual contexts")
-    pick_unsafe = rng.permutation(len(unsafe))[:n_unsafe]
-    pick_casual = rng.permutation(len(casual))[:n_casual]
-    picked = [("unsafe", unsafe[j]) for j in pick_unsafe] + [("casual", casual[j]) for j in pick_casual]
-    picked = [picked[j] for j in rng.permutation(len(picked))]
-
-    groups = []
-    for kind, ctx in picked:
-        if kind == "unsafe":
-            pool = casual_replies
-        else:
-            pool = preachy_replies
-        negatives, severity = _sample_negatives(pool, ctx, k, rng, kind)
-        if len(negatives) < k:
-            report.skipped["negative slots left empty (reply pool too small)"] += k - len(negatives)
-        meta = {"stage": 2, "kind": kind, "safety_label": ctx["label"], "context_severity": ctx["severity"],
-                "source": ctx["source"], "dialogue": list(ctx["dialogue"]), "response_id": ctx["response_id"],
-                "neg_origin": ["casual_reply" if kind == "unsafe" else "unsafe_context_reply"] * len(negatives)}
-        groups.append(make_group(_history_messages(ctx["history"]), ctx["positive"], negatives, severity,
-                                 alpha, meta))
-    report.groups = len(groups)
-    _finish(report)
-    return groups
+    return min(n_unsafe, have_unsafe), min(n_casual, have_casual)
 
 
 def _sample_negatives(pool: list[tuple], ctx: dict[str, Any], k: int, rng: np.random.Generator,

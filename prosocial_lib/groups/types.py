@@ -1,7 +1,8 @@
 """Contrastive groups: one context, its prosocial reply, and K weighted "socially aware" negatives.
 
 This module is the data side of the socially aware n-pair loss (method.md sections 2.1 and 3). A **group** is a
-plain dict with exactly these keys (the trainer, the DPO baseline and the chapters all consume it)::
+:class:`ContrastiveGroup` with exactly these fields (the trainer, the DPO baseline and the chapters all consume
+it; :meth:`ContrastiveGroup.to_dict` / :meth:`ContrastiveGroup.from_dict` convert to and from plain dicts)::
 
     context_messages  list of chat messages ({"role", "content"}) that the reply answers
     positive          the prosocial reply (str)
@@ -23,7 +24,7 @@ of -1 (not annotated) counts as the midpoint 0.5. With several violated rules of
 A prompt with fewer than K violating answers is padded with violating answers of *other* prompts when
 ``stage1.fill_negatives`` is on (``meta["neg_origin"]`` says ``"other_prompt"``); otherwise the group keeps fewer
 negatives and the collator masks the empty slots. Prompts without a positive or without any violating answer
-of their own cannot form a contrast and are skipped; :func:`last_build_report` counts them.
+of their own cannot form a contrast and are skipped; the :class:`BuildReport` each builder returns counts them.
 
 **Stage 2 (ProsocialDialog + casual chat).** One group per dialogue turn; the context is the dialogue history up
 to that turn and the positive is the gold reply. What counts as a bad reply depends on the context:
@@ -41,26 +42,147 @@ to that turn and the positive is the gold reply. What counts as a bad reply depe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 GROUP_KEYS = ("context_messages", "positive", "negatives", "neg_weights", "neg_severity", "meta")
+REQUIRED_KEYS = ("context_messages", "positive", "negatives")  # the others have defaults (weight 1, severity 0)
 
 
 class GroupBuildError(ValueError):
     """A row that cannot be turned into a group (names the dataset, the row and the field)."""
 
 
+@dataclass(frozen=True)
+class ContrastiveGroup:
+    """One context, its prosocial reply and K weighted negatives: one term of the n-pair loss (method.md 2-3).
+
+    Args:
+        context_messages: the chat messages (``{"role", "content"}``) the reply answers, oldest first.
+        positive: the prosocial reply ``y+``.
+        negatives: the K replies the model should rank below the positive, ``y-_1..y-_K`` (K may be 0).
+        neg_weights: ``w_j = 1 + alpha * neg_severity_j``, one per negative (the social weights, method.md 2.1).
+        neg_severity: how bad each negative is, in [0, 1], one per negative.
+        meta: provenance: ``stage``, ``kind`` ("mic" | "unsafe" | "casual"), ``neg_origin`` (one per negative) ...
+
+    Built by :func:`make_group` (the builders :func:`~prosocial_lib.groups.stage1.build_stage1_groups` and
+    :func:`~prosocial_lib.groups.stage2.build_stage2_groups`) or from a dict with :meth:`from_dict` (your own
+    groups, e.g. a JSONL file read by :func:`~prosocial_lib.groups.io.read_groups`). Chapters 02 and 03 show them.
+    """
+
+    context_messages: list[dict[str, str]]
+    positive: str
+    negatives: list[str] = field(default_factory=list)
+    neg_weights: list[float] = field(default_factory=list)
+    neg_severity: list[float] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """``meta["kind"]``: "mic" (stage 1), "unsafe" or "casual" (stage 2); "" when unknown."""
+        return self.meta.get("kind", "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The group as a plain JSON-ready dict with the keys :data:`GROUP_KEYS` (copies, not views)."""
+        return {"context_messages": [dict(m) for m in self.context_messages], "positive": self.positive,
+                "negatives": list(self.negatives), "neg_weights": list(self.neg_weights),
+                "neg_severity": list(self.neg_severity), "meta": dict(self.meta)}
+
+    def with_negatives(self, k: int) -> "ContrastiveGroup":
+        """The same group with at most its first ``k`` negatives (and their weights and severities)."""
+        return dataclasses.replace(self, negatives=list(self.negatives)[:k], neg_weights=list(self.neg_weights)[:k],
+                                   neg_severity=list(self.neg_severity)[:k])
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "group") -> "ContrastiveGroup":
+        """A group from a dict with the keys :data:`GROUP_KEYS` (``neg_weights`` default to 1, ``neg_severity`` to
+        0, ``meta`` to {}), checked with :meth:`check`.
+
+        Raises:
+            GroupBuildError: not a dict, a missing or unknown key, or a bad value; the message starts with
+                ``where`` (e.g. ``"groups.jsonl, row 3"``) and names the field.
+        """
+        if isinstance(d, cls):
+            return d.check(where)
+        if not isinstance(d, Mapping):
+            raise GroupBuildError(f"{where}: expected a dict (a group), got {type(d).__name__}")
+        for key in REQUIRED_KEYS:
+            if key not in d:
+                raise GroupBuildError(f"{where}: missing field {key!r} (a group needs {', '.join(REQUIRED_KEYS)})")
+        unknown = [k for k in d if k not in GROUP_KEYS]
+        if unknown:
+            raise GroupBuildError(f"{where}: unknown field {unknown[0]!r} (a group has {', '.join(GROUP_KEYS)})")
+        negatives = d["negatives"]
+        n = len(negatives) if isinstance(negatives, list) else 0
+        weights = d.get("neg_weights")
+        group = cls(context_messages=d["context_messages"], positive=d["positive"], negatives=negatives,
+                    neg_weights=[1.0] * n if weights is None else weights,
+                    neg_severity=d.get("neg_severity") if d.get("neg_severity") is not None else [0.0] * n,
+                    meta=d.get("meta") if d.get("meta") is not None else {})
+        return group.check(where)
+
+    def check(self, where: str = "group") -> "ContrastiveGroup":
+        """The group itself when its values can train (non-empty context with string roles and contents, a
+        non-empty positive and negatives, one finite weight >= 0 and one severity per negative, a dict meta).
+
+        Raises:
+            GroupBuildError: naming ``where`` and the field, e.g. ``"group 1: negatives[1] must be ..."``.
+        """
+        msgs = self.context_messages
+        if not isinstance(msgs, list) or not msgs:
+            raise GroupBuildError(f"{where}: field 'context_messages' must be a non-empty list of chat messages")
+        for j, m in enumerate(msgs):
+            if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(
+                    m.get("content"), str):
+                raise GroupBuildError(f"{where}: context_messages[{j}] must have string 'role' and 'content', "
+                                      f"got {m!r}")
+        if not isinstance(self.positive, str) or not self.positive.strip():
+            raise GroupBuildError(f"{where}: field 'positive' must be a non-empty string, got {self.positive!r}")
+        if not isinstance(self.negatives, list):
+            raise GroupBuildError(f"{where}: field 'negatives' must be a list of strings")
+        for j, neg in enumerate(self.negatives):
+            if not isinstance(neg, str) or not neg.strip():
+                raise GroupBuildError(f"{where}: negatives[{j}] must be a non-empty string, got {neg!r}")
+        for name in ("neg_weights", "neg_severity"):
+            values = getattr(self, name)
+            if not isinstance(values, list) or len(values) != len(self.negatives):
+                size = len(values) if isinstance(values, list) else type(values).__name__
+                raise GroupBuildError(f"{where}: field {name!r} has {size} entries for {len(self.negatives)} "
+                                      "negatives")
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                   or v < 0]
+            if bad:
+                raise GroupBuildError(f"{where}: field {name!r} must hold finite numbers >= 0, got {bad[0]!r}")
+        if not isinstance(self.meta, dict):
+            raise GroupBuildError(f"{where}: field 'meta' must be a dict, got {type(self.meta).__name__}")
+        return self
+
+
+def as_groups(items: Iterable[Any], where: str = "group") -> list[ContrastiveGroup]:
+    """Groups or group dicts -> checked :class:`ContrastiveGroup` objects (``where`` + `` i`` names each one).
+
+    Raises:
+        GroupBuildError: see :meth:`ContrastiveGroup.from_dict`.
+    """
+    return [ContrastiveGroup.from_dict(g, f"{where} {i}") for i, g in enumerate(items)]
+
+
 @dataclass
 class BuildReport:
-    """What a builder did: groups made and rows/contexts skipped by reason (nothing is dropped silently)."""
+    """What a builder did: groups made and rows/contexts skipped by reason (nothing is dropped silently).
+
+    Returned next to the groups by ``build_stage1_groups`` / ``build_stage2_groups`` (chapters 02 and 03 print
+    :meth:`summary`; a stage's ``metrics.json`` keeps :meth:`to_dict`).
+    """
 
     stage: int
     candidates: int = 0
@@ -70,31 +192,25 @@ class BuildReport:
     warnings: list[str] = field(default_factory=list)  # the data gave less than asked for: logged as warnings
 
     def summary(self) -> str:
+        """One line: groups made, candidates seen, and the skips by reason, most frequent first."""
         head = f"stage {self.stage}: {self.groups} groups from {self.candidates} candidates"
         if not self.skipped:
             return head
         return head + ", skipped " + "; ".join(f"{n} x {why}" for why, n in self.skipped.most_common())
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
         return {"stage": self.stage, "candidates": self.candidates, "groups": self.groups,
                 "skipped": dict(self.skipped), "notes": list(self.notes), "warnings": list(self.warnings)}
 
 
-_LAST_REPORT: BuildReport | None = None
-
-
-def last_build_report() -> BuildReport | None:
-    """The :class:`BuildReport` of the most recent ``build_stage*_groups`` call."""
-    return _LAST_REPORT
-
-
-def _finish(report: BuildReport) -> None:
-    global _LAST_REPORT
-    _LAST_REPORT = report
+def _finish(report: BuildReport) -> BuildReport:
+    """Log the report (warnings when something was skipped or missing, else info for notes) and return it."""
     if report.skipped or report.warnings:
         log.warning("%s%s", report.summary(), "".join(f"; {n}" for n in report.warnings + report.notes))
     elif report.notes:
         log.info("%s%s", report.summary(), "".join(f"; {n}" for n in report.notes))
+    return report
 
 
 # ---------------------------------------------------------------------- weights
@@ -116,19 +232,33 @@ def mic_severity(violation_severity: int, rot_agree: int) -> float:
 
 
 def make_group(context_messages: list[dict[str, str]], positive: str, negatives: list[str],
-               neg_severity: list[float], alpha: float, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble a group dict (the one place that fixes its keys and computes the weights)."""
+               neg_severity: list[float], alpha: float, meta: dict[str, Any] | None = None) -> ContrastiveGroup:
+    """Assemble a :class:`ContrastiveGroup`: the one place that computes the weights ``w = 1 + alpha * severity``.
+
+    Args:
+        context_messages: chat messages the reply answers (copied).
+        positive: the prosocial reply.
+        negatives: the K negatives.
+        neg_severity: one severity in [0, 1] per negative.
+        alpha: ``loss.social_alpha``; 0 makes every weight 1.
+        meta: provenance (copied).
+
+    Returns:
+        The group (``neg_weights`` computed, ``neg_severity`` as floats).
+
+    Raises:
+        ValueError: ``negatives`` and ``neg_severity`` differ in length.
+
+    Example:
+        >>> make_group([{"role": "user", "content": "hi"}], "hello!", ["go away"], [0.5], alpha=1.0).neg_weights
+        [1.5]
+    """
     if len(negatives) != len(neg_severity):
         raise ValueError(f"{len(negatives)} negatives but {len(neg_severity)} severities")
     sev = [float(s) for s in neg_severity]
-    return {
-        "context_messages": [dict(m) for m in context_messages],
-        "positive": positive,
-        "negatives": list(negatives),
-        "neg_weights": [social_weight(s, alpha) for s in sev],
-        "neg_severity": sev,
-        "meta": dict(meta or {}),
-    }
+    return ContrastiveGroup(context_messages=[dict(m) for m in context_messages], positive=positive,
+                            negatives=list(negatives), neg_weights=[social_weight(s, alpha) for s in sev],
+                            neg_severity=sev, meta=dict(meta or {}))
 
 
 def _rng(seed: int, *salt: int) -> np.random.Generator:
@@ -168,31 +298,45 @@ def _int(row: dict[str, Any], key: str, where: str, i: int, allowed: Iterable[in
 
 
 # ---------------------------------------------------------------------- summaries for the chapters
-def groups_frame(groups: list[dict[str, Any]]):
-    """One row per negative: group index, kind, negative text, severity, weight, origin (for plots)."""
+def groups_frame(groups: Sequence[ContrastiveGroup]):
+    """One row per negative, for the weight plots of chapters 02 and 03.
+
+    Returns:
+        A DataFrame with columns group (index), kind, slot (1..K), negative (text), severity, weight, origin.
+    """
     import pandas as pd
     rows = []
     for g_i, g in enumerate(groups):
-        origins = g["meta"].get("neg_origin") or [""] * len(g["negatives"])
-        for j, (neg, sev, w) in enumerate(zip(g["negatives"], g["neg_severity"], g["neg_weights"])):
-            rows.append({"group": g_i, "kind": g["meta"].get("kind", ""), "slot": j + 1, "negative": neg,
+        origins = g.meta.get("neg_origin") or [""] * len(g.negatives)
+        for j, (neg, sev, w) in enumerate(zip(g.negatives, g.neg_severity, g.neg_weights)):
+            rows.append({"group": g_i, "kind": g.kind, "slot": j + 1, "negative": neg,
                          "severity": sev, "weight": w, "origin": origins[j] if j < len(origins) else ""})
     return pd.DataFrame(rows, columns=["group", "kind", "slot", "negative", "severity", "weight", "origin"])
 
 
-def summarize_groups(groups: list[dict[str, Any]], bins: int = 5) -> dict[str, Any]:
-    """Counts the chapters show: groups, groups by kind, negatives per group, the weight histogram, origins."""
-    n_negs = [len(g["negatives"]) for g in groups]
-    weights = np.array([w for g in groups for w in g["neg_weights"]], dtype=float)
+def summarize_groups(groups: Sequence[ContrastiveGroup], bins: int = 5) -> dict[str, Any]:
+    """Counts chapters 02 and 03 show (and a stage's ``metrics.json`` keeps).
+
+    Args:
+        groups: the groups.
+        bins: bins of the weight histogram.
+
+    Returns:
+        A JSON-ready dict: groups, by_kind, negatives, negatives_per_group, mean_negatives, weight_mean /
+        weight_min / weight_max (NaN without negatives), weight_hist (edges, counts), negative_origin,
+        positive_origin.
+    """
+    n_negs = [len(g.negatives) for g in groups]
+    weights = np.array([w for g in groups for w in g.neg_weights], dtype=float)
     if weights.size:
         lo, hi = float(weights.min()), float(weights.max())
         counts, edges = np.histogram(weights, bins=bins, range=(lo, hi if hi > lo else lo + 1.0))
     else:
         counts, edges = np.zeros(0, dtype=int), np.zeros(0)
-    origins = Counter(o for g in groups for o in (g["meta"].get("neg_origin") or []))
+    origins = Counter(o for g in groups for o in (g.meta.get("neg_origin") or []))
     return {
         "groups": len(groups),
-        "by_kind": dict(Counter(g["meta"].get("kind", "") for g in groups)),
+        "by_kind": dict(Counter(g.kind for g in groups)),
         "negatives": int(sum(n_negs)),
         "negatives_per_group": {int(k): int(v) for k, v in sorted(Counter(n_negs).items())},
         "mean_negatives": float(np.mean(n_negs)) if n_negs else 0.0,
@@ -201,6 +345,6 @@ def summarize_groups(groups: list[dict[str, Any]], bins: int = 5) -> dict[str, A
         "weight_max": float(weights.max()) if weights.size else float("nan"),
         "weight_hist": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
         "negative_origin": dict(origins),
-        "positive_origin": dict(Counter(g["meta"]["positive_origin"] for g in groups
-                                        if "positive_origin" in g["meta"])),
+        "positive_origin": dict(Counter(g.meta["positive_origin"] for g in groups
+                                        if "positive_origin" in g.meta)),
     }

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config.schema import Config
+from ..groups.types import ContrastiveGroup
 from ..train.collator import GroupCollator
 from ..train.scoring import score_groups
 from ..train.stages import StageResult, _stage_cfg
@@ -65,7 +66,7 @@ def loss_settings_table(cfg: Config):
     return pd.DataFrame(rows)
 
 
-def group_scores_table(model, tokenizer, group: dict[str, Any], cfg: Config):
+def group_scores_table(model, tokenizer, group: ContrastiveGroup, cfg: Config):
     """One group's replies with their score under ``model`` (the positive first): what the loss compares."""
     import pandas as pd
     batch = GroupCollator(tokenizer, cfg.model.max_length, shared_context=cfg.loss.shared_context)([group])
@@ -78,9 +79,9 @@ def group_scores_table(model, tokenizer, group: dict[str, Any], cfg: Config):
     finally:
         model.train(was_training)
     scores = gs.scores[0].tolist()
-    rows = [{"reply": group["positive"], "role": "positive", "weight": None, "score": scores[0]}]
+    rows = [{"reply": group.positive, "role": "positive", "weight": None, "score": scores[0]}]
     rows += [{"reply": n, "role": f"negative {j + 1}", "weight": w, "score": scores[j + 1]}
-             for j, (n, w) in enumerate(zip(group["negatives"], group["neg_weights"]))]
+             for j, (n, w) in enumerate(zip(group.negatives, group.neg_weights))]
     return pd.DataFrame(rows)
 
 

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
+
+from ..groups.types import ContrastiveGroup
+
+Row = tuple[list[int], list[int], int, list[tuple[int, int, int]]]  # ids, positions, context length, segments
 
 
 # ---------------------------------------------------------------------- collate
 class GroupCollator:
-    """Groups -> one token batch plus the bookkeeping to score every reply (module docstring).
+    """Groups -> one token batch plus the bookkeeping to score every reply.
+
+    Args:
+        tokenizer: the model's tokenizer (its chat template formats the context, its end-of-turn marker ends
+            each reply).
+        max_length: tokens per (context + reply); longer contexts lose their oldest turns (:meth:`fit`).
+        positives_only: leave the negatives out (``lambda = 0``: nothing to contrast).
+        shared_context: the packed layout (below).
+
+    Raises:
+        ValueError: ``max_length`` < 8.
 
     Two layouts, the same scores (tested):
 
@@ -25,7 +39,13 @@ class GroupCollator:
     holding group b's context; one entry per scored reply token in ``tgt_row``, ``tgt_pos`` (its position),
     ``tgt_pred`` (the position whose logits predict it), ``tgt_id`` and ``tgt_seg`` (``b * (1 + K) + slot``,
     slot 0 = the positive); ``neg_weights`` and ``neg_mask`` (B, K, True = a real negative), K the most negatives
-    in the batch. ``positives_only=True`` leaves the negatives out (``lambda = 0``: nothing to contrast).
+    in the batch.
+
+    Shapes:
+        Input: B :class:`~prosocial_lib.groups.types.ContrastiveGroup` objects. Output: as above, with
+        rows = B (shared) or B * (1 + K) (separate) and T the longest row.
+
+    Used by the stage runner (chapters 02, 03), the held-out scoring and the benchmark (chapter 05).
     """
 
     def __init__(self, tokenizer, max_length: int, positives_only: bool = False, shared_context: bool = True):
@@ -82,23 +102,39 @@ class GroupCollator:
         longest = max(len(c) for c in completions)
         return self.context_ids(messages, self.max_length - longest), completions
 
-    def __call__(self, groups: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, groups: Sequence[ContrastiveGroup]) -> dict[str, torch.Tensor]:
+        """Collate ``groups`` into one batch (the tensors listed in the class docstring).
+
+        Raises:
+            ValueError: no groups.
+        """
         if not groups:
             raise ValueError("cannot collate an empty list of groups")
-        k = 0 if self.positives_only else max(len(g["negatives"]) for g in groups)
-        width = 1 + k
-        # rows: (ids, positions, context length, [(start, end, segment)])
-        rows: list[tuple[list[int], list[int], int, list[tuple[int, int, int]]]] = []
-        ctx_row = []
+        k = 0 if self.positives_only else max(len(g.negatives) for g in groups)
+        rows, ctx_row = self._rows(groups, 1 + k)
         neg_w = torch.ones(len(groups), k, dtype=torch.float32)
         neg_mask = torch.zeros(len(groups), k, dtype=torch.bool)
         for b, g in enumerate(groups):
-            messages = g["context_messages"]
-            replies = [g["positive"]] + ([] if self.positives_only else list(g["negatives"]))
+            n = 0 if self.positives_only else len(g.negatives)
+            if n:
+                neg_w[b, :n] = torch.tensor([float(w) for w in g.neg_weights], dtype=torch.float32)
+                neg_mask[b, :n] = True
+        out, tgt = self._pack(rows)
+        out.update({"ctx_row": torch.tensor(ctx_row, dtype=torch.long), "neg_weights": neg_w, "neg_mask": neg_mask})
+        out.update({f"tgt_{name}": torch.tensor(v, dtype=torch.long) for name, v in tgt.items()})
+        return out
+
+    def _rows(self, groups: Sequence[ContrastiveGroup], width: int) -> tuple[list[Row], list[int]]:
+        """Token rows ``(ids, positions, context length, [(start, end, segment)])`` and each group's context row;
+        segment ``b * width + slot`` (slot 0 = the positive)."""
+        rows: list[Row] = []
+        ctx_row = []
+        for b, g in enumerate(groups):
+            replies = [g.positive] + ([] if self.positives_only else list(g.negatives))
             comps = [self._encode(r + self.turn_end) for r in replies]
             ctx_row.append(len(rows))
             if self.shared_context:
-                p, comps = self.fit(messages, comps)
+                p, comps = self.fit(g.context_messages, comps)
                 ids, pos, segs = list(p), list(range(len(p))), []
                 for slot, c in enumerate(comps):
                     segs.append((len(ids), len(ids) + len(c), b * width + slot))
@@ -107,13 +143,14 @@ class GroupCollator:
                 rows.append((ids, pos, len(p), segs))
             else:
                 for slot, c in enumerate(comps):
-                    p, (c,) = self.fit(messages, [c])
+                    p, (c,) = self.fit(g.context_messages, [c])
                     rows.append((p + c, list(range(len(p) + len(c))), len(p), [(len(p), len(p) + len(c),
                                                                                      b * width + slot)]))
-            n = 0 if self.positives_only else len(g["negatives"])
-            if n:
-                neg_w[b, :n] = torch.tensor([float(w) for w in g["neg_weights"]], dtype=torch.float32)
-                neg_mask[b, :n] = True
+        return rows, ctx_row
+
+    def _pack(self, rows: list[Row]) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+        """Left-pad the rows into ``input_ids``, ``attention_mask``, ``position_ids``, ``context_mask`` and list
+        every scored reply token (row, position, predicting position, id, segment)."""
         t = max(len(r[0]) for r in rows)
         n_rows = len(rows)
         input_ids = torch.full((n_rows, t), self.pad_id, dtype=torch.long)
@@ -130,13 +167,7 @@ class GroupCollator:
             position_ids[r, o:] = torch.tensor(pos, dtype=torch.long)
             context[r, o:o + c] = True
             if self.shared_context:
-                a = attention[r, 0]
-                a[o:o + c, o:o + c] = torch.ones(c, c, dtype=torch.bool).tril()
-                for s, e, _ in segs:
-                    a[o + s:o + e, o:o + c] = True
-                    a[o + s:o + e, o + s:o + e] = torch.ones(e - s, e - s, dtype=torch.bool).tril()
-                idx = torch.arange(o)
-                a[idx, idx] = True  # padding attends to itself: no fully masked row (NaN in sdpa)
+                _packed_mask(attention[r, 0], o, c, segs)
             else:
                 attention[r, o:] = 1
             for s, e, seg in segs:
@@ -147,11 +178,20 @@ class GroupCollator:
                     tgt["id"].append(ids[p])
                     tgt["seg"].append(seg)
         out = {"input_ids": input_ids, "attention_mask": attention, "position_ids": position_ids,
-               "context_mask": context, "ctx_row": torch.tensor(ctx_row, dtype=torch.long),
-               "neg_weights": neg_w, "neg_mask": neg_mask}
-        out.update({f"tgt_{name}": torch.tensor(v, dtype=torch.long) for name, v in tgt.items()})
-        return out
+               "context_mask": context}
+        return out, tgt
+
+
+def _packed_mask(a: torch.Tensor, o: int, c: int, segs: list[tuple[int, int, int]]) -> None:
+    """Fill one packed row's (T, T) mask in place: the context is causal, each reply sees the context and itself
+    (causally) but no other reply; padding (the first ``o`` positions) attends to itself only."""
+    a[o:o + c, o:o + c] = torch.ones(c, c, dtype=torch.bool).tril()
+    for s, e, _ in segs:
+        a[o + s:o + e, o:o + c] = True
+        a[o + s:o + e, o + s:o + e] = torch.ones(e - s, e - s, dtype=torch.bool).tril()
+    idx = torch.arange(o)
+    a[idx, idx] = True  # padding attends to itself: no fully masked row (NaN in sdpa)
 
 
 class TrainingSetupError(ValueError):
-    """A stage that cannot run as configured (missing checkpoint, no groups, ...)."""
+    """A stage that cannot run as configured (missing checkpoint, no groups, an attention without 4D masks)."""

@@ -23,9 +23,10 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from ..config.schema import Config, StageConfig
+from ..config.schema import Config
+from ..groups.types import ContrastiveGroup, GroupBuildError, as_groups
 from ..runs import fingerprint, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ METRICS_FILE = "metrics.json"
 RUN_CONFIG_FILE = "run_config.json"
 DPO_METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                    "logps/chosen", "logps/rejected")
-REQUIRED_GROUP_KEYS = ("context_messages", "positive", "negatives")
 
 
 class DPODataError(ValueError):
@@ -42,34 +42,40 @@ class DPODataError(ValueError):
 
 
 # ---------------------------------------------------------------------- groups -> pairs
-def dpo_pairs(groups: list[dict[str, Any]], max_negatives_per_group: int | None = None):
+def dpo_pairs(groups: Sequence[ContrastiveGroup | dict[str, Any]], max_negatives_per_group: int | None = None):
     """Groups -> a ``datasets.Dataset`` with one row per (positive, negative) pair.
 
-    Columns: ``prompt`` (chat messages), ``chosen`` / ``rejected`` (one assistant message each), and for analysis
-    ``group_index`` and ``neg_weight`` (DPO itself ignores the weight). Groups without negatives give no pair:
-    they are counted and logged, never silently dropped; malformed groups raise :class:`DPODataError`.
+    Args:
+        groups: :class:`~prosocial_lib.groups.types.ContrastiveGroup` objects (or group dicts, converted).
+        max_negatives_per_group: keep only each group's first negatives (None = all).
+
+    Returns:
+        A Dataset with columns ``prompt`` (chat messages), ``chosen`` / ``rejected`` (one assistant message
+        each), and for analysis ``group_index`` and ``neg_weight`` (DPO itself ignores the weight). Groups without
+        negatives give no pair: they are counted and logged, never silently dropped.
+
+    Raises:
+        DPODataError: a malformed group (names the group and the field), a bad ``max_negatives_per_group``, or
+            no pair at all.
     """
     from datasets import Dataset
 
     if max_negatives_per_group is not None and max_negatives_per_group < 1:
         raise DPODataError(f"max_negatives_per_group must be >= 1 or None, got {max_negatives_per_group}")
+    try:
+        groups = as_groups(groups, "group")
+    except GroupBuildError as e:
+        raise DPODataError(str(e)) from e
     rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "group_index": [], "neg_weight": []}
     skipped = 0
     for i, g in enumerate(groups):
-        _check_group(g, i)
-        negatives = list(g["negatives"])
-        weights = list(g.get("neg_weights") or [1.0] * len(negatives))
-        if len(weights) != len(negatives):
-            raise DPODataError(f"group {i}: field 'neg_weights' has {len(weights)} entries for "
-                               f"{len(negatives)} negatives")
-        if not negatives:
+        if not g.negatives:
             skipped += 1
             continue
-        if max_negatives_per_group is not None:
-            negatives, weights = negatives[:max_negatives_per_group], weights[:max_negatives_per_group]
-        for neg, w in zip(negatives, weights):
-            rows["prompt"].append([{"role": m["role"], "content": m["content"]} for m in g["context_messages"]])
-            rows["chosen"].append([{"role": "assistant", "content": g["positive"]}])
+        n = max_negatives_per_group
+        for neg, w in zip(g.negatives[:n], g.neg_weights[:n]):
+            rows["prompt"].append([{"role": m["role"], "content": m["content"]} for m in g.context_messages])
+            rows["chosen"].append([{"role": "assistant", "content": g.positive}])
             rows["rejected"].append([{"role": "assistant", "content": neg}])
             rows["group_index"].append(i)
             rows["neg_weight"].append(float(w))
@@ -82,31 +88,21 @@ def dpo_pairs(groups: list[dict[str, Any]], max_negatives_per_group: int | None 
     return ds
 
 
-def _check_group(g: Any, i: int) -> None:
-    if not isinstance(g, dict):
-        raise DPODataError(f"group {i}: expected a dict, got {type(g).__name__}")
-    for key in REQUIRED_GROUP_KEYS:
-        if key not in g:
-            raise DPODataError(f"group {i}: missing field {key!r} (a group needs {', '.join(REQUIRED_GROUP_KEYS)})")
-    msgs = g["context_messages"]
-    if not isinstance(msgs, list) or not msgs:
-        raise DPODataError(f"group {i}: field 'context_messages' must be a non-empty list of chat messages")
-    for j, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DPODataError(f"group {i}: context_messages[{j}] must have string 'role' and 'content', got {m!r}")
-    if not isinstance(g["positive"], str) or not g["positive"].strip():
-        raise DPODataError(f"group {i}: field 'positive' must be a non-empty string, got {g['positive']!r}")
-    if not isinstance(g["negatives"], list):
-        raise DPODataError(f"group {i}: field 'negatives' must be a list of strings")
-    for j, n in enumerate(g["negatives"]):
-        if not isinstance(n, str) or not n.strip():
-            raise DPODataError(f"group {i}: negatives[{j}] must be a non-empty string, got {n!r}")
-
-
 def fit_prompts(pairs, tok, max_length: int, reply_budget: int | None = None):
-    """Drop the oldest context messages (keeping a leading system message and starting on a user turn) of prompts
-    that leave fewer than ``reply_budget`` tokens (default: a quarter of ``max_length``) for the reply; returns ``(pairs, n_shortened, n_too_long)`` where ``n_too_long``
-    prompts are still too long with only their last message (TRL then drops them; they are reported)."""
+    """Fit the prompts of DPO pairs to ``max_length``, dropping their oldest context messages first.
+
+    A leading system message stays and a prompt keeps starting on a user turn.
+
+    Args:
+        pairs: :func:`dpo_pairs` output.
+        tok: the tokenizer (its chat template renders the prompts).
+        max_length: tokens per prompt + reply.
+        reply_budget: tokens left to the reply (default a quarter of ``max_length``, at least 8).
+
+    Returns:
+        ``(pairs, n_shortened, n_too_long)``: ``n_too_long`` prompts are still too long with only their last
+        message (TRL then drops them; they are reported).
+    """
     from ..modeling.chat import chat_prompt
 
     budget = max_length - (reply_budget if reply_budget is not None else max(8, max_length // 4))
@@ -134,8 +130,9 @@ def fit_prompts(pairs, tok, max_length: int, reply_budget: int | None = None):
 # ---------------------------------------------------------------------- training
 def dpo_fingerprint(cfg: Config, pairs, init_from: str | None, stage: str, beta: float,
                     learning_rate: float, max_negatives_per_group: int | None, sft_weight: float = 0.0) -> str:
-    """Hash of everything that changes the result: model and stage settings, seed, DPO knobs, the exact pairs and
-    the start model (for a local folder, its small JSON files and file sizes, so a retrained stage 1 counts)."""
+    """A 12-hex-digit hash of everything that changes a DPO result: model and stage settings, seed, DPO knobs,
+    the exact pairs and the start model (for a local folder, its small JSON files and file sizes, so a retrained
+    stage 1 counts)."""
     model_cfg = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "threads"}
     payload = {
         "model": model_cfg, "stage": dataclasses.asdict(getattr(cfg, stage)), "seed": cfg.seed, "beta": beta,
@@ -168,7 +165,7 @@ def load_dpo_result(output_dir: str | Path) -> dict[str, Any] | None:
 
 def train_dpo(
     cfg: Config,
-    groups: list[dict[str, Any]],
+    groups: Sequence[ContrastiveGroup],
     init_from: str | None,
     output_dir: str | Path,
     *,
@@ -182,28 +179,41 @@ def train_dpo(
 ) -> dict[str, Any]:
     """DPO-train the model (``init_from``, else ``cfg.model.name``) on the groups' pairs; save it and its metrics.
 
-    Optimisation settings come from ``cfg.<stage>`` (batch size, accumulation, epochs / max_steps, warmup,
-    logging); ``learning_rate`` defaults to that stage's (the same budget as the n-pair run; DPO alone tends to
-    lower the chosen replies' log-probs too, huggingface/trl#800). ``beta`` is DPO's KL strength (TRL's default
-    0.1). ``sft_weight`` > 0 adds TRL's NLL term on the chosen reply (DPO + lambda * CE, the analogue of our
-    CE + lambda * n-pair).
-    Returns the metrics dict (also in ``output_dir/metrics.json``); ``reused`` says whether a finished run with
-    the same fingerprint was found and training was skipped.
+    Args:
+        cfg: the experiment config (model, the stage's optimisation settings, seed).
+        groups: the contrastive groups; each gives one pair per negative (:func:`dpo_pairs`).
+        init_from: a model folder to start from (None = ``cfg.model.name``).
+        output_dir: where the model, tokenizer, ``run_config.json`` and ``metrics.json`` go.
+        stage: the section whose optimisation settings apply (batch size, accumulation, epochs / max_steps,
+            warm-up, logging), through :func:`~prosocial_lib.train.config.dpo_args`.
+        beta: DPO's KL strength (TRL's default 0.1).
+        learning_rate: default the stage's (the same budget as the n-pair run; DPO alone tends to lower the
+            chosen replies' log-probs too, huggingface/trl#800).
+        max_negatives_per_group: pairs per group at most (None = all).
+        sft_weight: > 0 adds TRL's NLL term on the chosen reply (DPO + lambda * CE, the analogue of our
+            CE + lambda * n-pair).
+        force: retrain even when a finished run with the same fingerprint exists.
+        progress: show a progress bar.
+
+    Returns:
+        The metrics dict (also in ``output_dir/metrics.json``); ``reused`` says whether a finished run with the
+        same fingerprint was found and training was skipped.
+
+    Raises:
+        ValueError: a bad ``stage``, ``beta`` <= 0 or ``sft_weight`` < 0.
+        DPODataError: malformed groups or no pairs.
+
+    References:
+        Rafailov et al., "Direct Preference Optimization", NeurIPS 2023; TRL's ``DPOTrainer``. Chapter 04
+        compares it with the n-pair loss.
     """
-    import torch
-    from trl import DPOConfig, DPOTrainer
-
-    from ..modeling.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
-    from .trainer import quiet_trainer
-
     if stage not in ("stage1", "stage2"):
         raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     if sft_weight < 0:
         raise ValueError(f"sft_weight must be >= 0, got {sft_weight}")
-    st: StageConfig = getattr(cfg, stage)
-    lr = st.learning_rate if learning_rate is None else learning_rate
+    lr = getattr(cfg, stage).learning_rate if learning_rate is None else learning_rate
     output_dir = Path(output_dir)
     pairs = dpo_pairs(groups, max_negatives_per_group)
     fingerprint = dpo_fingerprint(cfg, pairs, init_from, stage, beta, lr, max_negatives_per_group, sft_weight)
@@ -213,111 +223,79 @@ def train_dpo(
         return {**previous, "reused": True}
 
     t0 = time.perf_counter()
+    knobs = {"beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "stage": stage, "init_from": init_from,
+             "max_negatives_per_group": max_negatives_per_group}
+    trainer, tok, n_pairs, n_shortened, device = _dpo_trainer(cfg, pairs, output_dir, knobs, progress)
+    n_kept = len(trainer.train_dataset)
+    result = trainer.train()
+    final = trainer.model
+    if cfg.model.lora:
+        final = final.merge_and_unload()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final.save_pretrained(str(output_dir))
+    tok.save_pretrained(str(output_dir))
+
+    history = [dict(h) for h in trainer.state.log_history]
+    metrics: dict[str, Any] = {
+        "method": "dpo", "fingerprint": fingerprint, "init_from": init_from or cfg.model.name, "stage": stage,
+        "beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "groups": len(groups), "pairs": n_pairs,
+        "pairs_trained": n_kept, "pairs_dropped_too_long": n_pairs - n_kept, "prompts_shortened": n_shortened,
+        "max_negatives_per_group": max_negatives_per_group, "steps": trainer.state.global_step,
+        "train_loss": float(result.training_loss), "train_seconds": round(time.perf_counter() - t0, 2),
+        **_log_summary(history), "log_history": history, "device": device.type, "preset": cfg.preset,
+    }
+    write_json_atomic(output_dir / RUN_CONFIG_FILE, {"config": cfg.to_dict(), "dpo": knobs})
+    write_json_atomic(output_dir / METRICS_FILE, metrics)  # last: marks completion
+    return {**metrics, "reused": False}
+
+
+def _dpo_trainer(cfg: Config, pairs, output_dir: Path, knobs: dict[str, Any], progress: bool):
+    """Load the start model (fp32 master weights; half precision only as autocast on a GPU), fit the prompts to
+    ``model.max_length`` and build TRL's ``DPOTrainer`` (a frozen copy as reference, or LoRA adapters).
+
+    Returns ``(trainer, tokenizer, pairs before TRL's length filter, prompts shortened, device)``."""
+    from trl import DPOTrainer
+
+    from ..modeling.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
+    from .config import dpo_args
+    from .trainer import quiet_trainer
+
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
-    mixed_bf16 = dtype == torch.bfloat16 and device.type == "cuda"
-    mixed_fp16 = dtype == torch.float16 and device.type == "cuda"
-    # train fp32 master weights; half precision only as autocast on a GPU
-    mcfg = dataclasses.replace(cfg.model, name=init_from or cfg.model.name, dtype="float32", lora=False)
+    mcfg = dataclasses.replace(cfg.model, name=knobs["init_from"] or cfg.model.name, dtype="float32", lora=False)
     model, tok = load_model_and_tokenizer(mcfg, seed=cfg.seed)
     pairs, n_shortened, n_too_long = fit_prompts(pairs, tok, cfg.model.max_length)
     if n_shortened:
         log.warning("DPO: %d prompts lost their oldest messages to fit model.max_length=%d; %d are still too "
                     "long and are dropped by TRL", n_shortened, cfg.model.max_length, n_too_long)
-
     peft_config = None
     if cfg.model.lora:
         from peft import LoraConfig
         peft_config = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=0.0,
                                  target_modules=list(cfg.model.lora_target_modules), task_type="CAUSAL_LM")
     ref_model = None if peft_config is not None else copy.deepcopy(model)
-
-    args = DPOConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=st.batch_size,
-        gradient_accumulation_steps=st.grad_accum,
-        learning_rate=lr,
-        num_train_epochs=st.epochs,
-        max_steps=st.max_steps,
-        weight_decay=st.weight_decay,
-        logging_steps=st.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=cfg.seed,
-        beta=beta,
-        loss_type=["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"],
-        loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
-        max_length=cfg.model.max_length,
-        bf16=mixed_bf16,
-        fp16=mixed_fp16,
-        use_cpu=device.type == "cpu",
-        dataloader_num_workers=0,
-        **_warmup_kwarg(DPOConfig, st.warmup_ratio),
-        **_no_checkpointing_kwarg(DPOConfig),
-    )
+    args = dpo_args(getattr(cfg, knobs["stage"]), output_dir, seed=cfg.seed, device=device,
+                    mp_dtype=dtype,
+                    beta=knobs["beta"], max_length=cfg.model.max_length, sft_weight=knobs["sft_weight"],
+                    learning_rate=knobs["learning_rate"])
     train_pairs = pairs.select_columns(["prompt", "chosen", "rejected"])
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_pairs,
                          processing_class=tok, peft_config=peft_config)
     quiet_trainer(trainer, progress=progress)
-    n_kept = len(trainer.train_dataset)
-    result = trainer.train()
-    history = [dict(h) for h in trainer.state.log_history]
+    return trainer, tok, len(pairs), n_shortened, device
+
+
+def _log_summary(history: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The first, last and mean DPO metrics of the training logs (non-finite values are logged as a warning)."""
     train_logs = [h for h in history if "rewards/margins" in h]
-
-    final = trainer.model
-    if peft_config is not None:
-        final = final.merge_and_unload()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    final.save_pretrained(str(output_dir))
-    tok.save_pretrained(str(output_dir))
-
-    metrics: dict[str, Any] = {
-        "method": "dpo",
-        "fingerprint": fingerprint,
-        "init_from": init_from or cfg.model.name,
-        "stage": stage,
-        "beta": beta,
-        "sft_weight": sft_weight,
-        "learning_rate": lr,
-        "groups": len(groups),
-        "pairs": len(pairs),
-        "pairs_trained": n_kept,
-        "pairs_dropped_too_long": len(pairs) - n_kept,
-        "prompts_shortened": n_shortened,
-        "max_negatives_per_group": max_negatives_per_group,
-        "steps": trainer.state.global_step,
-        "train_loss": float(result.training_loss),
-        "train_seconds": round(time.perf_counter() - t0, 2),
+    out = {
         "first": {k: train_logs[0][k] for k in DPO_METRIC_KEYS if train_logs and k in train_logs[0]},
         "last": {k: train_logs[-1][k] for k in DPO_METRIC_KEYS if train_logs and k in train_logs[-1]},
         "mean": {k: sum(h[k] for h in train_logs) / len(train_logs)
                  for k in DPO_METRIC_KEYS if train_logs and all(k in h for h in train_logs)},
-        "log_history": history,
-        "device": device.type,
-        "preset": cfg.preset,
     }
-    for part in ("first", "last", "mean"):
-        bad = [k for k, v in metrics[part].items() if not math.isfinite(v)]
+    for part, values in out.items():
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             log.warning("DPO: non-finite %s metrics: %s", part, bad)
-    write_json_atomic(output_dir / RUN_CONFIG_FILE, {
-        "config": cfg.to_dict(), "dpo": {"beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "stage": stage,
-                                         "init_from": init_from, "max_negatives_per_group": max_negatives_per_group}})
-    write_json_atomic(output_dir / METRICS_FILE, metrics)  # last: marks completion
-    return {**metrics, "reused": False}
-
-
-def _no_checkpointing_kwarg(args_cls) -> dict[str, Any]:
-    """DPOConfig turns activation checkpointing on by default (slow on CPU, pointless for small models);
-    transformers 5.24 renamed ``gradient_checkpointing`` to ``activation_checkpointing``."""
-    names = {f.name for f in dataclasses.fields(args_cls)}
-    return {"activation_checkpointing": False} if "activation_checkpointing" in names else \
-        {"gradient_checkpointing": False}
-
-
-def _warmup_kwarg(args_cls, ratio: float) -> dict[str, Any]:
-    """transformers 5.x takes a ratio as a float ``warmup_steps``; 4.x had ``warmup_ratio``."""
-    names = {f.name for f in dataclasses.fields(args_cls)}
-    if "warmup_ratio" in names:
-        return {"warmup_ratio": ratio}
-    return {"warmup_steps": float(ratio)} if ratio < 1 else {"warmup_steps": 0}
+    return out

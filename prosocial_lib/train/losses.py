@@ -40,11 +40,21 @@ def _at_least_f32(x: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- the likelihood score
 def response_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sequence sum of token log-probs of the labelled tokens and their count.
+    """Per-sequence sum of token log-probs of the labelled tokens and their count (the likelihood score's parts).
 
-    ``logits`` (N, T, V) from a causal LM, ``labels`` (N, T) aligned with the *input* ids and ``-100`` where a
-    token is not scored (context, padding); the shift (position t predicts token t+1) happens here.
-    Computed in float32. Returns ``(sum_logp (N,), n_tokens (N,))``.
+    Args:
+        logits: a causal LM's logits.
+        labels: aligned with the *input* ids, ``-100`` where a token is not scored (context, padding); the shift
+            (position t predicts token t+1) happens here.
+
+    Shapes:
+        ``logits`` (N, T, V), ``labels`` (N, T) -> ``(sum_logp (N,), n_tokens (N,))``, float32.
+
+    Raises:
+        ValueError: the shapes do not match.
+
+    References:
+        method.md section 2 (the "likelihood" score). The tests' reference for :func:`score_groups`.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"expected logits (N, T, V) and labels (N, T); got {tuple(logits.shape)} and "
@@ -60,6 +70,9 @@ def response_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 def likelihood_scores(sum_logp: Tensor, n_tokens: Tensor) -> Tensor:
     """Length-normalised log-likelihood ``sum_logp / n_tokens`` (so long replies are not penalised for length).
 
+    Shapes:
+        any shape, the same for both (e.g. (B * (1 + K),)); the result has it too, in float32 (nats per token).
+
     A sequence with no scored tokens (e.g. a padding slot) gets 0; mask it out with ``neg_mask``.
     """
     sum_logp = _at_least_f32(sum_logp)
@@ -68,7 +81,14 @@ def likelihood_scores(sum_logp: Tensor, n_tokens: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- the embedding score
 def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``hidden`` (N, T, D) over the positions where ``mask`` (N, T) is true/1, in float32."""
+    """Mean of ``hidden`` over the positions where ``mask`` is true/1, in float32 (the embedding score's pooling).
+
+    Shapes:
+        ``hidden`` (N, T, D), ``mask`` (N, T) -> (N, D). A row without any position gives zeros.
+
+    Raises:
+        ValueError: ``hidden`` and ``mask`` disagree on (N, T).
+    """
     if hidden.shape[:2] != mask.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} and mask {tuple(mask.shape)} disagree on (N, T)")
     hidden = _at_least_f32(hidden)
@@ -77,7 +97,14 @@ def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
 
 
 def embedding_scores(ctx_emb: Tensor, cand_emb: Tensor, eps: float = 1e-8) -> Tensor:
-    """Cosine similarity of each context (B, D) with its candidates (B, 1+K, D) -> (B, 1+K), float32."""
+    """Cosine similarity of each context with its candidate replies: the "embedding" score (method.md 2).
+
+    Shapes:
+        ``ctx_emb`` (B, D), ``cand_emb`` (B, 1 + K, D) -> (B, 1 + K), float32, in [-1, 1].
+
+    Raises:
+        ValueError: the shapes do not match.
+    """
     if ctx_emb.dim() != 2 or cand_emb.dim() != 3 or cand_emb.shape[0] != ctx_emb.shape[0] \
             or cand_emb.shape[2] != ctx_emb.shape[1]:
         raise ValueError(f"expected ctx_emb (B, D) and cand_emb (B, 1+K, D); got {tuple(ctx_emb.shape)} and "
@@ -87,6 +114,12 @@ def embedding_scores(ctx_emb: Tensor, cand_emb: Tensor, eps: float = 1e-8) -> Te
 
 def in_batch_embedding_scores(ctx_emb: Tensor, pos_emb: Tensor, eps: float = 1e-8) -> Tensor:
     """``(B, B)`` cosines ``[i, j] = cos(context_i, positive_j)``: what ``npair_loss(..., in_batch=True)`` needs.
+
+    Shapes:
+        ``ctx_emb`` and ``pos_emb`` (B, D) -> (B, B), float32; the diagonal is each group's own positive.
+
+    Raises:
+        ValueError: the shapes differ or are not 2D.
 
     Only the embedding score gives this matrix cheaply (B + B encodings); for the likelihood score it would
     take B * B forward passes, so in-batch negatives are an embedding-score option.
@@ -101,7 +134,19 @@ def in_batch_embedding_scores(ctx_emb: Tensor, pos_emb: Tensor, eps: float = 1e-
 
 class ProjectionHead(torch.nn.Module):
     """Optional head mapping pooled states to the space the cosine is taken in (SimCLR's trick: the LM's own
-    states need not be reshaped by the contrastive term). ``hidden_dim`` None gives one linear layer."""
+    states need not be reshaped by the contrastive term). ``hidden_dim`` None gives one linear layer.
+
+    Args:
+        in_dim: the model's hidden size D.
+        out_dim: ``loss.projection_dim``.
+        hidden_dim: a hidden layer (with ReLU) in between, or None.
+
+    Shapes:
+        (..., D) -> (..., out_dim), in the head's dtype.
+
+    References:
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations" (SimCLR), 2020.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int | None = None):
         super().__init__()
@@ -139,16 +184,42 @@ def npair_loss(
     in_batch: bool = False,
     batch_scores: Tensor | None = None,
 ) -> NPairOutput:
-    """The socially aware n-pair loss over ``scores`` (B, 1+K), positive in column 0.
+    r"""The socially aware n-pair loss: a softmax cross-entropy of the positive against its weighted negatives.
 
-    - ``neg_weights`` (B, K) >= 0: ``log w`` is added to each negative's logit (w = 1: Sohn's loss; w = 0 drops
-      the negative).
-    - ``neg_mask`` (B, K) bool, True = a real negative; padded slots get ``-inf`` logits. A group without any
-      negative contributes 0 loss (it still counts in the mean over the B groups).
-    - ``in_batch``: the other groups' positives become extra negatives with weight 1. This needs
-      ``batch_scores`` (B, B) with ``[i, j] = s(context_i, positive_j)`` (see :func:`in_batch_embedding_scores`);
-      the likelihood score cannot provide it without B * B forward passes, so it raises without it.
-      (Two groups sharing the same positive text would then push against each other: deduplicate upstream.)
+    :math:`L = \operatorname{logsumexp}(s^+/\tau,\; s^-_j/\tau + \log w_j) - s^+/\tau`, averaged over groups.
+
+    Args:
+        scores: s(c, y) of each group's replies, the positive in column 0.
+        neg_weights: w >= 0 per negative; ``log w`` is added to each negative's logit (w = 1: Sohn's loss; w = 0
+            drops the negative). None = all 1.
+        neg_mask: True = a real negative; padded slots get ``-inf`` logits (never zeros). A group without any
+            negative contributes 0 loss (it still counts in the mean over the B groups). None = all real.
+        tau: the temperature (> 0).
+        in_batch: the other groups' positives become extra negatives with weight 1; needs ``batch_scores``.
+            (Two groups sharing the same positive text would then push against each other: deduplicate upstream.)
+        batch_scores: ``[i, j] = s(context_i, positive_j)`` (see :func:`in_batch_embedding_scores`); the likelihood
+            score cannot provide it without B * B forward passes.
+
+    Shapes:
+        ``scores`` (B, 1 + K); ``neg_weights`` and ``neg_mask`` (B, K); ``batch_scores`` (B, B). Output: ``loss``
+        a scalar, ``per_group`` (B,); all float32 (float64 stays float64), also for bf16/fp16 inputs.
+
+    Returns:
+        :class:`NPairOutput` (loss, per-group loss, accuracy, margin, groups scored).
+
+    Raises:
+        ValueError: a shape that does not match, tau <= 0, negative or NaN weights, ``in_batch`` without
+            ``batch_scores``.
+
+    References:
+        Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective", NeurIPS 2016 (w = 1, tau = 1
+        and a dot-product score give exactly its form, tested); method.md sections 2 and 2.1. Chapter 02 works an
+        example; the trainer uses it for chapters 02-05.
+
+    Example:
+        >>> out = npair_loss(torch.tensor([[-1.0, -2.0, -3.0]]))
+        >>> round(float(out.loss), 4), float(out.accuracy)
+        (0.4076, 1.0)
     """
     if scores.dim() != 2 or scores.shape[1] < 1:
         raise ValueError(f"scores must be (B, 1+K) with the positive in column 0; got {tuple(scores.shape)}")
@@ -157,57 +228,77 @@ def npair_loss(
     B, K = scores.shape[0], scores.shape[1] - 1
     logits = _at_least_f32(scores) / tau
     pos = logits[:, 0]
-    neg = logits[:, 1:]
-
     real = torch.ones(B, K, dtype=torch.bool, device=scores.device)
     if neg_mask is not None:
         if neg_mask.shape != (B, K):
             raise ValueError(f"neg_mask must be (B, K) = {(B, K)}, got {tuple(neg_mask.shape)}")
         real = neg_mask.to(device=scores.device, dtype=torch.bool)
+    columns = [pos.unsqueeze(1), _weighted_negatives(logits[:, 1:], neg_weights, real)]
+    if in_batch:
+        columns.append(_in_batch_logits(batch_scores, tau, B, scores.device))
+    all_logits = torch.cat(columns, dim=1)
+    per_group = torch.logsumexp(all_logits, dim=1) - pos  # >= 0; exactly 0 when every negative is masked
+    accuracy, margin, n_scored = _accuracy_margin(scores, real)
+    return NPairOutput(loss=per_group.mean(), per_group=per_group, accuracy=accuracy, margin=margin,
+                       n_scored=n_scored)
+
+
+def _weighted_negatives(neg: Tensor, neg_weights: Tensor | None, real: Tensor) -> Tensor:
+    """The negatives' logits (B, K) plus ``log w``; padded slots and zero weights become ``-inf``."""
+    real_for_loss = real
     if neg_weights is not None:
-        if neg_weights.shape != (B, K):
-            raise ValueError(f"neg_weights must be (B, K) = {(B, K)}, got {tuple(neg_weights.shape)}")
-        w = neg_weights.detach().to(device=scores.device, dtype=logits.dtype)
+        if neg_weights.shape != real.shape:
+            raise ValueError(f"neg_weights must be (B, K) = {tuple(real.shape)}, got {tuple(neg_weights.shape)}")
+        w = neg_weights.detach().to(device=neg.device, dtype=neg.dtype)
         if torch.isnan(w).any() or (w < 0).any():
             raise ValueError("neg_weights must be >= 0 (and not NaN)")
         real_for_loss = real & (w > 0)
         neg = neg + torch.log(w.clamp(min=torch.finfo(w.dtype).tiny))
-    else:
-        real_for_loss = real
-    neg = neg.masked_fill(~real_for_loss, float("-inf"))
+    return neg.masked_fill(~real_for_loss, float("-inf"))
 
-    columns = [pos.unsqueeze(1), neg]
-    if in_batch:
-        if batch_scores is None:
-            raise ValueError(
-                "in_batch=True needs batch_scores (B, B) = s(context_i, positive_j). Only the 'embedding' score "
-                "provides it (in_batch_embedding_scores); the 'likelihood' score would need B*B forward passes, "
-                "so use loss.in_batch_negatives=false with it")
-        if batch_scores.shape != (B, B):
-            raise ValueError(f"batch_scores must be (B, B) = {(B, B)}, got {tuple(batch_scores.shape)}")
-        other = _at_least_f32(batch_scores) / tau
-        eye = torch.eye(B, dtype=torch.bool, device=scores.device)
-        columns.append(other.masked_fill(eye, float("-inf")))
-    all_logits = torch.cat(columns, dim=1)
-    per_group = torch.logsumexp(all_logits, dim=1) - pos  # >= 0; exactly 0 when every negative is masked
-    loss = per_group.mean()
 
-    with torch.no_grad():
-        raw = _at_least_f32(scores.detach())
-        has_neg = real.any(dim=1)
-        n_scored = int(has_neg.sum())
-        if n_scored:
-            max_neg = raw[:, 1:].masked_fill(~real, float("-inf")).max(dim=1).values
-            mean_neg = raw[:, 1:].masked_fill(~real, 0.0).sum(dim=1) / real.sum(dim=1).clamp(min=1)
-            accuracy = (raw[:, 0] > max_neg)[has_neg].float().mean()
-            margin = (raw[:, 0] - mean_neg)[has_neg].mean()
-        else:
-            accuracy = margin = torch.zeros((), device=scores.device)
-    return NPairOutput(loss=loss, per_group=per_group, accuracy=accuracy, margin=margin, n_scored=n_scored)
+def _in_batch_logits(batch_scores: Tensor | None, tau: float, B: int, device: torch.device) -> Tensor:
+    """The other groups' positives as extra negatives (B, B): ``batch_scores / tau`` with ``-inf`` diagonal."""
+    if batch_scores is None:
+        raise ValueError(
+            "in_batch=True needs batch_scores (B, B) = s(context_i, positive_j). Only the 'embedding' score "
+            "provides it (in_batch_embedding_scores); the 'likelihood' score would need B*B forward passes, "
+            "so use loss.in_batch_negatives=false with it")
+    if batch_scores.shape != (B, B):
+        raise ValueError(f"batch_scores must be (B, B) = {(B, B)}, got {tuple(batch_scores.shape)}")
+    other = _at_least_f32(batch_scores) / tau
+    eye = torch.eye(B, dtype=torch.bool, device=device)
+    return other.masked_fill(eye, float("-inf"))
+
+
+@torch.no_grad()
+def _accuracy_margin(scores: Tensor, real: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Detached accuracy and margin of the raw scores over the groups with a real negative, and their count."""
+    raw = _at_least_f32(scores.detach())
+    has_neg = real.any(dim=1)
+    n_scored = int(has_neg.sum())
+    if not n_scored:
+        zero = torch.zeros((), device=scores.device)
+        return zero, zero, 0
+    max_neg = raw[:, 1:].masked_fill(~real, float("-inf")).max(dim=1).values
+    mean_neg = raw[:, 1:].masked_fill(~real, 0.0).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+    accuracy = (raw[:, 0] > max_neg)[has_neg].float().mean()
+    margin = (raw[:, 0] - mean_neg)[has_neg].mean()
+    return accuracy, margin, n_scored
 
 
 def social_weights(severity: Tensor, alpha: float) -> Tensor:
-    """``w = 1 + alpha * severity`` for a severity normalised to [0, 1]; ``alpha = 0`` turns weighting off."""
+    """The social weights ``w = 1 + alpha * severity`` (method.md 2.1); ``alpha = 0`` turns weighting off.
+
+    Shapes:
+        ``severity`` any shape (e.g. (B, K)), values in [0, 1] -> the same shape, float32.
+
+    Raises:
+        ValueError: ``alpha`` < 0, or a severity outside [0, 1] or NaN.
+
+    Chapter 02 shows the weights on a worked example; the group builders use the same rule
+    (:func:`prosocial_lib.groups.types.social_weight`).
+    """
     severity = torch.as_tensor(severity, dtype=torch.float32)
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
@@ -217,7 +308,15 @@ def social_weights(severity: Tensor, alpha: float) -> Tensor:
 
 
 def combined_loss(ce: Tensor, npair: Tensor, npair_weight: float) -> Tensor:
-    """``CE + lambda * n-pair``; ``lambda = 0`` returns the CE itself (plain fine-tuning, no 0 * inf NaN)."""
+    """``CE + lambda * n-pair`` (method.md 2); ``lambda = 0`` returns the CE itself (plain fine-tuning, no
+    0 * inf NaN).
+
+    Shapes:
+        scalars in, a scalar out.
+
+    Raises:
+        ValueError: ``npair_weight`` < 0.
+    """
     if npair_weight < 0:
         raise ValueError(f"npair_weight must be >= 0, got {npair_weight}")
     if npair_weight == 0:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from ..config.schema import Config
+from ..groups.types import ContrastiveGroup
 from .collator import GroupCollator, TrainingSetupError
 from .losses import embedding_scores, in_batch_embedding_scores, likelihood_scores, mean_pool, npair_loss
 
@@ -16,7 +17,7 @@ from .losses import embedding_scores, in_batch_embedding_scores, likelihood_scor
 # ---------------------------------------------------------------------- score
 @dataclass
 class GroupScores:
-    """What one forward pass over a collated batch gives."""
+    """What one forward pass over a collated batch gives (:func:`score_groups`)."""
 
     scores: torch.Tensor  # (B, 1 + K), positive in column 0, padded slots 0 (masked by neg_mask)
     ce: torch.Tensor  # (B,) per-token NLL of each positive
@@ -51,9 +52,29 @@ def _attention_for(model, mask: torch.Tensor) -> torch.Tensor:
 
 def score_groups(model, batch: dict[str, torch.Tensor], score: str = "likelihood",
                  head: torch.nn.Module | None = None, in_batch: bool = False) -> GroupScores:
-    """Scores of every reply of a :class:`GroupCollator` batch as a ``(B, 1 + K)`` matrix, and the positive's
-    per-token cross-entropy. ``"likelihood"``: mean log-prob of the reply tokens; ``"embedding"``: cosine of the
-    mean-pooled last hidden states of context and reply (through ``head`` when given)."""
+    """The score s(c, y) of every reply of a collated batch, in one forward pass.
+
+    Args:
+        model: a causal LM (possibly wrapped by DDP or peft).
+        batch: a :class:`GroupCollator` output on the model's device.
+        score: ``"likelihood"`` (mean log-prob of the reply tokens) or ``"embedding"`` (cosine of the mean-pooled
+            last hidden states of context and reply, through ``head`` when given).
+        head: the optional projection head of the embedding score.
+        in_batch: also return ``batch_scores`` (embedding score only).
+
+    Shapes:
+        ``scores`` (B, 1 + K), positive in column 0, padded slots 0 (masked by ``neg_mask``); ``ce`` (B,);
+        ``batch_scores`` (B, B) with ``[i, j] = s(context_i, positive_j)``.
+
+    Returns:
+        :class:`GroupScores`.
+
+    Raises:
+        TrainingSetupError: the model's attention takes no custom 4D mask (use ``shared_context=False``).
+
+    References:
+        method.md section 2 (the two scores). Used by the trainer and chapter 02's score tables.
+    """
     n_groups, k = batch["neg_mask"].shape
     width = 1 + k
     t = batch["input_ids"].shape[1]
@@ -94,13 +115,31 @@ def score_groups(model, batch: dict[str, torch.Tensor], score: str = "likelihood
 
 # ---------------------------------------------------------------------- evaluate
 @torch.no_grad()
-def evaluate_groups(model, tokenizer, groups: Sequence[dict[str, Any]], cfg: Config, *,
+def evaluate_groups(model, tokenizer, groups: Sequence[ContrastiveGroup], cfg: Config, *,
                     batch_size: int | None = None, head: torch.nn.Module | None = None,
                     progress: bool = True, desc: str = "scoring groups") -> dict[str, Any]:
-    """Held-out ``accuracy`` (share of groups whose positive scores above every negative), ``margin`` (s+ minus
-    the mean s- of the group's negatives), ``npair`` (the weighted loss) and ``ce`` (the positive's per-token
-    NLL), averaged over groups (accuracy and margin over groups with at least one negative), plus the same per
-    group kind (``by_kind``: "mic", "unsafe", "casual")."""
+    """Held-out contrastive metrics of ``model`` on ``groups``, without gradients (batches of similar length).
+
+    Args:
+        model, tokenizer: the causal LM and its tokenizer (the model's training mode is restored afterwards).
+        groups: the held-out groups.
+        cfg: reads ``loss`` (score, tau, layout), ``model.max_length`` and the stages' batch sizes.
+        batch_size: groups per forward pass (default: the larger stage batch size).
+        head: the embedding score's projection head, if any.
+        progress, desc: a progress bar and its label.
+
+    Returns:
+        ``accuracy`` (share of groups whose positive scores above every negative), ``margin`` (s+ minus the mean
+        s- of the group's negatives), ``npair`` (the weighted loss at ``loss.tau``) and ``ce`` (the positive's
+        per-token NLL), averaged over groups (accuracy and margin over groups with at least one negative),
+        ``groups``, plus the same per group kind (``by_kind``: "mic", "unsafe", "casual").
+
+    Raises:
+        TrainingSetupError: no groups.
+
+    The stage runner logs these before and after each stage (chapters 02 and 03); chapter 04 scores every
+    compared system with it.
+    """
     from tqdm.auto import tqdm
     if not groups:
         raise TrainingSetupError("evaluate_groups got no groups")
@@ -126,7 +165,7 @@ def evaluate_groups(model, tokenizer, groups: Sequence[dict[str, Any]], cfg: Con
     finally:
         model.train(was_training)
     result = _aggregate([per_group[i] for i in range(len(groups))])
-    kinds = [g.get("meta", {}).get("kind", "") for g in groups]
+    kinds = [g.kind for g in groups]
     result["by_kind"] = {kind: _aggregate([per_group[i] for i in range(len(groups)) if kinds[i] == kind])
                          for kind in dict.fromkeys(kinds)}
     return result
@@ -148,6 +187,6 @@ def _aggregate(rows: list[tuple[float, float, float | None, float | None]]) -> d
             "npair": sum(r[1] for r in rows) / n, "ce": sum(r[0] for r in rows) / n, "groups": len(rows)}
 
 
-def _group_chars(g: dict[str, Any]) -> int:
-    return sum(len(m["content"]) for m in g["context_messages"]) + len(g["positive"]) + max(
-        [len(n) for n in g["negatives"]] or [0])
+def _group_chars(g: ContrastiveGroup) -> int:
+    return sum(len(m["content"]) for m in g.context_messages) + len(g.positive) + max(
+        [len(n) for n in g.negatives] or [0])

@@ -1,30 +1,15 @@
-r"""Training with the socially aware n-pair loss, on the Hugging Face Trainer, and the two-stage runner.
+r"""The two-stage runner: stage 1 (MIC) then stage 2 (ProsocialDialog + casual) from the stage-1 checkpoint.
 
-Pieces, in the order data flows through them:
+In the order data flows: :func:`stage_groups` builds the groups (:mod:`prosocial_lib.groups`), ``GroupCollator``
+packs them into token batches, ``score_groups`` gives the ``(B, 1 + K)`` scores, ``ContrastiveTrainer`` (set up by
+a ``ContrastiveConfig``) minimises ``CE(positive) + lambda * L_npair`` (``lambda = 0``: plain CE fine-tuning, the
+negatives not even run), and ``evaluate_groups`` scores held-out groups before and after each stage.
 
-- :class:`GroupCollator` turns a list of groups (:mod:`prosocial_lib.groups`) into one token batch: every group
-  gives ``1 + K`` texts ``context + reply`` formatted with the model's chat template (:func:`~prosocial_lib.models.
-  chat_prompt` and the template's end-of-turn marker, the same text generation sees). By default they share one
-  packed row ``[context, reply_0, ..., reply_K]`` with a 4D attention mask, so the context is computed once;
-  only reply tokens are scored (the context is never a target). Rows are **left**-padded to the batch's own
-  longest row (dynamic padding), so the model only projects the last positions onto the vocabulary
-  (``logits_to_keep``); explicit ``position_ids`` make the padding invisible. Contexts longer than
-  ``model.max_length`` lose their oldest turns (the most recent turns stay, the template stays whole).
-- :func:`score_groups` runs the model and returns the ``(B, 1 + K)`` score matrix the loss needs (positive in
-  column 0) and the positive's per-token cross-entropy.
-- :class:`ContrastiveTrainer` (a ``transformers.Trainer``): ``loss = CE(positive) + lambda * L_npair``; it logs
-  ``ce``, ``npair``, ``contrastive_accuracy`` and ``margin`` into the Trainer's ``log_history``. The loss is a
-  mean over the groups of a device batch, so gradient accumulation (``loss_is_scaled_for_ga = False``) and
-  data parallelism (equal batches per rank, averaged gradients) both reproduce the single-process objective.
-  With ``lambda = 0`` the negatives are not even run: plain CE fine-tuning, the baseline.
-- :func:`evaluate_groups`: the same scores on held-out groups without gradients (before and after each stage).
-- :func:`run_stage` / :func:`run_stages`: stage 1 (MIC) then stage 2 (ProsocialDialog + casual) from the stage-1
-  checkpoint. Each stage writes ``<run_dir>/stage<N>/`` with the model, tokenizer, ``run_config.json``,
-  ``metrics.json`` and ``log_history.json``; a stage whose config fingerprint matches a finished one is reused,
-  an interrupted one resumes from the Trainer's last ``checkpoint-*``.
-
-The CE term is the mean over groups of each positive's per-token negative log-likelihood (every group counts the
-same, whatever its length), which is also ``-s^+`` of the likelihood score.
+Each stage writes ``<run_dir>/stage<N>/`` with the model, tokenizer, ``run_config.json``, ``metrics.json`` and
+``log_history.json``; a stage whose config fingerprint matches a finished one is reused, an interrupted one
+resumes from the Trainer's last ``checkpoint-*``. The CE term is the mean over groups of each positive's per-token
+negative log-likelihood (every group counts the same, whatever its length), which is also ``-s^+`` of the
+likelihood score. Chapters 02 and 03 run the stages; chapter 04 trains the compared systems with them.
 """
 
 from __future__ import annotations
@@ -43,11 +28,13 @@ import torch
 from transformers import TrainerCallback
 
 from ..config.schema import Config, ModelConfig
+from ..groups.types import BuildReport, ContrastiveGroup, summarize_groups
 from ..runs import fingerprint, read_json, write_json_atomic
 from .collator import GroupCollator, TrainingSetupError
+from .config import contrastive_args
 from .losses import ProjectionHead
 from .scoring import evaluate_groups
-from .trainer import ContrastiveTrainer, _training_args, quiet_trainer
+from .trainer import ContrastiveTrainer, quiet_trainer
 
 log = logging.getLogger(__name__)
 # transformers 5 warns about its own deprecated alias when peft or the Trainer asks for it: not the reader's concern
@@ -61,9 +48,24 @@ TRAINER_DIR = "trainer"  # the Trainer's resumable checkpoint-* folders while a 
 
 
 # ---------------------------------------------------------------------- data for a stage
-def stage_groups(cfg: Config, stage: int, split: str = "train") -> list[dict[str, Any]]:
-    """Load the stage's data split and build its groups (train: ``stageN.max_groups``; held out:
-    ``stageN.eval_groups``). Held-out groups come from the held-out split of each source."""
+def stage_groups(cfg: Config, stage: int, split: str = "train") -> tuple[list[ContrastiveGroup], BuildReport]:
+    """Load the stage's data split and build its groups (an orchestrator step: it reads the whole config).
+
+    Args:
+        cfg: the experiment config (data sources and caps, loss, the stage's section).
+        stage: 1 (MIC) or 2 (ProsocialDialog + casual chat).
+        split: "train" (at most ``stageN.max_groups`` groups, seed ``data.seed``) or a held-out split (at most
+            ``stageN.eval_groups``, seed ``data.seed + 1000``), taken from the same split of each source.
+
+    Returns:
+        ``(groups, report)`` from :func:`~prosocial_lib.groups.stage1.build_stage1_groups` or
+        :func:`~prosocial_lib.groups.stage2.build_stage2_groups`.
+
+    Raises:
+        TrainingSetupError: ``stage`` is not 1 or 2. Loader and builder errors name the file, row and field.
+
+    Chapters 02 and 03 show these groups.
+    """
     from ..groups.stage1 import build_stage1_groups
     from ..groups.stage2 import build_stage2_groups
     st = _stage_cfg(cfg, stage)
@@ -74,7 +76,8 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> list[dict[str
     if stage == 1:
         from ..data.mic import load_mic
         ds = load_mic(cfg.data.mic_source, split=split, max_rows=max_rows)
-        return build_stage1_groups(ds, cfg, max_groups=max_groups, seed=seed, where=f"MIC ({cfg.data.mic_source}, {split})")
+        return build_stage1_groups(ds, cfg, max_groups=max_groups, seed=seed,
+                                   where=f"MIC ({cfg.data.mic_source}, {split})")
     from ..data.casual import load_casual
     from ..data.prosocial_dialog import load_prosocial_dialog
     pd = load_prosocial_dialog(cfg.data.prosocial_source, split=split, max_rows=max_rows)
@@ -82,6 +85,20 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> list[dict[str
     casual = load_casual(cfg.data.casual_source, split=split, seed=cfg.data.seed, max_rows=casual_rows)
     return build_stage2_groups(pd, casual, cfg, max_groups=max_groups, seed=seed,
                                where=f"ProsocialDialog ({cfg.data.prosocial_source}, {split})")
+
+
+def own_groups(train_groups: Sequence[ContrastiveGroup | dict[str, Any]] | str | os.PathLike
+               ) -> list[ContrastiveGroup]:
+    """A caller's own training groups, checked: groups, group dicts, or a ``.json`` / ``.jsonl`` file of them.
+
+    Raises:
+        GroupBuildError: a malformed group (names the file or ``train_groups``, the row and the field).
+    """
+    from ..groups.io import read_groups
+    from ..groups.types import as_groups
+    if isinstance(train_groups, (str, os.PathLike)):
+        return read_groups(train_groups)
+    return as_groups(train_groups, "train_groups, group")
 
 
 def _stage_cfg(cfg: Config, stage: int):
@@ -93,8 +110,16 @@ def _stage_cfg(cfg: Config, stage: int):
 # ---------------------------------------------------------------------- the stage runner
 @dataclass
 class StageResult:
-    """One finished stage: where its model is, its metrics (``before``/``after`` on held-out groups,
-    ``train``), the Trainer's log history, and whether it was reused instead of trained."""
+    """One finished stage (:func:`run_stage`).
+
+    Attributes:
+        stage: 1 or 2.
+        checkpoint_dir: the folder holding the model, tokenizer and ``metrics.json``.
+        metrics: ``before`` / ``after`` (held-out ``evaluate_groups``), ``train`` (steps, seconds, groups, ...),
+            ``groups`` (summaries and the build report), ``fingerprint``.
+        log_history: the Trainer's logs (``loss``, ``ce``, ``npair``, ``contrastive_accuracy``, ``margin``).
+        reused: True when a finished run with the same fingerprint was loaded instead of trained.
+    """
 
     stage: int
     checkpoint_dir: Path
@@ -104,10 +129,13 @@ class StageResult:
 
 
 def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | None = None,
-                      train_groups: Sequence[dict[str, Any]] | None = None) -> str:
-    """What decides a stage's result: data, model, loss, this stage's settings, the seed, the starting
-    checkpoint (its own fingerprint when it is one of ours) and, when the caller brings them, the training
-    groups themselves. Knobs that do not change the result (threads, checkpoint frequency) are left out."""
+                      train_groups: Sequence[ContrastiveGroup | dict[str, Any]] | None = None) -> str:
+    """A 12-hex-digit hash of what decides a stage's result.
+
+    Data, model, loss, this stage's settings, the seed, the starting checkpoint (its own fingerprint when it is
+    one of ours) and, when the caller brings them, the training groups themselves. Knobs that do not change the
+    result (threads, checkpoint frequency) are left out.
+    """
     d = cfg.to_dict()
     st = dict(d[f"stage{stage}"])
     for k in ("save_steps", "save"):
@@ -123,12 +151,14 @@ def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | No
     payload = {"stage": stage, "data": d["data"], "model": model, "loss": d["loss"], "stage_cfg": st,
                "seed": d["seed"], "init_from": start}
     if train_groups is not None:
-        payload["train_groups"] = fingerprint(list(train_groups), length=64)
+        plain = [g.to_dict() if isinstance(g, ContrastiveGroup) else g for g in train_groups]
+        payload["train_groups"] = fingerprint(plain, length=64)
     return fingerprint(payload)
 
 
 def load_stage_result(checkpoint_dir: str | os.PathLike) -> StageResult | None:
-    """A finished stage's result from its folder (None when it did not finish)."""
+    """A finished stage's :class:`StageResult` from its folder (``reused`` True), or None when it did not finish
+    (no ``metrics.json`` or no model config)."""
     out = Path(checkpoint_dir)
     metrics = read_json(out / METRICS)
     if not isinstance(metrics, dict) or not (out / "config.json").exists():
@@ -153,74 +183,54 @@ def _training_model_cfg(cfg: Config, init_from) -> tuple[ModelConfig, torch.dtyp
 
 def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = None, *,
               callbacks: list[TrainerCallback] | None = None, progress: bool = True,
-              train_groups: Sequence[dict[str, Any]] | None = None) -> StageResult:
+              train_groups: Sequence[ContrastiveGroup | dict[str, Any]] | str | os.PathLike | None = None
+              ) -> StageResult:
     """Train one stage (or reuse its finished checkpoint) and return its :class:`StageResult`.
 
-    ``init_from``: the folder of the model to start from (stage 2 normally starts from stage 1's); None = the
-    configured base model. ``train_groups``: your own training groups (e.g. from another negative sampler,
-    built with :func:`prosocial_lib.groups.make_group`) instead of :func:`stage_groups`; their content is part
-    of the fingerprint, so other groups never reuse this checkpoint. Outputs go to
-    ``cfg.run_dir / f"stage{stage}"`` (module docstring).
+    Args:
+        cfg: the experiment config (the stage runner is an orchestrator: it reads every section).
+        stage: 1 (MIC) or 2 (ProsocialDialog + casual chat).
+        init_from: the folder of the model to start from (stage 2 normally starts from stage 1's); None = the
+            configured base model.
+        callbacks: extra ``TrainerCallback`` objects.
+        progress: show progress bars.
+        train_groups: your own training groups instead of :func:`stage_groups` (e.g. from another negative
+            sampler, built with :func:`prosocial_lib.groups.types.make_group`): groups, group dicts or a
+            ``.json`` / ``.jsonl`` file (:func:`own_groups`). Their content is part of the fingerprint, so other
+            groups never reuse this checkpoint.
+
+    Returns:
+        The stage's result; outputs go to ``cfg.run_dir / f"stage{stage}"`` (module docstring).
+
+    Raises:
+        TrainingSetupError: a bad stage, a missing ``init_from``, no training or held-out groups.
+        GroupBuildError: malformed ``train_groups`` (names the file or group and the field).
+
+    Chapters 02 and 03 run it (and chapter 03's exercise passes its own groups).
     """
     from transformers import set_seed
 
-    from ..groups.types import last_build_report, summarize_groups
-    from ..modeling.loading import apply_lora, load_model_and_tokenizer
+    from ..modeling.loading import apply_lora
 
     cfg.validate()
-    st = _stage_cfg(cfg, stage)
+    own = None if train_groups is None else own_groups(train_groups)
     out = Path(cfg.run_dir) / f"stage{stage}"
-    fp = stage_fingerprint(cfg, stage, init_from, train_groups)
-    done = load_stage_result(out)
-    if done is not None and done.metrics.get("fingerprint") == fp:
-        log.warning("stage %d: reusing the finished checkpoint in %s (same config)", stage, out)
-        done.stage = stage
-        return done
+    fp = stage_fingerprint(cfg, stage, init_from, own)
+    done = _reusable(out, stage, fp)
     if done is not None:
-        log.warning("stage %d: %s holds a run with another config (fingerprint %s, now %s): training anew",
-                    stage, out, done.metrics.get("fingerprint"), fp)
+        return done
 
     t_start = time.perf_counter()
-    if train_groups is None:
-        train_groups = stage_groups(cfg, stage, "train")
-        train_report = last_build_report()
-    else:
-        train_groups, train_report = list(train_groups), None
-    eval_groups = stage_groups(cfg, stage, "validation")
-    if not train_groups:
-        raise TrainingSetupError(f"stage {stage}: no training groups "
-                                 f"({train_report.summary() if train_report else 'nothing built'})")
-    if not eval_groups:
-        raise TrainingSetupError(f"stage {stage}: no held-out groups from the validation split")
-
+    train, report, held_out = _stage_data(cfg, stage, own)
     model_cfg, mp_dtype, device = _training_model_cfg(cfg, init_from)
     set_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(model_cfg, seed=cfg.seed)
-    head = None
-    if cfg.loss.score == "embedding" and cfg.loss.projection_dim:
-        head = ProjectionHead(model.config.hidden_size, cfg.loss.projection_dim).to(device)
-        if init_from is not None and (Path(init_from) / HEAD_FILE).exists():  # continue the previous stage's head
-            head.load_state_dict(torch.load(Path(init_from) / HEAD_FILE, map_location=device))
-    before = evaluate_groups(model, tok, eval_groups, cfg, head=head, progress=progress,
+    model, tok, head = _load_model(cfg, model_cfg, init_from, device)
+    before = evaluate_groups(model, tok, held_out, cfg, head=head, progress=progress,
                              desc=f"stage {stage}: held-out before")
     model = apply_lora(model, cfg.model)
     if head is not None:
         model.add_module("npair_projection_head", head)  # so the Trainer's optimizer trains it
-
-    trainer_dir = out / TRAINER_DIR
-    args = _training_args(cfg, st, trainer_dir, len(train_groups), mp_dtype, device)
-    resume = _resume_point(trainer_dir, fp)  # every rank reads before the main process changes anything
-    with args.main_process_first(desc="preparing the stage folder"):
-        if args.process_index == 0:
-            for stale in (METRICS, LOG_HISTORY):  # this folder no longer holds a finished run of another config
-                (out / stale).unlink(missing_ok=True)
-            if resume is None:
-                _reset_trainer_dir(trainer_dir, fp)
-    collator = GroupCollator(tok, cfg.model.max_length, positives_only=cfg.loss.npair_weight == 0,
-                             shared_context=cfg.loss.shared_context)
-    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=list(train_groups), data_collator=collator,
-                                 processing_class=tok, loss_cfg=cfg.loss, projection_head=head,
-                                 callbacks=list(callbacks or []))
+    trainer, resume = _trainer(cfg, stage, out, fp, model, tok, head, train, callbacks, mp_dtype, device)
     quiet_trainer(trainer, progress=progress)
     t_train = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=resume)
@@ -231,40 +241,119 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
         del model.npair_projection_head
     if cfg.model.lora:
         model = model.merge_and_unload()
-    after = evaluate_groups(model, tok, eval_groups, cfg, head=head, progress=progress,
+    after = evaluate_groups(model, tok, held_out, cfg, head=head, progress=progress,
                             desc=f"stage {stage}: held-out after")
     metrics = {
         "stage": stage, "fingerprint": fp, "preset": cfg.preset, "init_from": None if init_from is None
         else str(init_from), "before": before, "after": after,
-        "train": {**{k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))},
-                  "train_seconds": round(train_seconds, 2), "global_step": trainer.state.global_step,
-                  "groups": len(train_groups), "truncated_sequences": collator.truncated,
-                  "resumed": resume is not None},
-        "groups": {"train": summarize_groups(train_groups), "eval": summarize_groups(eval_groups),
-                   "train_build": train_report.to_dict() if train_report else None},
+        "train": _train_metrics(trainer, train_out, train_seconds, len(train), resume is not None),
+        "groups": {"train": summarize_groups(train), "eval": summarize_groups(held_out),
+                   "train_build": report.to_dict() if report else None},
         "seconds_total": None,
     }
     history = [dict(h) for h in trainer.state.log_history]
-    if trainer.is_world_process_zero() and st.save:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
-        if head is not None:
-            torch.save(head.state_dict(), out / HEAD_FILE)
-        write_json_atomic(out / RUN_CONFIG, {"fingerprint": fp, "stage": stage, "init_from": metrics["init_from"],
-                                             "config": cfg.to_dict()})
-        write_json_atomic(out / LOG_HISTORY, history, indent=1)
-        metrics["seconds_total"] = round(time.perf_counter() - t_start, 2)
-        write_json_atomic(out / METRICS, metrics)
-        shutil.rmtree(trainer_dir, ignore_errors=True)  # finished: the resumable checkpoints are not needed
+    if trainer.is_world_process_zero() and _stage_cfg(cfg, stage).save:
+        _save_stage(out, trainer, model, tok, head, cfg, metrics, history, t_start)
     trainer.accelerator.wait_for_everyone()
     return StageResult(stage=stage, checkpoint_dir=out, metrics=metrics, log_history=history, reused=False)
+
+
+def _train_metrics(trainer, train_out, seconds: float, n_groups: int, resumed: bool) -> dict[str, Any]:
+    """The Trainer's numeric training metrics plus time, steps, groups, truncations and whether it resumed."""
+    return {**{k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))},
+            "train_seconds": round(seconds, 2), "global_step": trainer.state.global_step, "groups": n_groups,
+            "truncated_sequences": trainer.data_collator.truncated, "resumed": resumed}
+
+
+def _reusable(out: Path, stage: int, fp: str) -> StageResult | None:
+    """The finished stage in ``out`` when its fingerprint is ``fp`` (else None, with a warning when another
+    config's run sits there)."""
+    done = load_stage_result(out)
+    if done is not None and done.metrics.get("fingerprint") == fp:
+        log.warning("stage %d: reusing the finished checkpoint in %s (same config)", stage, out)
+        done.stage = stage
+        return done
+    if done is not None:
+        log.warning("stage %d: %s holds a run with another config (fingerprint %s, now %s): training anew",
+                    stage, out, done.metrics.get("fingerprint"), fp)
+    return None
+
+
+def _stage_data(cfg: Config, stage: int, own: list[ContrastiveGroup] | None
+                ) -> tuple[list[ContrastiveGroup], BuildReport | None, list[ContrastiveGroup]]:
+    """Training groups (the caller's own, else built; with the build report) and the held-out groups."""
+    train, report = stage_groups(cfg, stage, "train") if own is None else (own, None)
+    held_out, _ = stage_groups(cfg, stage, "validation")
+    if not train:
+        raise TrainingSetupError(f"stage {stage}: no training groups "
+                                 f"({report.summary() if report else 'nothing built'})")
+    if not held_out:
+        raise TrainingSetupError(f"stage {stage}: no held-out groups from the validation split")
+    return train, report, held_out
+
+
+def _load_model(cfg: Config, model_cfg: ModelConfig, init_from, device: torch.device):
+    """The model, its tokenizer, and the embedding score's projection head (continued from ``init_from``'s)."""
+    from ..modeling.loading import load_model_and_tokenizer
+    model, tok = load_model_and_tokenizer(model_cfg, seed=cfg.seed)
+    head = None
+    if cfg.loss.score == "embedding" and cfg.loss.projection_dim:
+        head = ProjectionHead(model.config.hidden_size, cfg.loss.projection_dim).to(device)
+        if init_from is not None and (Path(init_from) / HEAD_FILE).exists():  # continue the previous stage's head
+            head.load_state_dict(torch.load(Path(init_from) / HEAD_FILE, map_location=device))
+    return model, tok, head
+
+
+def _trainer(cfg: Config, stage: int, out: Path, fp: str, model, tok, head, train, callbacks, mp_dtype,
+             device) -> tuple[ContrastiveTrainer, bool | None]:
+    """The stage's :class:`ContrastiveTrainer` and whether it resumes an interrupted run of this config; the
+    main process clears what a run of another config left in ``out``."""
+    trainer_dir = out / TRAINER_DIR
+    args = contrastive_args(cfg.loss, _stage_cfg(cfg, stage), trainer_dir, seed=cfg.seed, device=device,
+                            mp_dtype=mp_dtype, n_groups=len(train))
+    resume = _resume_point(trainer_dir, fp)  # every rank reads before the main process changes anything
+    with args.main_process_first(desc="preparing the stage folder"):
+        if args.process_index == 0:
+            for stale in (METRICS, LOG_HISTORY):  # this folder no longer holds a finished run of another config
+                (out / stale).unlink(missing_ok=True)
+            if resume is None:
+                _reset_trainer_dir(trainer_dir, fp)
+    collator = GroupCollator(tok, cfg.model.max_length, positives_only=cfg.loss.npair_weight == 0,
+                             shared_context=cfg.loss.shared_context)
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=list(train), data_collator=collator,
+                                 processing_class=tok, projection_head=head, callbacks=list(callbacks or []))
+    return trainer, resume
+
+
+def _save_stage(out: Path, trainer, model, tok, head, cfg: Config, metrics: dict[str, Any],
+                history: list[dict[str, Any]], t_start: float) -> None:
+    """Write the model, tokenizer, head, run config and logs, then ``metrics.json`` last (marks the stage
+    finished), and drop the resumable checkpoints."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    if head is not None:
+        torch.save(head.state_dict(), out / HEAD_FILE)
+    write_json_atomic(out / RUN_CONFIG, {"fingerprint": metrics["fingerprint"], "stage": metrics["stage"],
+                                         "init_from": metrics["init_from"], "config": cfg.to_dict()})
+    write_json_atomic(out / LOG_HISTORY, history, indent=1)
+    metrics["seconds_total"] = round(time.perf_counter() - t_start, 2)
+    write_json_atomic(out / METRICS, metrics)
+    shutil.rmtree(out / TRAINER_DIR, ignore_errors=True)  # finished: the resumable checkpoints are not needed
 
 
 def run_stages(cfg: Config, stages: Sequence[int] = (1, 2), init_from: str | os.PathLike | None = None,
                **kwargs: Any) -> dict[int, StageResult]:
     """Run the stages in order, each starting from the previous one's checkpoint (the first from
-    ``init_from``, None = the base model). Finished stages with the same config are reused."""
+    ``init_from``, None = the base model). Finished stages with the same config are reused.
+
+    Args:
+        cfg, init_from, **kwargs: as :func:`run_stage`.
+        stages: which stages, in order.
+
+    Returns:
+        ``{stage: StageResult}``. Chapter 03 runs both stages with it.
+    """
     results: dict[int, StageResult] = {}
     start = init_from
     for s in stages:
