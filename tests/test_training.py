@@ -187,7 +187,7 @@ def test_evaluate_groups(tiny):
     batch = GroupCollator(tok, 128)(groups)
     with torch.no_grad():
         gs = score_groups(model, batch)
-    ref = npair_loss(gs.scores, batch["neg_weights"], batch["neg_mask"], cfg.loss.tau)
+    ref = npair_loss(gs.scores, batch["neg_weights"], batch["neg_mask"], cfg.loss.effective_tau)
     assert m["accuracy"] == pytest.approx(float(ref.accuracy)) and m["margin"] == pytest.approx(float(ref.margin),
                                                                                                 abs=1e-5)
     assert m["npair"] == pytest.approx(float(ref.loss), abs=1e-5)
@@ -392,12 +392,13 @@ def test_chapter_tables_and_figures(two_stages, tiny):
     text = describe_stage(cfg, 2)
     assert "stage 2" in text and "embedded sample" in text and "10 steps" in text
     model, tok = tiny
-    scored = group_scores_table(model, tok, GROUPS[0], cfg)
+    scored = group_scores_table(model, tok, GROUPS[0], cfg.loss, cfg.model.max_length)
     assert list(scored["role"]) == ["positive", "negative 1", "negative 2"]
     assert scored["score"].tolist() == pytest.approx(
         [_mean_logprob(model, tok, GROUPS[0]["context_messages"], r) for r in ["Please don't, talk to him instead.",
                                                                               "Go for it!", "lol ok"]], abs=2e-5)
-    replies = compare_replies({"a": (model, tok), "b": (model, tok)}, GROUPS, cfg, max_new_tokens=3)
+    replies = compare_replies({"a": (model, tok), "b": (model, tok)}, GROUPS, cfg.generation, max_new_tokens=3,
+                              max_prompt_tokens=cfg.model.max_length, seed=cfg.seed)
     assert list(replies.columns) == ["kind", "context (last turn)", "gold reply", "a", "b"]
     assert replies["a"].tolist() == replies["b"].tolist() and len(replies) == 2  # greedy: deterministic
     for fig in (plots.plot_training_curves(logs.assign(stage="stage 1")),

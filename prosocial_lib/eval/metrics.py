@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config.schema import StatsConfig
+
 #: Judge columns that are rates (bool per reply); :func:`summarize` reports those present in a table.
 FLAG_COLUMNS: tuple[str, ...] = ("unsafe", "violates_rot", "agrees_rot", "preachy", "profane")
 
@@ -290,17 +292,17 @@ def gold_perplexity(model, tokenizer, histories: Sequence[Sequence[str]], respon
 
 
 # ---------------------------------------------------------------------- tables
-def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: Sequence[str] | None = None,
-              cluster_col: str | None = None) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, group_cols: Sequence[str], stats: StatsConfig | None = None, *, seed: int = 0,
+              flags: Sequence[str] | None = None, cluster_col: str | None = None) -> pd.DataFrame:
     """One row per group and judge flag: ``metric, rate, ci_low, ci_high, n`` (n = judged replies).
 
-    ``flags`` defaults to the :data:`FLAG_COLUMNS` present in ``df``. ``cfg`` (a Config) supplies the bootstrap
-    settings (``cfg.eval.bootstrap_samples``, ``confidence``, ``seed``). With ``cluster_col`` (e.g. the context
-    id when there are several samples per context) the bootstrap resamples whole clusters.
+    ``flags`` defaults to the :data:`FLAG_COLUMNS` present in ``df``. ``stats`` (the ``stats`` section; None = its
+    defaults, 1000 resamples at 95%) supplies the bootstrap settings, ``seed`` (``Config.seed``) the resampling.
+    With ``cluster_col`` (e.g. the context id when there are several samples per context) the bootstrap resamples
+    whole clusters.
     """
-    n_boot = cfg.eval.bootstrap_samples if cfg is not None else 1000
-    confidence = cfg.eval.confidence if cfg is not None else 0.95
-    seed = cfg.eval.seed if cfg is not None else 0
+    stats = stats if stats is not None else StatsConfig()
+    n_boot, confidence = stats.bootstrap_samples, stats.confidence
     flags = [f for f in (flags or FLAG_COLUMNS) if f in df.columns]
     missing = [c for c in group_cols if c not in df.columns]
     if missing:

@@ -18,11 +18,11 @@ def build_stage1_groups(mic_ds, cfg: Config, *, max_groups: int | None = -1, see
                         where: str = "MIC") -> list[dict[str, Any]]:
     """Stage-1 groups from MIC rows (one per prompt; rules in the module docstring).
 
-    ``max_groups`` defaults to ``cfg.stage1.max_groups`` (None = all); ``seed`` to ``cfg.data.seed``. The groups
+    ``max_groups`` defaults to ``cfg.stage1.max_groups`` (None = all); ``seed`` to ``cfg.seed``. The groups
     come in a seeded random order, so a cap takes a random subset of prompts.
     """
     max_groups = cfg.stage1.max_groups if max_groups == -1 else max_groups
-    seed = cfg.data.seed if seed is None else seed
+    seed = cfg.seed if seed is None else seed
     k, alpha = cfg.loss.num_negatives, cfg.loss.social_alpha
     report = BuildReport(stage=1)
     rows = _rows(mic_ds)

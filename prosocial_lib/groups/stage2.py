@@ -37,7 +37,7 @@ def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int
     from ..data.labels import SAFETY_SEVERITY
 
     max_groups = cfg.stage2.max_groups if max_groups == -1 else max_groups
-    seed = cfg.data.seed if seed is None else seed
+    seed = cfg.seed if seed is None else seed
     k, alpha, frac = cfg.loss.num_negatives, cfg.loss.social_alpha, cfg.stage2.casual_fraction
     report = BuildReport(stage=2)
 

@@ -71,7 +71,7 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> list[dict[str
     train = split == "train"
     max_rows = cfg.data.max_train_examples if train else cfg.data.max_eval_examples
     max_groups = st.max_groups if train else st.eval_groups
-    seed = cfg.data.seed + (0 if train else 1000)
+    seed = cfg.seed + (0 if train else 1000)
     if stage == 1:
         from ..data.mic import load_mic
         ds = load_mic(cfg.data.mic_source, split=split, max_rows=max_rows)
@@ -80,7 +80,7 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> list[dict[str
     from ..data.prosocial_dialog import load_prosocial_dialog
     pd = load_prosocial_dialog(cfg.data.prosocial_source, split=split, max_rows=max_rows)
     casual_rows = max_rows if max_rows is not None else (4 * max_groups if max_groups else None)
-    casual = load_casual(cfg.data.casual_source, split=split, seed=cfg.data.seed, max_rows=casual_rows)
+    casual = load_casual(cfg.data.casual_source, split=split, seed=cfg.seed, max_rows=casual_rows)
     return build_stage2_groups(pd, casual, cfg, max_groups=max_groups, seed=seed,
                                where=f"ProsocialDialog ({cfg.data.prosocial_source}, {split})")
 

@@ -58,7 +58,7 @@ class ContrastiveTrainer(Trainer):
         gs = score_groups(model, inputs, lc.score, self.projection_head, lc.in_batch_negatives)
         ce = gs.ce.mean()
         if lc.npair_weight > 0:
-            np_out = npair_loss(gs.scores, inputs["neg_weights"], inputs["neg_mask"], lc.tau,
+            np_out = npair_loss(gs.scores, inputs["neg_weights"], inputs["neg_mask"], lc.effective_tau,
                                 in_batch=lc.in_batch_negatives, batch_scores=gs.batch_scores)
             loss = combined_loss(ce, np_out.loss, lc.npair_weight)
             self._record(ce=ce, npair=np_out.loss, contrastive_accuracy=np_out.accuracy, margin=np_out.margin)
