@@ -160,7 +160,8 @@ def test_default_systems_per_preset(capsys):
 
 # ---------------------------------------------------------------------- running
 def _small_sets(cfg):
-    return {k: v.select(range(3)) for k, v in build_context_sets(cfg.data, cfg.audit.num_contexts, seed=cfg.seed).items()}
+    sets = build_context_sets(cfg.data, cfg.audit.num_contexts, seed=cfg.seed)
+    return {k: v.select(range(3)) for k, v in sets.items()}
 
 
 SYSTEMS = [AuditSystem("tiny | greedy", "tiny", max_new_tokens=5),

@@ -186,7 +186,8 @@ def test_the_smoke_benchmark_writes_every_row(smoke_run):
     assert gen["contexts"] == 8 and gen["max_prompt_tokens"] >= gen["mean_prompt_tokens"] > 0
     # the prompts are cut as the audit cuts them
     from prosocial_lib.eval.audit import prompt_token_limit
-    assert gen["prompt_token_limit"] == prompt_token_limit(cfg.model.max_length, cfg.generation.max_new_tokens) >= gen["max_prompt_tokens"]
+    limit = prompt_token_limit(cfg.model.max_length, cfg.generation.max_new_tokens)
+    assert gen["prompt_token_limit"] == limit >= gen["max_prompt_tokens"]
     for mode in ("batched", "one_at_a_time"):  # the prompt pass is part of the whole
         assert 0 < gen[mode]["prefill_seconds"] and gen[mode]["decode_seconds"] >= 0
     j = saved["judges"]

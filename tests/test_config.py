@@ -4,7 +4,15 @@ import dataclasses
 
 import pytest
 
-from prosocial_lib.config import PRESET_NAMES, RECONSTRUCTED, ConfigError, config_from_dict, get_config, parse_set_args
+from prosocial_lib.config import (
+    PRESET_NAMES,
+    RECONSTRUCTED,
+    RENAMED_KEYS,
+    ConfigError,
+    config_from_dict,
+    get_config,
+    parse_set_args,
+)
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
@@ -47,8 +55,12 @@ def test_configs_are_frozen_and_overrides_make_new_ones():
 
 
 def test_renamed_keys_name_their_new_place_and_old_configs_load():
-    with pytest.raises(ConfigError, match="'eval.judge_C': it is now 'judges.C'"):
-        get_config("smoke", {"eval.judge_C": 1.0})
+    with pytest.raises(ConfigError, match="'loss.temperature': it is now 'loss.tau'"):
+        get_config("smoke", {"loss.temperature": 1.0})
+    smoke = get_config("smoke")
+    for old, new in RENAMED_KEYS.items():
+        section, _, leaf = new.rpartition(".")
+        assert hasattr(getattr(smoke, section) if section else smoke, leaf), (old, new)
     old = {"preset": "smoke", "seed": 0, "data": {"seed": 0}, "loss": {"temperature": 0.5},
            "eval": {"seed": 0, "judge_C": 2.0, "audit_variants": ["greedy"], "compare_variants": ["base"]}}
     cfg = config_from_dict(old)

@@ -124,7 +124,8 @@ def get_config(preset: str = DEFAULT_PRESET, overrides: dict[str, Any] | None = 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config saved with ``to_dict`` (e.g. from a run's ``config.json``). Keys saved before the
-    sections were split (``eval.judge_C``, ``loss.temperature``, ``data.seed`` ...) load under their new names."""
+    sections were split (the old ``eval`` section, ``loss.temperature``, ``data.seed``) load under their new names
+    (:data:`~.schema.RENAMED_KEYS`)."""
     flat = {RENAMED_KEYS.get(k, k): v for k, v in flatten(d).items()
             if k not in ("eval.seed", "data.seed") or "seed" not in d}
     return Config(preset=d.get("preset", DEFAULT_PRESET)).with_overrides(flat).validate()

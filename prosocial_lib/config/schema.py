@@ -34,22 +34,25 @@ DEFAULT_PRESET = "cpu"
 #: The decodings the audit knows (``audit.decodings``): greedy or sampled, "+safety" adds the safety system prompt.
 AUDIT_DECODINGS = ("greedy", "greedy+safety", "sampled", "sampled+safety")
 
-#: Keys of the configuration before the sections were split (issue #11) -> their names now. Old run folders'
-#: ``config.json`` still load (:func:`~.presets.config_from_dict`); an override with an old key names the new one.
-RENAMED_KEYS: dict[str, str] = {
-    "loss.temperature": "loss.tau", "eval.num_contexts": "audit.num_contexts",
-    **{f"eval.{k}": f"generation.{k}" for k in ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p",
-                                                "samples_per_context")},
-    **{f"eval.{k}": f"stats.{k}" for k in ("bootstrap_samples", "confidence")},
-    **{f"eval.judge_{k}": f"judges.{k}" for k in ("max_train_examples", "train_split", "test_split",
-                                                  "casual_examples", "context_turns", "C", "threshold", "dir")},
-    "eval.compare_variants": "compare.systems", "eval.compare_contexts": "compare.num_contexts",
-    "eval.compare_max_new_tokens": "compare.max_new_tokens", "eval.ablations": "compare.ablations",
-    "eval.variant_max_steps": "compare.max_steps", "eval.variant_eval_groups": "compare.eval_groups",
-    "eval.dpo_beta": "compare.dpo_beta", "eval.dpo_sft_weight": "compare.dpo_sft_weight",
-    "eval.audit_models": "audit.models", "eval.audit_variants": "audit.decodings",
-    "eval.safety_system_prompt": "audit.safety_system_prompt", "eval.seed": "seed", "data.seed": "seed",
+#: The fields of the old catch-all ``eval`` section (before issue #11 split it) -> their keys now.
+_OLD_EVAL_FIELDS: dict[str, str] = {
+    "num_contexts": "audit.num_contexts", "safety_system_prompt": "audit.safety_system_prompt",
+    **{k: f"generation.{k}" for k in ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p",
+                                      "samples_per_context")},
+    **{k: f"stats.{k}" for k in ("bootstrap_samples", "confidence")},
+    **{f"judge_{k}": f"judges.{k}" for k in ("max_train_examples", "train_split", "test_split", "casual_examples",
+                                             "context_turns", "C", "threshold", "dir")},
+    **{f"audit_{k}": v for k, v in (("models", "audit.models"), ("variants", "audit.decodings"))},
+    **{f"compare_{k}": v for k, v in (("variants", "compare.systems"), ("contexts", "compare.num_contexts"),
+                                      ("max_new_tokens", "compare.max_new_tokens"))},
+    **{f"variant_{k}": f"compare.{k}" for k in ("max_steps", "eval_groups")},
+    **{k: f"compare.{k}" for k in ("ablations", "dpo_beta", "dpo_sft_weight")},
+    "seed": "seed",
 }
+#: Keys of the configuration before the sections were split -> their names now. Old run folders' ``config.json``
+#: still load (:func:`~.presets.config_from_dict`); an override with an old key names the new one.
+RENAMED_KEYS: dict[str, str] = {"loss.temperature": "loss.tau", "data.seed": "seed",
+                                **{f"eval.{k}": v for k, v in _OLD_EVAL_FIELDS.items()}}
 
 
 @dataclass(frozen=True)
