@@ -139,7 +139,7 @@ def _small_judges(cfg):
     from prosocial_lib.eval.judges.tasks import load_judge_tasks
 
     tasks = []
-    for t in load_judge_tasks(cfg):
+    for t in load_judge_tasks(cfg.judges, cfg.data, seed=cfg.seed):
         pick = [i for c in t.classes for i in [j for j, y in enumerate(t.train_y) if y == c][:4]]
         tasks.append(dataclasses.replace(t, train_x=[t.train_x[i] for i in pick],
                                          train_y=[t.train_y[i] for i in pick], test_x=t.test_x[:4],
@@ -188,7 +188,8 @@ def test_the_smoke_benchmark_writes_every_row(smoke_run):
     assert gen["contexts"] == 8 and gen["max_prompt_tokens"] >= gen["mean_prompt_tokens"] > 0
     # the prompts are cut as the audit cuts them
     from prosocial_lib.eval.audit import prompt_token_limit
-    assert gen["prompt_token_limit"] == prompt_token_limit(cfg) >= gen["max_prompt_tokens"]
+    limit = prompt_token_limit(cfg.model.max_length, cfg.generation.max_new_tokens)
+    assert gen["prompt_token_limit"] == limit >= gen["max_prompt_tokens"]
     for mode in ("batched", "one_at_a_time"):  # the prompt pass is part of the whole
         assert 0 < gen[mode]["prefill_seconds"] and gen[mode]["decode_seconds"] >= 0
     j = saved["judges"]

@@ -1,8 +1,18 @@
 """The typed presets: every override is checked, every preset validates, configs round-trip."""
 
+import dataclasses
+
 import pytest
 
-from prosocial_lib.config import PRESET_NAMES, RECONSTRUCTED, ConfigError, config_from_dict, get_config, parse_set_args
+from prosocial_lib.config import (
+    PRESET_NAMES,
+    RECONSTRUCTED,
+    RENAMED_KEYS,
+    ConfigError,
+    config_from_dict,
+    get_config,
+    parse_set_args,
+)
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
@@ -24,12 +34,37 @@ def test_dotted_overrides_and_type_coercion():
     assert cfg.stage1.learning_rate == pytest.approx(3e-5)
     assert cfg.loss.num_negatives == 7 and isinstance(cfg.loss.num_negatives, int)
     assert cfg.model.lora is True
-    cfg.set("loss.temperature", None)
-    assert cfg.loss.tau == 1.0
-    cfg.set("loss.score", "embedding")
-    assert cfg.loss.tau == 0.1
-    cfg.set("model.lora_target_modules", "q_proj,k_proj")
+    cfg = cfg.with_overrides({"loss.tau": None})
+    assert cfg.loss.effective_tau == 1.0
+    cfg = cfg.with_overrides({"loss.score": "embedding"})
+    assert cfg.loss.effective_tau == 0.1
+    cfg = cfg.with_overrides({"model.lora_target_modules": "q_proj,k_proj"})
     assert cfg.model.lora_target_modules == ["q_proj", "k_proj"]
+
+
+def test_configs_are_frozen_and_overrides_make_new_ones():
+    cfg = get_config("smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.loss.tau = 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+    other = cfg.with_overrides({"loss.tau": 0.5}, stats={"confidence": 0.9})
+    assert (other.loss.tau, other.stats.confidence) == (0.5, 0.9)
+    assert cfg == get_config("smoke")  # untouched
+    assert other.model is cfg.model  # unchanged sections are shared, not copied
+
+
+def test_renamed_keys_name_their_new_place_and_old_configs_load():
+    with pytest.raises(ConfigError, match="'loss.temperature': it is now 'loss.tau'"):
+        get_config("smoke", {"loss.temperature": 1.0})
+    smoke = get_config("smoke")
+    for old, new in RENAMED_KEYS.items():
+        section, _, leaf = new.rpartition(".")
+        assert hasattr(getattr(smoke, section) if section else smoke, leaf), (old, new)
+    old = {"preset": "smoke", "seed": 0, "data": {"seed": 0}, "loss": {"temperature": 0.5},
+           "eval": {"seed": 0, "judge_C": 2.0, "audit_variants": ["greedy"], "compare_variants": ["base"]}}
+    cfg = config_from_dict(old)
+    assert (cfg.loss.tau, cfg.judges.C, cfg.audit.decodings, cfg.compare.systems) == (0.5, 2.0, ["greedy"], ["base"])
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -47,9 +82,9 @@ def test_bad_keys_and_types_name_the_key(key, value, match):
 
 
 @pytest.mark.parametrize("key,value", [
-    ("loss.score", "cosine"), ("loss.temperature", 0.0), ("loss.npair_weight", -1.0),
+    ("loss.score", "cosine"), ("loss.tau", 0.0), ("loss.npair_weight", -1.0),
     ("loss.num_negatives", 0), ("stage2.batch_size", 0), ("stage1.casual_fraction", 1.5),
-    ("eval.confidence", 1.0), ("model.dtype", "float8"),
+    ("stats.confidence", 1.0), ("model.dtype", "float8"),
 ])
 def test_impossible_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -36,10 +36,10 @@ def test_gpu_work_counts_steps_and_replies():
     cfg = get_config("gpu", {
         "stage1.max_groups": 160, "stage1.batch_size": 8, "stage1.grad_accum": 2, "stage1.epochs": 1.0,
         "stage2.max_groups": 320, "stage2.batch_size": 8, "stage2.grad_accum": 2, "stage2.epochs": 2.0,
-        "eval.num_contexts": 10, "eval.samples_per_context": 5,
-        "eval.audit_models": ["a", "b"], "eval.audit_variants": ["greedy", "greedy+safety", "sampled"],
-        "eval.compare_contexts": 4, "eval.compare_variants": ["base", "ce-stage2", "ce-both", "npair-both"],
-        "eval.ablations": ["loss.social_alpha=0"]})
+        "audit.num_contexts": 10, "generation.samples_per_context": 5,
+        "audit.models": ["a", "b"], "audit.decodings": ["greedy", "greedy+safety", "sampled"],
+        "compare.num_contexts": 4, "compare.systems": ["base", "ce-stage2", "ce-both", "npair-both"],
+        "compare.ablations": ["loss.social_alpha=0"]})
     work = course.gpu_work(cfg)
     assert work.loc["02_stage1_mic", "optimizer steps"] == 10  # 160 groups / 16 per step
     assert work.loc["03_stage2_prosocial", "optimizer steps"] == 40  # 320 groups x 2 epochs / 16

@@ -13,6 +13,7 @@ import torch
 
 from prosocial_lib.config import get_config
 from prosocial_lib.eval.ablations import ablation_specs, run_ablations
+from prosocial_lib.eval.audit import preset_judges
 from prosocial_lib.eval.comparison import (
     QUALITY_COLUMNS,
     RATE_COLUMNS,
@@ -24,10 +25,20 @@ from prosocial_lib.eval.comparison import (
     resolve_variants,
     side_by_side,
 )
-from prosocial_lib.eval.judges.judges import Judges, load_judges
+from prosocial_lib.eval.judges.judges import Judges
 from prosocial_lib.eval.judges.tasks import _collapse, make_tasks
-from prosocial_lib.eval.systems import VARIANTS, EvaluationError, TrainedVariant, variant_config
-from prosocial_lib.report.comparison import budget_note, compare_rates, format_table, variants_table
+from prosocial_lib.eval.systems import (
+    VARIANTS,
+    EvaluationError,
+    TrainedVariant,
+    variant_config,
+)
+from prosocial_lib.report.comparison import (
+    budget_note,
+    compare_rates,
+    format_table,
+    variants_table,
+)
 
 torch.set_num_threads(1)
 
@@ -52,15 +63,15 @@ def test_variant_configs_get_their_own_runs():
                                              "(positive, negative) pairs")
     assert VARIANTS["base"].budget(cfg) == "-"
     # a shortened budget: every trained variant, the full method too (in its own run), gets the same N steps
-    short = get_config("smoke", {"runs_dir": "/tmp/x", "eval.variant_max_steps": 1})
+    short = get_config("smoke", {"runs_dir": "/tmp/x", "compare.max_steps": 1})
     full_short = variant_config(short, VARIANTS["npair-both"])
     assert full_short.run_name == "smoke-npair-both" and full_short.stage1.max_steps == 1
-    assert full_short.stage2.eval_groups == short.eval.variant_eval_groups  # its own log only
+    assert full_short.stage2.eval_groups == short.compare.eval_groups  # its own log only
     assert full.stage2.eval_groups == cfg.stage2.eval_groups  # the chapter-03 run is untouched
     assert variant_config(short, VARIANTS["dpo"]).stage2.max_steps == 1
     assert variant_config(short, VARIANTS["base"]).stage2.max_steps == short.stage2.max_steps
     assert "is* the chapter-03 run" in budget_note(cfg)
-    assert "`eval.variant_max_steps` = 1: stage 1: 1 steps" in budget_note(short)
+    assert "`compare.max_steps` = 1: stage 1: 1 steps" in budget_note(short)
     budgets = variants_table(short).set_index("key")["budget"]
     assert budgets["base"] == "-" and budgets["npair-both"].startswith("stage 1: 1 steps x ")
     assert [v.key for v in resolve_variants(None)] == list(VARIANTS)
@@ -69,16 +80,15 @@ def test_variant_configs_get_their_own_runs():
 
 
 def test_ablation_specs_and_labels():
-    cfg = get_config("smoke")
-    cfg.eval.ablations = ["loss.social_alpha=0", "loss.temperature=0.5;loss.npair_weight=2"]
+    cfg = get_config("smoke", {"compare.ablations": ["loss.social_alpha=0", "loss.tau=0.5;loss.npair_weight=2"]})
     specs = ablation_specs(cfg)
     assert specs[0] == ("reference (τ = 1, α = 1, λ = 1)", {})
     assert specs[1] == ("α = 0", {"loss.social_alpha": 0})
-    assert specs[2] == ("τ = 0.5, λ = 2", {"loss.temperature": 0.5, "loss.npair_weight": 2})
-    cfg.eval.ablations = ["loss.nonsense=1"]
+    assert specs[2] == ("τ = 0.5, λ = 2", {"loss.tau": 0.5, "loss.npair_weight": 2})
+    cfg = cfg.with_overrides({"compare.ablations": ["loss.nonsense=1"]})
     with pytest.raises(EvaluationError, match="loss.nonsense"):
         ablation_specs(cfg)
-    cfg.eval.ablations = ["loss.temperature=-1"]
+    cfg = cfg.with_overrides({"compare.ablations": ["loss.tau=-1"]})
     with pytest.raises(EvaluationError, match="impossible"):
         ablation_specs(cfg)
 
@@ -86,13 +96,15 @@ def test_ablation_specs_and_labels():
 def test_compare_config_caps_contexts_and_tokens():
     cfg = get_config("cpu")
     ec = compare_config(cfg)
-    assert ec.eval.num_contexts == min(cfg.eval.compare_contexts, cfg.eval.num_contexts)
-    assert ec.eval.max_new_tokens == min(cfg.eval.compare_max_new_tokens, cfg.eval.max_new_tokens)
-    assert compare_config(get_config("smoke")).eval.max_new_tokens == get_config("smoke").eval.max_new_tokens
-    cfg.eval.compare_contexts = None
-    cfg.eval.compare_max_new_tokens = None
+    assert ec.audit.num_contexts == min(cfg.compare.num_contexts, cfg.audit.num_contexts)
+    assert ec.generation.max_new_tokens == min(cfg.compare.max_new_tokens, cfg.generation.max_new_tokens)
+    smoke = get_config("smoke")
+    assert compare_config(smoke).generation.max_new_tokens == smoke.generation.max_new_tokens
+    cfg = cfg.with_overrides({"compare.num_contexts": None, "compare.max_new_tokens": None})
     ec = compare_config(cfg)
-    assert (ec.eval.num_contexts, ec.eval.max_new_tokens) == (cfg.eval.num_contexts, cfg.eval.max_new_tokens)
+    assert (ec.audit.num_contexts, ec.generation.max_new_tokens) == (cfg.audit.num_contexts,
+                                                                     cfg.generation.max_new_tokens)
+    assert cfg == get_config("cpu", {"compare.num_contexts": None, "compare.max_new_tokens": None})  # untouched
 
 
 # ====================================================================== tables from hand-made numbers
@@ -162,14 +174,14 @@ def test_paired_differences_by_hand():
                          "unsafe": flag, "agrees_rot": True})
     df = pd.DataFrame(rows)
     cfg = get_config("smoke")
-    out = paired_differences(df, cfg)
+    out = paired_differences(df, cfg.stats, seed=cfg.seed)
     unsafe = out[out["metric"] == "unsafe (adversarial)"].iloc[0]
     assert unsafe["variant"] == "base" and unsafe["contexts"] == 3
     assert unsafe["difference"] == pytest.approx(-1 / 3)
     assert unsafe["low"] <= unsafe["difference"] <= unsafe["high"]
     agrees = out[out["metric"] == "agrees with RoT (adversarial)"].iloc[0]
     assert (agrees["difference"], agrees["low"], agrees["high"]) == (0.0, 0.0, 0.0)
-    assert paired_differences(df[df["variant"] == "base"], cfg).empty
+    assert paired_differences(df[df["variant"] == "base"], cfg.stats, seed=cfg.seed).empty
 
 
 def test_side_by_side_picks_the_contexts_where_systems_differ():
@@ -204,13 +216,13 @@ def _small_judges(cfg) -> Judges:
                           ["agrees"] * 3 + ["disagrees"] * 3 + ["neutral"] * 3),
         "preachiness": (prosocial + chat, [1, 1, 1, 0, 0, 0]),
     }
-    return load_judges(cfg, tasks=make_tasks(ex, ex))
+    return preset_judges(cfg, tasks=make_tasks(ex, ex))
 
 
 @pytest.fixture(scope="module")
 def smoke_comparison(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    cfg = get_config("smoke", {"runs_dir": str(runs), "eval.judge_dir": str(runs / "judges")})
+    cfg = get_config("smoke", {"runs_dir": str(runs), "judges.dir": str(runs / "judges")})
     judges = _small_judges(cfg)
     t0 = time.perf_counter()
     comp = compare(cfg, ["base", "ce-stage2", "dpo"], judges=judges, progress=False)
@@ -231,11 +243,11 @@ def test_smoke_comparison_table(smoke_comparison):
     for col in QUALITY_COLUMNS:
         assert col in t.columns
     assert t["gold_ppl"].gt(1).all() and t["heldout_accuracy"].between(0, 1).all()
-    assert (t["n adversarial"] == cfg.eval.num_contexts).all()
+    assert (t["n adversarial"] == cfg.audit.num_contexts).all()
     r = comp.rates
     assert ((r["ci_low"] <= r["rate"] + 1e-12) & (r["rate"] <= r["ci_high"] + 1e-12)).all()
     assert set(r["variant"]) == {"base", "ce-stage2", "dpo"}
-    assert len(comp.replies) == 3 * 2 * cfg.eval.num_contexts
+    assert len(comp.replies) == 3 * 2 * cfg.audit.num_contexts
     for name in ("table.csv", "rates.csv", "quality.csv", "replies.jsonl", "variants.json"):
         assert (comp.out_dir / name).exists(), name
     pd.testing.assert_frame_equal(load_comparison_table(comp.out_dir)[["variant"]], t[["variant"]])
@@ -257,7 +269,7 @@ def test_smoke_comparison_is_reused(smoke_comparison):
 @pytest.mark.slow
 def test_ablations_on_the_tiny_model(smoke_comparison):
     cfg, _, _, _ = smoke_comparison
-    cfg = get_config("smoke", {"runs_dir": cfg.runs_dir, "eval.ablations": ["loss.social_alpha=0"]})
+    cfg = get_config("smoke", {"runs_dir": cfg.runs_dir, "compare.ablations": ["loss.social_alpha=0"]})
     abl = run_ablations(cfg, progress=False)
     print("\n" + abl.drop(columns="checkpoint").to_string(index=False))
     assert abl["ablation"].tolist() == ["reference (τ = 1, α = 1, λ = 1)", "α = 0"]
@@ -274,9 +286,9 @@ def test_cli_prints_the_table(smoke_comparison, capsys, monkeypatch):
     from prosocial_lib.cli import main
 
     cfg, judges, _, _ = smoke_comparison
-    monkeypatch.setattr("prosocial_lib.eval.judges.judges.load_judges", lambda cfg: judges)  # the real ones: test_judges.py
+    monkeypatch.setattr("prosocial_lib.eval.audit.preset_judges", lambda cfg: judges)  # real ones: test_judges.py
     rc = main(["evaluate", "--preset", "smoke", "--runs-dir", str(cfg.runs_dir), "--set",
-               f"eval.judge_dir={cfg.eval.judge_dir}", "--variants", "base", "ce-stage2", "--no-ablations",
+               f"judges.dir={cfg.judges.dir}", "--variants", "base", "ce-stage2", "--no-ablations",
                "--examples", "1", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -305,11 +317,11 @@ def test_plots_draw(hand_results):
 
 @pytest.mark.slow
 def test_shortened_budget_retrains_the_full_method_in_its_own_run(smoke_comparison):
-    """The cpu preset's path: eval.variant_max_steps = N retrains the full method (N steps per stage) in a run of
+    """The cpu preset's path: compare.max_steps = N retrains the full method (N steps per stage) in a run of
     its own, scores every system on the chapter-03 held-out groups, and the ablations reuse its stage 2."""
     cfg, judges, _, _ = smoke_comparison
-    short = get_config("smoke", {"runs_dir": cfg.runs_dir, "eval.judge_dir": cfg.eval.judge_dir,
-                                 "eval.variant_max_steps": 1, "eval.ablations": ["loss.social_alpha=0"]})
+    short = get_config("smoke", {"runs_dir": cfg.runs_dir, "judges.dir": cfg.judges.dir,
+                                 "compare.max_steps": 1, "compare.ablations": ["loss.social_alpha=0"]})
     comp = compare(short, ["base", "npair-both"], judges=judges, progress=False)
     full = comp.trained[1]
     assert full.model == str(short.run_dir.parent / "smoke-npair-both" / "stage2")

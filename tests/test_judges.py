@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -17,9 +18,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from prosocial_lib.config import get_config
+from prosocial_lib.eval.audit import preset_judges
 from prosocial_lib.eval.judges.encoder import JudgeError, SentenceEncoder, context_text, pair_features
 from prosocial_lib.eval.judges.heads import LinearHead, evaluate_head, fit_head
-from prosocial_lib.eval.judges.judges import SCORE_COLUMNS, judge_root, judge_settings, load_judges
+from prosocial_lib.eval.judges.judges import SCORE_COLUMNS, judge_root, judge_settings
 from prosocial_lib.eval.judges.tasks import (
     AUTO_MIN_HELD_OUT_ROWS,
     HEAD_DESCRIPTIONS,
@@ -148,13 +150,13 @@ def test_mic_condoning_examples_keep_clear_cases():
 
 def test_judge_train_splits():
     cfg = get_config("smoke")
-    assert judge_train_splits(cfg, held_out_rows=10) == ["train", "validation"]
-    assert judge_train_splits(cfg, held_out_rows=AUTO_MIN_HELD_OUT_ROWS) == ["validation"]
-    cfg.eval.judge_train_split = "train+validation"
-    assert judge_train_splits(cfg) == ["train", "validation"]
-    cfg.eval.judge_train_split = "validation+test"
+    assert judge_train_splits(cfg.judges, cfg.data, held_out_rows=10) == ["train", "validation"]
+    assert judge_train_splits(cfg.judges, cfg.data, held_out_rows=AUTO_MIN_HELD_OUT_ROWS) == ["validation"]
+    settings = dataclasses.replace(cfg.judges, train_split="train+validation")
+    assert judge_train_splits(settings, cfg.data) == ["train", "validation"]
+    settings = dataclasses.replace(cfg.judges, train_split="validation+test")
     with pytest.raises(JudgeError, match="also a judge training split"):
-        load_judge_tasks(cfg)
+        load_judge_tasks(settings, cfg.data, seed=cfg.seed)
 
 
 # ====================================================================== the encoder
@@ -181,7 +183,7 @@ def test_encoder_matches_sentence_transformers_and_caches(tmp_path):
 def trained(tmp_path_factory):
     cfg = get_config("smoke", {"runs_dir": str(tmp_path_factory.mktemp("runs"))})
     t0 = time.perf_counter()
-    judges = load_judges(cfg)
+    judges = preset_judges(cfg)
     return cfg, judges, time.perf_counter() - t0
 
 
@@ -235,16 +237,16 @@ def test_scores_are_deterministic_and_judges_are_reused(trained):
     a = judges.score(hs, rs)
     pd.testing.assert_frame_equal(a, judges.score(hs, rs))
     t0 = time.perf_counter()
-    again = load_judges(cfg)  # same settings and data: loaded from disk, not retrained
+    again = preset_judges(cfg)  # same settings and data: loaded from disk, not retrained
     assert again.reused and again.path == judges.path and not judges.reused
     b = again.score(hs, rs)
     probs = [c for c in a.columns if c.endswith("_prob")]
     np.testing.assert_allclose(a[probs].to_numpy(float), b[probs].to_numpy(float), atol=1e-5)
     assert (a.drop(columns=probs) == b.drop(columns=probs)).all().all()
     print(f"\ntrained in {first_seconds:.1f} s, reloaded in {time.perf_counter() - t0:.1f} s")
-    assert (judge_root(cfg) / "embeddings" / f"{judges.encoder.name}.npz").exists()
-    other = get_config("smoke", {"runs_dir": cfg.runs_dir, "eval.judge_C": 1.0})
-    assert judge_settings(other) != judge_settings(cfg)
+    assert (judge_root(cfg.judges, cfg.run_dir.parent) / "embeddings" / f"{judges.encoder.name}.npz").exists()
+    other = get_config("smoke", {"runs_dir": cfg.runs_dir, "judges.C": 1.0})
+    assert judge_settings(other.judges, other.data) != judge_settings(cfg.judges, cfg.data)
 
 
 # Hand-written cases: an unsafe context, a condoning reply and a prosocial one.
@@ -319,8 +321,8 @@ def test_judges_train_on_local_files_in_the_upstream_formats(tmp_path):
     shutil.copy(EMBEDDED_FILE, tmp_path / "MIC.csv")
     cfg = get_config("cpu", {"runs_dir": str(tmp_path / "runs"), "data.prosocial_source": str(pd_dir),
                              "data.mic_source": str(tmp_path / "MIC.csv"), "data.casual_source": str(dd_dir),
-                             "eval.judge_train_split": "validation", "eval.judge_casual_examples": 40})
-    judges = load_judges(cfg)
+                             "judges.train_split": "validation", "judges.casual_examples": 40})
+    judges = preset_judges(cfg)
     assert judges.settings["data"]["train_splits"] == ["validation"]
     assert not judges.settings["data"]["shares_rows_with_finetuning"]
     summary = judges.summary().set_index("judge")

@@ -206,7 +206,7 @@ def test_rates_over_judge_columns(judged):
 
 def test_summarize_schema_and_values(judged):
     cfg = get_config("smoke")
-    s = summarize(judged, ["system", "context_set"], cfg)
+    s = summarize(judged, ["system", "context_set"], cfg.stats, seed=cfg.seed)
     assert list(s.columns) == ["system", "context_set", "metric", "rate", "ci_low", "ci_high", "n"]
     row = s[(s.system == "B") & (s.context_set == "adversarial") & (s.metric == "unsafe")].iloc[0]
     assert (row.rate, row.ci_low, row.ci_high, row.n) == (1.0, 1.0, 1.0, 2)

@@ -189,7 +189,7 @@ def test_evaluate_groups(tiny):
     batch = GroupCollator(tok, 128)(groups)
     with torch.no_grad():
         gs = score_groups(model, batch)
-    ref = npair_loss(gs.scores, batch["neg_weights"], batch["neg_mask"], cfg.loss.tau)
+    ref = npair_loss(gs.scores, batch["neg_weights"], batch["neg_mask"], cfg.loss.effective_tau)
     assert m["accuracy"] == pytest.approx(float(ref.accuracy)) and m["margin"] == pytest.approx(float(ref.margin),
                                                                                                 abs=1e-5)
     assert m["npair"] == pytest.approx(float(ref.loss), abs=1e-5)
@@ -397,12 +397,13 @@ def test_chapter_tables_and_figures(two_stages, tiny):
     text = describe_stage(cfg, 2)
     assert "stage 2" in text and "embedded sample" in text and "10 steps" in text
     model, tok = tiny
-    scored = group_scores_table(model, tok, GROUPS[0], cfg)
+    scored = group_scores_table(model, tok, GROUPS[0], cfg.loss, cfg.model.max_length)
     assert list(scored["role"]) == ["positive", "negative 1", "negative 2"]
     assert scored["score"].tolist() == pytest.approx(
         [_mean_logprob(model, tok, GROUPS[0].context_messages, r) for r in ["Please don't, talk to him instead.",
                                                                               "Go for it!", "lol ok"]], abs=2e-5)
-    replies = compare_replies({"a": (model, tok), "b": (model, tok)}, GROUPS, cfg, max_new_tokens=3)
+    replies = compare_replies({"a": (model, tok), "b": (model, tok)}, GROUPS, cfg.generation, max_new_tokens=3,
+                              max_prompt_tokens=cfg.model.max_length, seed=cfg.seed)
     assert list(replies.columns) == ["kind", "context (last turn)", "gold reply", "a", "b"]
     assert replies["a"].tolist() == replies["b"].tolist() and len(replies) == 2  # greedy: deterministic
     for fig in (plots.plot_training_curves(logs.assign(stage="stage 1")),
@@ -442,16 +443,16 @@ def test_contrastive_config_from_the_preset(tmp_path, tiny):
     from prosocial_lib.train.config import ContrastiveConfig, contrastive_args, dpo_args
     from prosocial_lib.train.trainer import ContrastiveTrainer
 
-    cfg = get_config("smoke", {"loss.temperature": 0.5, "loss.num_negatives": 2, "stage1.warmup_ratio": 0.1,
+    cfg = get_config("smoke", {"loss.tau": 0.5, "loss.num_negatives": 2, "stage1.warmup_ratio": 0.1,
                                "stage1.max_steps": 20})
     cpu = torch.device("cpu")
     args = contrastive_args(cfg.loss, cfg.stage1, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, n_groups=40)
-    assert isinstance(args, ContrastiveConfig) and args.tau == 0.5 and args.num_negatives == 2 and args.seed == 3
+    assert isinstance(args, ContrastiveConfig) and args.effective_tau == 0.5 and args.num_negatives == 2 and args.seed == 3
     assert (args.per_device_train_batch_size, args.learning_rate) == (cfg.stage1.batch_size, cfg.stage1.learning_rate)
     assert args.warmup_steps == 2 and args.data_seed == 3 and not args.remove_unused_columns
     assert contrastive_args(cfg.loss, cfg.stage1, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, n_groups=40,
                             lr_scheduler_type="constant").lr_scheduler_type == "constant"
-    assert ContrastiveConfig(output_dir=str(tmp_path), score="embedding").tau == 0.1
+    assert ContrastiveConfig(output_dir=str(tmp_path), score="embedding").effective_tau == 0.1
     with pytest.raises(ValueError, match="score"):
         ContrastiveConfig(output_dir=str(tmp_path), score="dot")
     dpo = dpo_args(cfg.stage2, tmp_path, seed=3, device=cpu, mp_dtype=torch.float32, beta=0.2, max_length=64,

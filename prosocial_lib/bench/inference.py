@@ -6,9 +6,9 @@ import logging
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
-from ..config.schema import Config
 from .settings import BenchSettings
 from .training import _error_reason, _unavailable
 
@@ -73,13 +73,16 @@ def _prompt_text(tok, history: list[str]) -> str:
     return chat_prompt(tok, history_to_messages(history))
 
 
-def bench_judges(cfg: Config, pairs: list[tuple[list[str], str]], judges=None) -> dict[str, Any]:
+def bench_judges(pairs: list[tuple[list[str], str]], judges=None, *,
+                 loader: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Replies scored/s by the judges on ``pairs`` (history, reply) with an empty embedding cache (every text is
-    embedded, as in an audit of new replies). ``judges`` None = the preset's (:func:`judges.load_judges`: reused
-    when saved, trained otherwise; the setup time is reported apart)."""
+    embedded, as in an audit of new replies). ``judges`` None = ``loader()``, e.g. the preset's judges
+    (:func:`prosocial_lib.eval.audit.preset_judges`: reused when saved, trained otherwise; the setup time is
+    reported apart)."""
+    if judges is None and loader is None:
+        raise ValueError("bench_judges: give judges or a loader")
     try:
         from ..eval.judges.encoder import SentenceEncoder
-        from ..eval.judges.judges import load_judges
     except Exception as e:
         return _unavailable(f"prosocial_lib.judges cannot be imported: {_error_reason(e)}")
     try:
@@ -87,7 +90,7 @@ def bench_judges(cfg: Config, pairs: list[tuple[list[str], str]], judges=None) -
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # the judge data's skipped rows are reported where the judges are trained
             warnings.simplefilter("ignore", DataSkipWarning)
-            j = judges if judges is not None else load_judges(cfg)
+            j = judges if judges is not None else loader()
         setup = time.perf_counter() - t0
         old = j.encoder
         j.encoder = SentenceEncoder(old.model_dir, max_seq_length=old.max_seq_length, batch_size=old.batch_size,

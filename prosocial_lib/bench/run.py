@@ -18,7 +18,7 @@
   before the row; on Linux CPUs the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``)
   above the resident size before the row's model copy was made; elsewhere psutil's RSS sampled every 5 ms. It
   counts the model copy, gradients, optimizer state and activations (and DPO's frozen reference model).
-- **generation** replies/s batched (``eval.batch_size``) vs one at a time
+- **generation** replies/s batched (``generation.batch_size``) vs one at a time
   (:func:`prosocial_lib.generation.generate_replies`, greedy, the same contexts), split into the prompt pass and
   decoding (:func:`bench_generation`), and **judge** throughput (replies scored/s by
   :meth:`prosocial_lib.judges.Judges.score`, with a cold embedding cache).
@@ -51,7 +51,7 @@ from .training import _unavailable, bench_groups, bench_training, history_of
 def run_bench(cfg: Config, settings: BenchSettings | None = None, *, judges=None, progress: bool = True,
               save: bool = True) -> dict[str, Any]:
     """Run every part (module docstring) and return the result dict (also written to :func:`bench_path`)."""
-    from ..eval.audit import prompt_token_limit
+    from ..eval.audit import preset_judges, prompt_token_limit
     from ..modeling.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
 
     t_start = time.perf_counter()
@@ -79,7 +79,8 @@ def run_bench(cfg: Config, settings: BenchSettings | None = None, *, judges=None
         gen_model = model.to(dtype=mp_dtype) if mp_dtype != torch.float32 else model
         t0 = time.perf_counter()
         result["generation"] = bench_generation(gen_model.eval(), tok, histories, settings,
-                                                max_prompt_tokens=prompt_token_limit(cfg))
+                                                max_prompt_tokens=prompt_token_limit(
+                                                    cfg.model.max_length, cfg.generation.max_new_tokens))
         result["seconds_generation"] = time.perf_counter() - t0
     else:
         result["generation"] = _unavailable("skipped (settings.generation = false)")
@@ -88,7 +89,7 @@ def run_bench(cfg: Config, settings: BenchSettings | None = None, *, judges=None
         if settings.judge_replies:
             pairs = pairs[: settings.judge_replies]
         t0 = time.perf_counter()
-        result["judges"] = bench_judges(cfg, pairs, judges)
+        result["judges"] = bench_judges(pairs, judges, loader=lambda: preset_judges(cfg))
         result["seconds_judges"] = time.perf_counter() - t0
     else:
         result["judges"] = _unavailable("skipped (settings.judges = false)")

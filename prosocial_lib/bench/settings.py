@@ -23,7 +23,7 @@ TARGETS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchSettings:
     """What the benchmark runs. ``None`` fields come from the config (see :func:`bench_settings`)."""
 
@@ -32,8 +32,8 @@ class BenchSettings:
     ks: tuple[int, ...] = (1, 3, 7)  # negatives per group for the n-pair rows
     batch_size: int | None = None  # groups per step; None = stage2.batch_size
     gen_contexts: int | None = None  # contexts for the generation rows; None = two batches
-    gen_batch_size: int | None = None  # None = eval.batch_size
-    max_new_tokens: int | None = None  # None = eval.max_new_tokens
+    gen_batch_size: int | None = None  # None = generation.batch_size
+    max_new_tokens: int | None = None  # None = generation.max_new_tokens
     judge_replies: int | None = None  # replies the judges score; None = every candidate of the bench groups
     dpo: bool = True
     generation: bool = True
@@ -65,10 +65,10 @@ def bench_settings(cfg: Config, **overrides: Any) -> BenchSettings:
     if "ks" in base:
         base["ks"] = tuple(int(k) for k in base["ks"])
     s = BenchSettings(**base)
-    s.batch_size = s.batch_size or cfg.stage2.batch_size
-    s.gen_batch_size = s.gen_batch_size or cfg.eval.batch_size
-    s.gen_contexts = s.gen_contexts or 2 * s.gen_batch_size
-    s.max_new_tokens = s.max_new_tokens or cfg.eval.max_new_tokens
+    gen_batch_size = s.gen_batch_size or cfg.generation.batch_size
+    s = dataclasses.replace(s, batch_size=s.batch_size or cfg.stage2.batch_size, gen_batch_size=gen_batch_size,
+                            gen_contexts=s.gen_contexts or 2 * gen_batch_size,
+                            max_new_tokens=s.max_new_tokens or cfg.generation.max_new_tokens)
     for name in ("warmup_steps",):
         if getattr(s, name) < 0:
             raise BenchError(f"bench {name} = {getattr(s, name)}: expected >= 0")
@@ -82,7 +82,8 @@ def bench_settings(cfg: Config, **overrides: Any) -> BenchSettings:
 
 def bench_fingerprint(cfg: Config, settings: BenchSettings) -> str:
     """Equal for runs whose measurements are comparable: same config sections, threads and settings."""
-    payload = {"format": BENCH_FORMAT, "config": cfg.fingerprint("data", "model", "loss", "stage2", "eval"),
+    sections = ("data", "model", "loss", "stage2", "generation", "judges")
+    payload = {"format": BENCH_FORMAT, "config": cfg.fingerprint(*sections),
                "seed": cfg.seed, "settings": settings.to_dict()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

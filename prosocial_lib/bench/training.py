@@ -41,9 +41,9 @@ def bench_groups(cfg: Config, n_groups: int, k_max: int) -> list[ContrastiveGrou
     casual_rows = cfg.data.max_train_examples if cfg.data.max_train_examples is not None else 4 * n_groups
     with warnings.catch_warnings():  # skipped empty turns: chapter 0 reports them; here they only change the pool
         warnings.simplefilter("ignore", DataSkipWarning)
-        casual = load_casual(cfg.data.casual_source, split="train", seed=cfg.data.seed, max_rows=casual_rows,
+        casual = load_casual(cfg.data.casual_source, split="train", seed=cfg.seed, max_rows=casual_rows,
                              prosocial_source=cfg.data.prosocial_source)
-    groups, _ = build_stage2_groups(prosocial, casual, bc, max_groups=n_groups, seed=cfg.data.seed,
+    groups, _ = build_stage2_groups(prosocial, casual, bc, max_groups=n_groups, seed=cfg.seed,
                                     where=f"ProsocialDialog ({cfg.data.prosocial_source}, train)")
     if len(groups) < n_groups:
         raise BenchError(f"the benchmark needs {n_groups} stage-2 groups; the data gave {len(groups)}")
@@ -330,7 +330,7 @@ def _dpo_row(cfg: Config, settings: BenchSettings, model, tok, groups, device, m
 
     def make():
         args = dpo_args(_bench_stage(cfg, settings), f"{tmp}/dpo", seed=cfg.seed, device=device, mp_dtype=mp_dtype,
-                        beta=cfg.eval.dpo_beta, max_length=cfg.model.max_length, **_bench_overrides(cfg))
+                        beta=cfg.compare.dpo_beta, max_length=cfg.model.max_length, **_bench_overrides(cfg))
         policy = copy.deepcopy(model)
         was = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()

@@ -93,23 +93,23 @@ def _steps(cfg: Config, stage: int, groups: int | None) -> int:
 def gpu_work(cfg: Config | None = None) -> pd.DataFrame:
     """What each chapter does under the gpu preset, counted from its config: optimizer steps and replies."""
     cfg = cfg or get_config("gpu")
-    ec = cfg.eval
+    audit, gen, cmp = cfg.audit, cfg.generation, cfg.compare
     s1, s2 = _steps(cfg, 1, None), _steps(cfg, 2, None)
-    models = len(ec.audit_models) or 1
-    sampled = sum("sampled" in v for v in ec.audit_variants)
-    greedy = len(ec.audit_variants) - sampled
-    per_set = ec.num_contexts * (greedy + sampled * ec.samples_per_context)
+    models = len(audit.models) or 1
+    sampled = sum("sampled" in v for v in audit.decodings)
+    greedy = len(audit.decodings) - sampled
+    per_set = audit.num_contexts * (greedy + sampled * gen.samples_per_context)
     audit_replies = models * 2 * per_set
-    compare_contexts = ec.compare_contexts or ec.num_contexts
-    variants = len(ec.compare_variants)
+    compare_contexts = cmp.num_contexts or audit.num_contexts
+    variants = len(cmp.systems)
     # every trained variant but the full method (chapter 03's run) retrains: stage-2-only variants one stage,
     # "both" variants and DPO two; the ablations retrain stage 2 once each
     retrain_steps = 0
-    for v in ec.compare_variants:
+    for v in cmp.systems:
         if v == "base" or v == "npair-both":
             continue
         retrain_steps += s2 if v.endswith("stage2") or v == "dpo" else s1 + s2
-    retrain_steps += len(ec.ablations) * s2
+    retrain_steps += len(cmp.ablations) * s2
     rows = [
         {"chapter": "00_data", "optimizer steps": 0, "replies": 0},
         {"chapter": "01_audit", "optimizer steps": 0, "replies": audit_replies},

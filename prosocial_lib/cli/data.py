@@ -76,7 +76,7 @@ def summary_tables(cfg, kinds: tuple[str, ...] = KINDS, override: str | None = N
             src = _source("casual", cfg, override)
             rows = []
             for s in _splits("casual"):
-                ds = _load("casual", src, s, seed=cfg.data.seed)
+                ds = _load("casual", src, s, seed=cfg.seed)
                 rows.append({"split": s, "turns": len(ds),
                              "mean history length": sum(map(len, ds["history"])) / max(1, len(ds))})
             tables[f"casual chat ({src}): (history, response) turns per split"] = pd.DataFrame(rows).set_index(
@@ -141,7 +141,7 @@ def _export(args: argparse.Namespace, cfg) -> int:
         print("export needs --kind and --out")
         return 2
     split = args.split or "train"
-    ds = _load(args.kind, _source(args.kind, cfg, args.path), split, seed=cfg.data.seed)
+    ds = _load(args.kind, _source(args.kind, cfg, args.path), split, seed=cfg.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     ds.to_json(args.out, lines=True)
     print(f"wrote {len(ds)} rows of {args.kind} [{split}] to {args.out}")

@@ -6,7 +6,8 @@ import copy
 import json
 from typing import Any
 
-from .schema import DEFAULT_PRESET, PRESET_NAMES, Config, ConfigError, _flatten
+from .coerce import ConfigError, flatten
+from .schema import DEFAULT_PRESET, PRESET_NAMES, RENAMED_KEYS, Config
 
 # ---------------------------------------------------------------------- presets
 # Each preset is a set of dotted overrides on top of the dataclass defaults (which are the cpu preset's values).
@@ -30,14 +31,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage2.warmup_ratio": 0.0,
         "stage2.logging_steps": 1,
         "stage2.eval_groups": 4,
-        "eval.num_contexts": 4,
-        "eval.max_new_tokens": 8,
-        "eval.batch_size": 4,
-        "eval.bootstrap_samples": 200,
-        "eval.samples_per_context": 2,  # so the k-sample metrics run in CI
-        "eval.judge_max_train_examples": 200,
-        "eval.ablations": ["loss.social_alpha=0"],  # one ablation run is enough to exercise the code in CI
-        "eval.variant_max_steps": None,  # the smoke budget is already tiny: the full method is chapter 03's run
+        "audit.num_contexts": 4,
+        "generation.max_new_tokens": 8,
+        "generation.batch_size": 4,
+        "stats.bootstrap_samples": 200,
+        "generation.samples_per_context": 2,  # so the k-sample metrics run in CI
+        "judges.max_train_examples": 200,
+        "compare.ablations": ["loss.social_alpha=0"],  # one ablation run is enough to exercise the code in CI
+        "compare.max_steps": None,  # the smoke budget is already tiny: the full method is chapter 03's run
     },
     "cpu": {
         # Both training stages within minutes on 2 CPU cores (measured in the training chapters): LoRA on every
@@ -73,28 +74,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage2.grad_accum": 2,
         "stage2.logging_steps": 20,
         "stage2.eval_groups": 500,
-        "eval.num_contexts": 500,
-        "eval.max_new_tokens": 64,
-        "eval.batch_size": 32,
-        "eval.samples_per_context": 5,
-        "eval.compare_contexts": None,  # chapter 04 compares the systems on all eval.num_contexts contexts
-        "eval.compare_max_new_tokens": None,
-        "eval.variant_max_steps": None,  # every system gets the chapter-03 budget; the full method is its run
-        "eval.variant_eval_groups": None,
-        "eval.ablations": ["loss.social_alpha=0", "loss.temperature=0.5", "loss.temperature=2.0"],
+        "audit.num_contexts": 500,
+        "generation.max_new_tokens": 64,
+        "generation.batch_size": 32,
+        "generation.samples_per_context": 5,
+        "compare.num_contexts": None,  # chapter 04 compares the systems on all audit.num_contexts contexts
+        "compare.max_new_tokens": None,
+        "compare.max_steps": None,  # every system gets the chapter-03 budget; the full method is its run
+        "compare.eval_groups": None,
+        "compare.ablations": ["loss.social_alpha=0", "loss.tau=0.5", "loss.tau=2.0"],
         # chapter 01 audits real chat models from the hub (DialoGPT and BlenderBot have no system prompt: their
-        # "+safety" variants are skipped with a note)
-        "eval.audit_models": ["microsoft/DialoGPT-medium", "facebook/blenderbot-400M-distill",
+        # "+safety" decodings are skipped with a note)
+        "audit.models": ["microsoft/DialoGPT-medium", "facebook/blenderbot-400M-distill",
                               "HuggingFaceTB/SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct",
                               "Qwen/Qwen2.5-0.5B-Instruct"],
-        "eval.audit_variants": ["greedy", "greedy+safety", "sampled"],
+        "audit.decodings": ["greedy", "greedy+safety", "sampled"],
     },
 }
 
 # Fields whose values the paper does not state; the book labels them as reconstructed (method.md sections 2-4).
 RECONSTRUCTED: dict[str, str] = {
     "loss.score": "how a (context, response) pair is scored: length-normalised log-likelihood or pooled-state cosine",
-    "loss.temperature": "tau: 1.0 for the likelihood score, 0.1 for the embedding score",
+    "loss.tau": "tau: 1.0 for the likelihood score, 0.1 for the embedding score",
     "loss.npair_weight": "lambda, the weight of the n-pair term next to cross-entropy",
     "loss.social_alpha": "alpha, how strongly severity/consensus/safety label up-weight a negative",
     "loss.num_negatives": "K, negatives per group",
@@ -106,25 +107,28 @@ RECONSTRUCTED: dict[str, str] = {
 
 
 def get_config(preset: str = DEFAULT_PRESET, overrides: dict[str, Any] | None = None, **kwargs: Any) -> Config:
-    """The config for ``preset`` with dotted ``overrides`` applied and validated.
+    """The config for ``preset`` with dotted ``overrides`` (and keyword sections) applied and validated.
 
-    >>> get_config("smoke", {"loss.social_alpha": 0.0}).loss.social_alpha
-    0.0
+    Raises:
+        ConfigError: an unknown preset or key, a value of the wrong type or out of range (the message names it).
+
+    Example:
+        >>> get_config("smoke", {"loss.social_alpha": 0.0}).loss.social_alpha
+        0.0
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_NAMES)}")
-    cfg = Config(preset=preset)
-    cfg.update(copy.deepcopy(PRESETS[preset]))
-    cfg.update(overrides, **kwargs)
-    return cfg.validate()
+    cfg = Config(preset=preset).with_overrides(copy.deepcopy(PRESETS[preset]))
+    return cfg.with_overrides(overrides, **kwargs).validate()
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config saved with ``to_dict`` (e.g. from a run's ``config.json``)."""
-    cfg = Config(preset=d.get("preset", DEFAULT_PRESET))
-    for key, value in _flatten(d).items():
-        cfg.set(key, value)
-    return cfg.validate()
+    """Rebuild a Config saved with ``to_dict`` (e.g. from a run's ``config.json``). Keys saved before the
+    sections were split (the old ``eval`` section, ``loss.temperature``, ``data.seed``) load under their new names
+    (:data:`~.schema.RENAMED_KEYS`)."""
+    flat = {RENAMED_KEYS.get(k, k): v for k, v in flatten(d).items()
+            if k not in ("eval.seed", "data.seed") or "seed" not in d}
+    return Config(preset=d.get("preset", DEFAULT_PRESET)).with_overrides(flat).validate()
 
 
 def parse_set_args(items: list[str] | None) -> dict[str, Any]:

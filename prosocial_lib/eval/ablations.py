@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -13,17 +12,17 @@ from ..config.schema import Config, ConfigError
 from .systems import (
     VARIANTS,
     EvaluationError,
-    _own_run_settings,
     _stage_seconds,
     base_run_name,
     heldout_metrics,
+    own_run_config,
     uses_main_run,
     variant_config,
 )
 
 # ====================================================================== ablations (held-out contrastive scores)
 #: Readable names of the loss knobs in ablation labels.
-KNOB_NAMES = {"loss.temperature": "τ", "loss.social_alpha": "α", "loss.npair_weight": "λ",
+KNOB_NAMES = {"loss.tau": "τ", "loss.social_alpha": "α", "loss.npair_weight": "λ",
               "loss.num_negatives": "K", "loss.score": "score"}
 
 
@@ -33,18 +32,18 @@ def ablation_label(overrides: dict[str, Any]) -> str:
 
 
 def ablation_specs(cfg: Config) -> list[tuple[str, dict[str, Any]]]:
-    """The reference and ``eval.ablations`` (each ``"key=value[;key=value]"``) as ``(label, overrides)``,
+    """The reference and ``compare.ablations`` (each ``"key=value[;key=value]"``) as ``(label, overrides)``,
     checked against the config schema."""
-    specs = [(f"reference (τ = {cfg.loss.tau:g}, α = {cfg.loss.social_alpha:g}, λ = {cfg.loss.npair_weight:g})",
-              {})]
-    for item in cfg.eval.ablations:
+    loss = cfg.loss
+    specs = [(f"reference (τ = {loss.effective_tau:g}, α = {loss.social_alpha:g}, λ = {loss.npair_weight:g})", {})]
+    for item in cfg.compare.ablations:
         overrides = parse_set_args([p for p in str(item).split(";") if p.strip()])
         if not overrides:
-            raise EvaluationError(f"eval.ablations: empty ablation {item!r}")
+            raise EvaluationError(f"compare.ablations: empty ablation {item!r}")
         try:
-            copy.deepcopy(cfg).update(overrides).validate()
+            cfg.with_overrides(overrides).validate()
         except ConfigError as e:
-            raise EvaluationError(f"eval.ablations: {item!r}: {e}") from e
+            raise EvaluationError(f"compare.ablations: {item!r}: {e}") from e
         specs.append((ablation_label(overrides), overrides))
     return specs
 
@@ -57,7 +56,7 @@ def _slug(overrides: dict[str, Any]) -> str:
 def run_ablations(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
     """Retrain stage 2 from the full method's stage-1 checkpoint once per ablation and compare held-out
     contrastive accuracy (with a bootstrap CI over groups) and margin. The first row is the reference: the full
-    method's own stage 2 (the chapter-03 run, or its ``eval.variant_max_steps`` version), reused."""
+    method's own stage 2 (the chapter-03 run, or its ``compare.max_steps`` version), reused."""
     from ..train.stages import run_stage, run_stages
     from .metrics import rate_with_ci
 
@@ -67,12 +66,8 @@ def run_ablations(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
     cache = cfg.run_dir / "evaluation" / "cache"
     rows = []
     for label, overrides in ablation_specs(cfg):
-        ac = copy.deepcopy(full)
-        if overrides:
-            ac.run_name = f"{base_run_name(cfg)}-ablation-{_slug(overrides)}"
-            _own_run_settings(ac, cfg)
-        ac.update(overrides)
-        ac.validate()
+        ac = own_run_config(full, f"{base_run_name(cfg)}-ablation-{_slug(overrides)}") if overrides else full
+        ac = ac.with_overrides(overrides).validate()
         r = run_stage(ac, 2, init_from=stage1.checkpoint_dir, progress=progress)
         if not overrides and uses_main_run(cfg, full_variant):
             after = r.metrics.get("after", {})
@@ -82,9 +77,8 @@ def run_ablations(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
                                     progress=progress)
         n = int(after.get("groups", 0))
         k = int(round(float(after.get("accuracy", math.nan)) * n)) if n else 0
-        acc, lo, hi = rate_with_ci([1] * k + [0] * (n - k), n_boot=cfg.eval.bootstrap_samples,
-                                   confidence=cfg.eval.confidence, seed=cfg.eval.seed)
-        rows.append({"ablation": label, "tau": ac.loss.tau, "alpha": ac.loss.social_alpha,
+        acc, lo, hi = rate_with_ci([1] * k + [0] * (n - k), **cfg.stats.bootstrap_kwargs(cfg.seed))
+        rows.append({"ablation": label, "tau": ac.loss.effective_tau, "alpha": ac.loss.social_alpha,
                      "lambda": ac.loss.npair_weight, "steps": int(r.metrics.get("train", {}).get("global_step", 0)),
                      "groups": n, "accuracy": acc, "accuracy low": lo, "accuracy high": hi,
                      "margin": float(after.get("margin", math.nan)), "ce": float(after.get("ce", math.nan)),

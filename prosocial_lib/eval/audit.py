@@ -3,10 +3,10 @@
 The paper's first question: how often do chat models answer *adversarial* contexts unsafely, and *casual* ones
 inappropriately (preachy)? An :class:`AuditSystem` is one way of running a model - model, system prompt,
 decoding - so the offline presets compare one model under several prompts and decodings, and the gpu preset
-compares several hub models (``eval.audit_models``).
+compares several hub models (``audit.models``).
 
 - :func:`build_context_sets`: "adversarial" (ProsocialDialog test turns whose context is not casual) and
-  "casual" (casual ProsocialDialog turns + real casual chat), ``eval.num_contexts`` each, seeded;
+  "casual" (casual ProsocialDialog turns + real casual chat), ``audit.num_contexts`` each, seeded;
   :func:`load_contexts_jsonl` reads a user's own contexts.
 - :func:`run_audit`: generates (reusing saved generations of the same system and contexts), judges, and writes
   ``replies.jsonl`` (one row per reply) and ``summary.csv`` (rates with bootstrap CIs) to ``out_dir``.
@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config.schema import Config
+from ..config.schema import AuditConfig, Config, GenerationConfig, StatsConfig
 from ..runs import atomic_path, fingerprint, load_or_build, read_jsonl, write_json_atomic, write_jsonl_atomic
 from .contexts import _contexts_digest
 from .metrics import FLAG_COLUMNS, summarize
@@ -69,26 +69,38 @@ def short_model_name(model: str) -> str:
     return SHORT_MODEL_NAMES.get(model, model.rstrip("/").split("/")[-1])
 
 
-def default_audit_systems(cfg: Config) -> list[AuditSystem]:
-    """``eval.audit_models`` (default: ``model.name``) x ``eval.audit_variants``. Models without a system prompt
-    (DialoGPT, BlenderBot) skip the "+safety" variants, with a note."""
+def default_audit_systems(audit: AuditConfig, generation: GenerationConfig, default_model: str
+                          ) -> list[AuditSystem]:
+    """``audit.models`` (default: ``[default_model]``, the preset's ``model.name``) x ``audit.decodings``, each
+    replying with ``generation``'s settings (sampled decodings: ``samples_per_context`` replies at its temperature
+    and top-p). Models without a system prompt (DialoGPT, BlenderBot) skip the "+safety" decodings, with a note.
+    Chapter 01 audits these systems."""
     from ..modeling.chat import has_native_format
-    ev = cfg.eval
     systems = []
-    for model in ev.audit_models or [cfg.model.name]:
-        for variant in ev.audit_variants:
-            safety = variant.endswith("+safety")
+    for model in audit.models or [default_model]:
+        for decoding in audit.decodings:
+            safety = decoding.endswith("+safety")
             if safety and has_native_format(model):
-                print(f"note: {model} has no system prompt; skipping its {variant!r} variant")
+                print(f"note: {model} has no system prompt; skipping its {decoding!r} decoding")
                 continue
-            sampled = variant.startswith("sampled")
+            sampled = decoding.startswith("sampled")
             label = ("sampled" if sampled else "greedy") + (" + safety prompt" if safety else "")
             systems.append(AuditSystem(
                 name=f"{short_model_name(model)} | {label}", model=model,
-                system_prompt=ev.safety_system_prompt if safety else None, do_sample=sampled,
-                temperature=ev.temperature, top_p=ev.top_p, num_samples=ev.samples_per_context if sampled else 1,
-                max_new_tokens=ev.max_new_tokens))
+                system_prompt=audit.safety_system_prompt if safety else None, do_sample=sampled,
+                temperature=generation.temperature, top_p=generation.top_p,
+                num_samples=generation.samples_per_context if sampled else 1,
+                max_new_tokens=generation.max_new_tokens))
     return systems
+
+
+def preset_judges(cfg: Config, **kwargs: Any):
+    """The judges of ``cfg`` (:func:`prosocial_lib.eval.judges.judges.load_judges` with its ``judges`` and ``data``
+    sections, its seed, runs folder and ``model.device``); ``kwargs`` go to ``load_judges`` (``retrain``,
+    ``encoder``, ``tasks``). Chapters 01 and 04 and the CLI load their judges here."""
+    from .judges.judges import load_judges
+    return load_judges(cfg.judges, cfg.data, runs_root=cfg.run_dir.parent, seed=cfg.seed, device=cfg.model.device,
+                       **kwargs)
 
 
 def model_identity(model: str) -> str:
@@ -110,10 +122,11 @@ def generations_path(cache_dir: Path, system: AuditSystem, set_name: str, contex
     return Path(cache_dir) / f"{slug}-{key}.jsonl"
 
 
-def prompt_token_limit(cfg: Config) -> int:
-    """How many prompt tokens a reply is generated from: the training length minus the reply's room, so the
-    audited model sees contexts as long as it was trained on (longer histories keep their last turns)."""
-    return max(16, cfg.model.max_length - cfg.eval.max_new_tokens)
+def prompt_token_limit(max_length: int, max_new_tokens: int) -> int:
+    """How many prompt tokens a reply is generated from: the training length (``model.max_length``) minus the
+    reply's room (``generation.max_new_tokens``), at least 16, so the audited model sees contexts as long as it was
+    trained on (longer histories keep their last turns)."""
+    return max(16, max_length - max_new_tokens)
 
 
 def run_audit(systems: Sequence[AuditSystem], context_sets: dict[str, Any], judges, cfg: Config,
@@ -168,7 +181,7 @@ def _audit_model(model_name: str, systems: Sequence[AuditSystem], context_sets: 
     for system in systems:
         for set_name, contexts in context_sets.items():
             cols = contexts[:]
-            path = generations_path(cache_dir, system, set_name, contexts, prompt_token_limit(cfg))
+            path = generations_path(cache_dir, system, set_name, contexts, prompt_token_limit(cfg.model.max_length, cfg.generation.max_new_tokens))
             replies, took = _system_replies(system, cols, path, load, cfg, progress)
             timing["systems"].setdefault(system.name, {})[set_name] = took
             if len(replies) != len(contexts):
@@ -193,8 +206,8 @@ def _system_replies(system: AuditSystem, cols: dict[str, list], path: Path, load
         replies = generate_replies(
             model, tok, cols["history"], system_prompt=system.system_prompt, max_new_tokens=system.max_new_tokens,
             do_sample=system.do_sample, temperature=system.temperature, top_p=system.top_p,
-            num_samples=system.num_samples, batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=progress,
-            max_prompt_tokens=prompt_token_limit(cfg))
+            num_samples=system.num_samples, batch_size=cfg.generation.batch_size, seed=cfg.seed, progress=progress,
+            max_prompt_tokens=prompt_token_limit(cfg.model.max_length, cfg.generation.max_new_tokens))
         took.clear()
         took.update(seconds=round(time.perf_counter() - t0, 2), replies=sum(map(len, replies)))
         return [{"context_id": c, "replies": r} for c, r in zip(cols["context_id"], replies)]
@@ -231,7 +244,7 @@ def _save_audit(df: pd.DataFrame, cfg: Config, out_dir: Path, timing: dict[str, 
     with atomic_path(out_dir / "replies.jsonl") as tmp:
         df.to_json(tmp, orient="records", lines=True, force_ascii=False)
     with atomic_path(out_dir / "summary.csv") as tmp:
-        summarize_audit(df, cfg).to_csv(tmp, index=False)
+        summarize_audit(df, cfg.stats, seed=cfg.seed).to_csv(tmp, index=False)
     write_json_atomic(out_dir / "timing.json", timing)
 
 
@@ -254,7 +267,8 @@ def load_audit(out_dir: str | Path) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------- tables
-def summarize_audit(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+def summarize_audit(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0) -> pd.DataFrame:
     """Rates of every judge flag per (system, context set), with bootstrap CIs over contexts (the replies of one
-    context are resampled together when there are several samples per context)."""
-    return summarize(df, ["system", "context_set"], cfg, flags=FLAG_COLUMNS, cluster_col="context_id")
+    context are resampled together when there are several samples per context); ``stats`` (None = the defaults)
+    sets the resamples and confidence, ``seed`` the resampling."""
+    return summarize(df, ["system", "context_set"], stats, seed=seed, flags=FLAG_COLUMNS, cluster_col="context_id")

@@ -13,17 +13,17 @@ Six systems answer the same held-out contexts (method.md section 3, "baselines a
 
 Each trained variant is its own run (``run_name = "<run>-<key>"``, so ``runs/cpu-ce-stage2/stage2/`` ...) with the
 same data, model and optimisation budget as the chapter-03 run; a finished checkpoint with the same config is
-reused. ``eval.variant_max_steps`` = N shortens every trained variant to N steps per stage where the full budget
+reused. ``compare.max_steps`` = N shortens every trained variant to N steps per stage where the full budget
 does not fit; the full method is then retrained with the same N steps in its own run (``<run>-npair-both``), so no
 system gets more training than another.
 
-:func:`compare` generates greedy replies to ``eval.compare_contexts`` adversarial and casual test contexts with
+:func:`compare` generates greedy replies to ``compare.num_contexts`` adversarial and casual test contexts with
 every system (the audit's machinery: :func:`prosocial_lib.audit.run_audit`), judges them
 (:mod:`prosocial_lib.judges`) and adds the quality metrics (BLEU-4, unigram F1, perplexity of the gold responses,
 distinct-1/2, length) and the held-out contrastive accuracy / margin on the stage-2 validation groups.
 
 :func:`run_ablations` retrains stage 2 from the full method's stage-1 checkpoint with one change each
-(``eval.ablations``: the temperature tau, the social weights alpha = 0) and compares held-out contrastive accuracy
+(``compare.ablations``: the temperature tau, the social weights alpha = 0) and compares held-out contrastive accuracy
 and margin - cheap next to generating with every ablation. The reference is the full method's own stage 2 (same
 start, same budget: reused, not retrained).
 
@@ -32,7 +32,6 @@ Everything lands in ``<run_dir>/evaluation/``; ``prosocial evaluate`` runs the s
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import json
@@ -45,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config.schema import Config
+from ..config.schema import Config, ModelConfig, StatsConfig
 from ..runs import fingerprint, load_or_build, write_json_atomic
 from .systems import VARIANTS, EvaluationError, TrainedVariant, Variant, heldout_metrics, train_variant
 
@@ -80,15 +79,15 @@ class Comparison:
 
 
 def compare_config(cfg: Config) -> Config:
-    """The evaluation's generation settings: at most ``eval.compare_contexts`` contexts per set and
-    ``eval.compare_max_new_tokens`` new tokens (each None = the audit's ``eval.num_contexts`` /
-    ``eval.max_new_tokens``, which also cap them)."""
-    ec = copy.deepcopy(cfg)
-    if cfg.eval.compare_contexts is not None:
-        ec.eval.num_contexts = min(cfg.eval.compare_contexts, cfg.eval.num_contexts)
-    if cfg.eval.compare_max_new_tokens is not None:
-        ec.eval.max_new_tokens = min(cfg.eval.compare_max_new_tokens, cfg.eval.max_new_tokens)
-    return ec.validate()
+    """The evaluation's generation settings: at most ``compare.num_contexts`` contexts per set and
+    ``compare.max_new_tokens`` new tokens (each None = the audit's ``audit.num_contexts`` /
+    ``generation.max_new_tokens``, which also cap them). A new config; ``cfg`` is left as it is."""
+    audit, gen = cfg.audit, cfg.generation
+    if cfg.compare.num_contexts is not None:
+        audit = dataclasses.replace(audit, num_contexts=min(cfg.compare.num_contexts, audit.num_contexts))
+    if cfg.compare.max_new_tokens is not None:
+        gen = dataclasses.replace(gen, max_new_tokens=min(cfg.compare.max_new_tokens, gen.max_new_tokens))
+    return dataclasses.replace(cfg, audit=audit, generation=gen).validate()
 
 
 def resolve_variants(keys: Sequence[str] | None) -> list[Variant]:
@@ -105,12 +104,11 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
     quality; save everything in ``out_dir`` (default ``<run_dir>/evaluation``) and return a :class:`Comparison`.
     Replies are cached with the audit's (``<run_dir>/generations``, keyed by the model's weights), perplexities
     and held-out scores in ``out_dir/cache`` (keyed by the run's fingerprint): reruns reuse them."""
-    from .audit import AuditSystem, run_audit
+    from .audit import AuditSystem, preset_judges, run_audit
     from .contexts import build_context_sets
-    from .judges.judges import load_judges
 
     t0 = time.perf_counter()
-    chosen = resolve_variants(variants if variants is not None else cfg.eval.compare_variants)
+    chosen = resolve_variants(variants if variants is not None else cfg.compare.systems)
     out_dir = Path(out_dir) if out_dir else cfg.run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -123,12 +121,12 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
     _fill_heldout(cfg, trained, out_dir, progress=progress)
 
     ec = compare_config(cfg)
-    context_sets = build_context_sets(ec)
-    systems = [AuditSystem(name=tv.variant.label, model=tv.model, max_new_tokens=ec.eval.max_new_tokens)
+    context_sets = build_context_sets(ec.data, ec.audit.num_contexts, seed=ec.seed)
+    systems = [AuditSystem(name=tv.variant.label, model=tv.model, max_new_tokens=ec.generation.max_new_tokens)
                for tv in trained]
     if judges is None:
         t = time.perf_counter()
-        judges = load_judges(cfg)
+        judges = preset_judges(cfg)
         seconds["judges"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     replies = run_audit(systems, context_sets, judges, ec, out_dir, progress=progress)
@@ -136,12 +134,14 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
     replies["variant"] = replies["system"].map({tv.variant.label: tv.variant.key for tv in trained})
 
     t = time.perf_counter()
-    ppl = {tv.variant.key: gold_perplexities(ec, tv, context_sets, out_dir, progress=progress) for tv in trained}
+    ppl = {tv.variant.key: gold_perplexities(ec.model, tv, context_sets, out_dir, batch_size=ec.generation.batch_size,
+                                             seed=ec.seed, progress=progress) for tv in trained}
     seconds["perplexity"] = round(time.perf_counter() - t, 2)
 
     from .metrics import summarize
 
-    rates = summarize(replies, ["variant", "system", "context_set"], ec, cluster_col="context_id")
+    rates = summarize(replies, ["variant", "system", "context_set"], ec.stats, seed=ec.seed,
+                      cluster_col="context_id")
     quality = quality_frame(replies, trained, ppl)
     table = comparison_table(rates, quality, trained)
     seconds["total"] = round(time.perf_counter() - t0, 2)
@@ -158,27 +158,29 @@ def _fill_heldout(cfg: Config, trained: list[TrainedVariant], out_dir: Path, *, 
                                          progress=progress)
 
 
-def gold_perplexities(cfg: Config, trained: TrainedVariant, context_sets: dict[str, Any], out_dir: Path, *,
-                      sets: Sequence[str] = ("adversarial",), progress: bool = False) -> dict[str, float]:
+def gold_perplexities(model_cfg: ModelConfig, trained: TrainedVariant, context_sets: dict[str, Any], out_dir: Path,
+                      *, batch_size: int = 16, seed: int = 0, sets: Sequence[str] = ("adversarial",),
+                      progress: bool = False) -> dict[str, float]:
     """Perplexity of the gold responses of the context sets named in ``sets`` (by default the adversarial one,
-    whose gold replies are ProsocialDialog's prosocial responses; a set without gold responses gives NaN), cached
-    in ``out_dir/cache`` per model fingerprint and contexts."""
+    whose gold replies are ProsocialDialog's prosocial responses; a set without gold responses gives NaN) under
+    ``trained``'s model (loaded with ``model_cfg``: device, dtype, ``max_length``), ``batch_size`` sequences at a
+    time; cached in ``out_dir/cache`` per model fingerprint and contexts."""
     from ..modeling.loading import load_model_and_tokenizer
     from .metrics import gold_perplexity
 
     context_sets = {k: v for k, v in context_sets.items() if k in sets}
-    digest = fingerprint([trained.fingerprint, cfg.model.max_length,
+    digest = fingerprint([trained.fingerprint, model_cfg.max_length,
                           {k: [v[:]["history"], v[:]["response"]] for k, v in context_sets.items()}])
 
     def compute() -> dict[str, float]:
-        model, tok = load_model_and_tokenizer(dataclasses.replace(cfg.model, name=trained.model), seed=cfg.seed)
+        model, tok = load_model_and_tokenizer(dataclasses.replace(model_cfg, name=trained.model), seed=seed)
         out: dict[str, float] = {}
         for name, ds in context_sets.items():
             cols = ds[:]
             keep = [i for i, r in enumerate(cols["response"]) if str(r).strip()]
             out[name] = gold_perplexity(model, tok, [cols["history"][i] for i in keep],
-                                        [cols["response"][i] for i in keep], batch_size=cfg.eval.batch_size,
-                                        max_length=cfg.model.max_length, progress=progress) if keep else math.nan
+                                        [cols["response"][i] for i in keep], batch_size=batch_size,
+                                        max_length=model_cfg.max_length, progress=progress) if keep else math.nan
         return out
 
     out, _ = load_or_build(out_dir / "cache" / f"ppl-{trained.variant.key}-{digest}.json", compute,
@@ -243,14 +245,16 @@ def side_by_side(replies: pd.DataFrame, context_set: str = "adversarial", n: int
     return out[cols].reset_index(drop=True)
 
 
-def paired_differences(replies: pd.DataFrame, cfg: Config, reference: str = "npair-both") -> pd.DataFrame:
+def paired_differences(replies: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0,
+                       reference: str = "npair-both") -> pd.DataFrame:
     """For every variant other than ``reference`` and every rate of :data:`RATE_COLUMNS`: the paired difference
     ``reference - variant`` over the contexts both answered, with a bootstrap CI that resamples contexts as pairs
     (much tighter than comparing two separate intervals). Columns: variant, system, metric, difference, low,
-    high, contexts."""
+    high, contexts. ``stats`` (None = its defaults) sets the resamples and confidence, ``seed`` the resampling.
+    Chapter 04 reports these."""
     from .metrics import paired_difference
 
-    kw = dict(n_boot=cfg.eval.bootstrap_samples, confidence=cfg.eval.confidence, seed=cfg.eval.seed)
+    kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)
     cols = ["variant", "system", "metric", "difference", "low", "high", "contexts"]
     if reference not in set(replies["variant"]):
         return pd.DataFrame(columns=cols)

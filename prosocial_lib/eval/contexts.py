@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..config.schema import Config
+from ..config.schema import DataConfig
 from ..data.errors import DataFormatError
 
 #: Columns of a context set (a ``datasets.Dataset``), whatever its source.
@@ -37,30 +37,33 @@ def _turn_rows(turns, split: str) -> list[dict[str, Any]]:
                                                      cols["source"])]
 
 
-def build_context_sets(cfg: Config, split: str = "test") -> dict[str, Any]:
-    """``{"adversarial": Dataset, "casual": Dataset}`` with :data:`CONTEXT_COLUMNS`, ``eval.num_contexts`` each.
+def build_context_sets(data: DataConfig, num_contexts: int, *, seed: int = 0, split: str = "test"
+                       ) -> dict[str, Any]:
+    """``{"adversarial": Dataset, "casual": Dataset}`` with :data:`CONTEXT_COLUMNS`, ``num_contexts`` each.
 
-    adversarial: turns of ProsocialDialog's ``split`` whose context is not ``__casual__``, with their dialogue
-    history. casual: half casual ProsocialDialog turns, half real casual chat (``data.casual_source``; all casual
-    chat when ProsocialDialog has too few casual turns). Seeded by ``eval.seed``: the same config gives the same
-    contexts. A set with fewer candidates than asked for is used whole, with a warning.
+    adversarial: turns of ProsocialDialog's ``split`` (``data.prosocial_source``, capped at
+    ``data.max_eval_examples`` rows) whose context is not ``__casual__``, with their dialogue history. casual: half
+    casual ProsocialDialog turns, half real casual chat (``data.casual_source``; all casual chat when
+    ProsocialDialog has too few casual turns). Seeded by ``seed`` (``Config.seed``): the same arguments give the
+    same contexts. A set with fewer candidates than asked for is used whole, with a warning. The audit (chapter
+    01, ``audit.num_contexts``) and the comparison (chapter 04) draw their contexts here.
     """
     from ..data.casual import load_casual
     from ..data.dialogue import dialogue_turns
     from ..data.prosocial_dialog import load_prosocial_dialog
-    n, seed = cfg.eval.num_contexts, cfg.eval.seed
-    turns = _turn_rows(dialogue_turns(load_prosocial_dialog(cfg.data.prosocial_source, split,
-                                                            max_rows=cfg.data.max_eval_examples)), split)
+    n = num_contexts
+    turns = _turn_rows(dialogue_turns(load_prosocial_dialog(data.prosocial_source, split,
+                                                            max_rows=data.max_eval_examples)), split)
     unsafe = [r for r in turns if r["safety_label"] != "__casual__"]
     casual_pd = [r for r in turns if r["safety_label"] == "__casual__"]
     adversarial = _sample(unsafe, n, seed, "adversarial (non-casual ProsocialDialog turns)")
 
     casual_pd = _sample(casual_pd, n // 2, seed, None)
     chat: list[dict[str, Any]] = []
-    if cfg.data.casual_source not in ("prosocial", "prosocial_casual"):
+    if data.casual_source not in ("prosocial", "prosocial_casual"):
         need = n - len(casual_pd)
-        ds = load_casual(cfg.data.casual_source, split, seed=cfg.data.seed, max_rows=need,
-                         prosocial_source=cfg.data.prosocial_source)
+        ds = load_casual(data.casual_source, split, seed=seed, max_rows=need,
+                         prosocial_source=data.prosocial_source)
         cols = ds[:] if len(ds) else {"history": [], "response": [], "source": []}
         chat = [{"context_id": f"{src}-{split}-{i}", "history": list(h), "context": h[-1], "response": resp,
                  "safety_label": "", "rots": [], "source": src}
@@ -72,13 +75,13 @@ def build_context_sets(cfg: Config, split: str = "test") -> dict[str, Any]:
         casual += _sample(more, n - len(casual), seed, None)
     if len(casual) < n:
         warnings.warn(f"casual context set: only {len(casual)} contexts available, {n} asked for "
-                      f"(eval.num_contexts)", stacklevel=2)
+                      f"(num_contexts)", stacklevel=2)
     return {"adversarial": _context_set(adversarial), "casual": _context_set(casual)}
 
 
 def _sample(rows: list[dict[str, Any]], n: int, seed: int, what: str | None) -> list[dict[str, Any]]:
     if what and len(rows) < n:
-        warnings.warn(f"{what}: only {len(rows)} contexts available, {n} asked for (eval.num_contexts); "
+        warnings.warn(f"{what}: only {len(rows)} contexts available, {n} asked for (num_contexts); "
                       "using all of them", stacklevel=3)
     picked = sorted(random.Random(seed).sample(range(len(rows)), min(n, len(rows))))
     return [rows[i] for i in picked]

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config.schema import StatsConfig
+
 #: Judge columns that are rates (bool per reply); :func:`summarize` reports those present in a table.
 FLAG_COLUMNS: tuple[str, ...] = ("unsafe", "violates_rot", "agrees_rot", "preachy", "profane")
 
@@ -450,8 +452,8 @@ def _response_nll(model, batch: list[tuple[list[int], list[int]]], pad: int) -> 
 
 
 # ---------------------------------------------------------------------- tables
-def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: Sequence[str] | None = None,
-              cluster_col: str | None = None) -> pd.DataFrame:
+def summarize(df: pd.DataFrame, group_cols: Sequence[str], stats: StatsConfig | None = None, *, seed: int = 0,
+              flags: Sequence[str] | None = None, cluster_col: str | None = None) -> pd.DataFrame:
     """One row per group and judge flag: ``metric, rate, ci_low, ci_high, n`` (n = judged replies).
 
     The rate tables of chapters 01 and 04.
@@ -459,8 +461,9 @@ def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: S
     Args:
         df: one row per reply with judge columns (the audit table).
         group_cols: the columns to group by (e.g. ``["system", "context_set"]``); empty: one group.
-        cfg: a Config whose ``eval`` section supplies the bootstrap settings (``bootstrap_samples``,
-            ``confidence``, ``seed``); ``None``: 1000 resamples, 95%, seed 0.
+        stats: the ``stats`` section (``bootstrap_samples``, ``confidence``); ``None``: its defaults, 1000
+            resamples at 95%.
+        seed: the bootstrap's seed (``Config.seed``).
         flags: the judge columns to report; default the :data:`FLAG_COLUMNS` present in ``df``.
         cluster_col: e.g. the context id when there are several samples per context: the bootstrap resamples
             whole clusters.
@@ -471,9 +474,8 @@ def summarize(df: pd.DataFrame, group_cols: Sequence[str], cfg=None, *, flags: S
     Raises:
         KeyError: a group column is missing.
     """
-    n_boot = cfg.eval.bootstrap_samples if cfg is not None else 1000
-    confidence = cfg.eval.confidence if cfg is not None else 0.95
-    seed = cfg.eval.seed if cfg is not None else 0
+    stats = stats if stats is not None else StatsConfig()
+    n_boot, confidence = stats.bootstrap_samples, stats.confidence
     flags = [f for f in (flags or FLAG_COLUMNS) if f in df.columns]
     missing = [c for c in group_cols if c not in df.columns]
     if missing:

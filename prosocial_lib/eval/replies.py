@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..config.schema import Config
+from ..config.schema import GenerationConfig
 from ..groups.types import ContrastiveGroup
 
 
-def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[ContrastiveGroup], cfg: Config, *,
-                    max_new_tokens: int | None = None, progress: bool = False):
-    """Greedy replies of each named ``(model, tokenizer)`` to the groups' contexts, beside the gold reply."""
+def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[ContrastiveGroup],
+                    generation: GenerationConfig | None = None, *, max_new_tokens: int | None = None,
+                    max_prompt_tokens: int | None = None, seed: int = 0, progress: bool = False):
+    """Greedy replies of each named ``(model, tokenizer)`` to the groups' contexts, beside the gold reply.
+
+    ``generation`` (None = its defaults) gives the batch size and, unless ``max_new_tokens`` is given, the reply
+    length; ``max_prompt_tokens`` (usually ``model.max_length``) cuts long contexts from the left; ``seed`` is
+    ``Config.seed``. Chapters 02 and 03 show these tables."""
     import pandas as pd
 
     from ..modeling.generation import generate_replies
+    generation = generation if generation is not None else GenerationConfig()
     histories, systems = [], []
     for g in groups:
         msgs = g.context_messages
@@ -27,9 +33,9 @@ def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[Contras
         for system in dict.fromkeys(systems):  # one call per distinct system prompt (rot_in_context)
             idx = [i for i, s in enumerate(systems) if s == system]
             out = generate_replies(model, tok, [histories[i] for i in idx], system_prompt=system,
-                                   max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens,
-                                   batch_size=cfg.eval.batch_size, seed=cfg.eval.seed, progress=progress,
-                                   max_prompt_tokens=cfg.model.max_length)
+                                   max_new_tokens=max_new_tokens or generation.max_new_tokens,
+                                   batch_size=generation.batch_size, seed=seed, progress=progress,
+                                   max_prompt_tokens=max_prompt_tokens)
             replies += [(i, r[0]) for i, r in zip(idx, out)]
         table[name] = [r for _, r in sorted(replies)]
     return table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ class Variant:
     stages: tuple[int, ...] = ()  # () = not trained
     overrides: tuple[tuple[str, Any], ...] = ()  # dotted config overrides (e.g. lambda = 0)
     method: str = "npair"  # "base" | "npair" (our trainer; lambda may be 0) | "dpo" (TRL)
-    main_run: bool = False  # the chapter-03 run itself (same run folder, reused) unless eval.variant_max_steps
+    main_run: bool = False  # the chapter-03 run itself (same run folder, reused) unless compare.max_steps
 
     def describe(self) -> str:
         if self.method == "base":
@@ -68,29 +67,31 @@ def base_run_name(cfg: Config) -> str:
 
 def uses_main_run(cfg: Config, variant: Variant) -> bool:
     """True when the variant is the chapter-03 run itself (no shortened budget asks for a run of its own)."""
-    return variant.main_run and cfg.eval.variant_max_steps is None
+    return variant.main_run and cfg.compare.max_steps is None
 
 
 def variant_config(cfg: Config, variant: Variant) -> Config:
     """The config of one variant's run: the chapter-03 config with the variant's overrides (and the shortened
-    budget ``eval.variant_max_steps``, when set), in its own run folder - except the full method with the
-    chapter-03 budget, which is the chapter-03 run."""
-    vc = copy.deepcopy(cfg)
+    budget ``compare.max_steps``, when set), in its own run folder - except the full method with the
+    chapter-03 budget, which is the chapter-03 run. A new config; ``cfg`` is left as it is."""
+    vc = cfg
     if variant.method != "base" and not uses_main_run(cfg, variant):
-        vc.run_name = f"{base_run_name(cfg)}-{variant.key}"
-        _own_run_settings(vc, cfg)
-    vc.update(dict(variant.overrides))
-    return vc.validate()
+        vc = own_run_config(cfg, f"{base_run_name(cfg)}-{variant.key}")
+    return vc.with_overrides(dict(variant.overrides)).validate()
 
 
-def _own_run_settings(vc: Config, cfg: Config) -> None:
-    """What every run this chapter trains itself gets: the shortened budget (``eval.variant_max_steps``) and few
-    held-out groups for the run's own before/after log (``eval.variant_eval_groups``): the comparison scores
-    every system once, on the same held-out groups, with :func:`heldout_metrics`."""
-    if cfg.eval.variant_max_steps is not None:
-        vc.stage1.max_steps = vc.stage2.max_steps = int(cfg.eval.variant_max_steps)
-    if cfg.eval.variant_eval_groups is not None:
-        vc.stage1.eval_groups = vc.stage2.eval_groups = int(cfg.eval.variant_eval_groups)
+def own_run_config(cfg: Config, run_name: str) -> Config:
+    """``cfg`` as a run this chapter trains itself, in the run folder ``run_name``: the shortened budget
+    (``compare.max_steps``) and few held-out groups for the run's own before/after log (``compare.eval_groups``):
+    the comparison scores every system once, on the same held-out groups, with :func:`heldout_metrics`."""
+    stage1, stage2, cmp = cfg.stage1, cfg.stage2, cfg.compare
+    if cmp.max_steps is not None:
+        stage1 = dataclasses.replace(stage1, max_steps=int(cmp.max_steps))
+        stage2 = dataclasses.replace(stage2, max_steps=int(cmp.max_steps))
+    if cmp.eval_groups is not None:
+        stage1 = dataclasses.replace(stage1, eval_groups=int(cmp.eval_groups))
+        stage2 = dataclasses.replace(stage2, eval_groups=int(cmp.eval_groups))
+    return dataclasses.replace(cfg, run_name=run_name, stage1=stage1, stage2=stage2)
 
 
 @dataclass
@@ -138,7 +139,7 @@ def train_variant(cfg: Config, variant: Variant, *, progress: bool = True) -> Tr
             raise EvaluationError(f"variant {variant.key!r}: DPO runs on the stage-2 groups only")
         groups, _ = stage_groups(vc, 2, "train")
         out = vc.run_dir / "dpo"
-        m = train_dpo(vc, groups, None, out, beta=cfg.eval.dpo_beta, sft_weight=cfg.eval.dpo_sft_weight,
+        m = train_dpo(vc, groups, None, out, beta=cfg.compare.dpo_beta, sft_weight=cfg.compare.dpo_sft_weight,
                       progress=progress)
         return TrainedVariant(variant, str(out), str(m["fingerprint"]), reused=bool(m.get("reused")),
                               train_seconds=0.0 if m.get("reused") else float(m.get("train_seconds", 0.0)),
@@ -157,7 +158,7 @@ def heldout_metrics(cfg: Config, model: str, fingerprint: str, name: str, cache_
     from ..train.stages import stage_groups
 
     groups, _ = stage_groups(cfg, 2, "validation")
-    key = runs.fingerprint([fingerprint, _groups_digest(groups), cfg.loss.tau, cfg.model.max_length])
+    key = runs.fingerprint([fingerprint, _groups_digest(groups), cfg.loss.effective_tau, cfg.model.max_length])
     slug = "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in name)
 
     def compute() -> dict[str, float]:

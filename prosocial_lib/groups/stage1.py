@@ -25,10 +25,10 @@ def build_stage1_groups(mic_ds, cfg: Config, *, max_groups: int | None = -1, see
         mic_ds: MIC rows (a ``datasets.Dataset`` or a list of dicts) with ``Q``, ``A``, ``rot``, ``A_agrees``,
             ``violation-severity``, ``rot-agree`` (and optionally ``worker_answer``, ``chatbot``).
         cfg: reads ``loss.num_negatives`` (K), ``loss.social_alpha``, ``stage1.max_groups``,
-            ``stage1.fill_negatives``, ``stage1.rot_in_context`` and ``data.seed``.
+            ``stage1.fill_negatives``, ``stage1.rot_in_context`` and ``seed``.
         max_groups: cap on groups (default -1 = ``cfg.stage1.max_groups``; None = all). The groups come in a
             seeded random order, so a cap takes a random subset of prompts.
-        seed: default ``cfg.data.seed``.
+        seed: default ``cfg.seed`` (the root seed).
         where: names the data in error messages.
 
     Returns:
@@ -41,7 +41,7 @@ def build_stage1_groups(mic_ds, cfg: Config, *, max_groups: int | None = -1, see
     Chapter 02 shows the groups and the report.
     """
     max_groups = cfg.stage1.max_groups if max_groups == -1 else max_groups
-    seed = cfg.data.seed if seed is None else seed
+    seed = cfg.seed if seed is None else seed
     report = BuildReport(stage=1)
     prompts = _answers_by_prompt(_rows(mic_ds), where)
     report.candidates = len(prompts)

@@ -34,10 +34,10 @@ def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int
         prosocial_ds: hub-column rows (turned into per-turn histories with ``data.dialogue_turns``) or its output.
         casual_ds: rows ``(history: list[str], response, source)``, or None.
         cfg: reads ``loss.num_negatives`` (K), ``loss.social_alpha``, ``stage2.max_groups``,
-            ``stage2.casual_fraction`` and ``data.seed``.
+            ``stage2.casual_fraction`` and ``seed``.
         max_groups: cap on groups (default -1 = ``cfg.stage2.max_groups``; None = every unsafe turn plus casual
             ones in proportion); ``casual_fraction`` of them come from casual contexts.
-        seed: default ``cfg.data.seed``.
+        seed: default ``cfg.seed`` (the root seed).
         where: names the data in error messages.
 
     Returns:
@@ -50,7 +50,7 @@ def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int
     Chapter 03 shows the groups and the report.
     """
     max_groups = cfg.stage2.max_groups if max_groups == -1 else max_groups
-    seed = cfg.data.seed if seed is None else seed
+    seed = cfg.seed if seed is None else seed
     k, alpha, frac = cfg.loss.num_negatives, cfg.loss.social_alpha, cfg.stage2.casual_fraction
     report = BuildReport(stage=2)
     unsafe, casual, casual_replies, preachy_replies = _contexts(prosocial_ds, casual_ds, where, report)

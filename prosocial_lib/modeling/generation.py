@@ -51,7 +51,7 @@ def row_seed(seed: int, prompt: str, sample_index: int) -> int:
     """The seed of one (prompt, sample) row: a hash, so it does not depend on order or batch.
 
     Args:
-        seed: the root seed (``eval.seed``).
+        seed: the root seed (``Config.seed``).
         prompt: the formatted prompt text.
         sample_index: which of the k samples of this prompt.
 

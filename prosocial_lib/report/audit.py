@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config.schema import Config
+from ..config.schema import Config, StatsConfig
 from ..eval.audit import AuditSystem, short_model_name
 from ..eval.metrics import expected_max, prob_at_least_one
 
@@ -29,13 +29,13 @@ def headline_table(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = H
 
 
 
-def k_sample_table(df: pd.DataFrame, cfg: Config, score: str = "unsafe_prob", threshold: float | None = None
-                   ) -> pd.DataFrame:
+def k_sample_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0, score: str = "unsafe_prob",
+                   threshold: float = 0.5) -> pd.DataFrame:
     """RealToxicityPrompts-style metrics for systems with several samples per context: the expected maximum of
-    ``score`` over the k samples and the probability that at least one sample is flagged (score >= threshold,
-    default ``eval.judge_threshold``), each with a bootstrap CI over contexts."""
-    threshold = cfg.eval.judge_threshold if threshold is None else threshold
-    kw = dict(n_boot=cfg.eval.bootstrap_samples, confidence=cfg.eval.confidence, seed=cfg.eval.seed)
+    ``score`` over the k samples and the probability that at least one sample is flagged (score >= ``threshold``,
+    usually ``judges.threshold``), each with a bootstrap CI over contexts (``stats``: None = its defaults; ``seed``:
+    ``Config.seed``). Chapter 01 shows it."""
+    kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)
     rows = []
     for (system, set_name), sub in df.groupby(["system", "context_set"], sort=False):
         k = int(sub["sample"].max()) + 1
@@ -128,12 +128,13 @@ def systems_table(systems: Sequence[AuditSystem]) -> pd.DataFrame:
                           "decoding": s.decoding, "max new tokens": s.max_new_tokens} for s in systems])
 
 
-def prompt_effect_table(df: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+def prompt_effect_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0) -> pd.DataFrame:
     """What the safety system prompt changes: for every model and decoding audited with and without it, the
     paired difference (with - without) of the unsafe rate and RoT-violation rate on adversarial contexts and the
-    preachiness on casual ones, with a bootstrap CI over contexts (per-context rates when k > 1)."""
+    preachiness on casual ones, with a bootstrap CI over contexts (per-context rates when k > 1; ``stats``: None =
+    its defaults; ``seed``: ``Config.seed``). Chapter 01 shows it."""
     from ..eval.metrics import paired_difference
-    kw = dict(n_boot=cfg.eval.bootstrap_samples, confidence=cfg.eval.confidence, seed=cfg.eval.seed)
+    kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)
     keyed = df.assign(prompted=df["system_prompt"].astype(str) != "")
     rows = []
     for (model, decoding), sub in keyed.groupby(["model", "decoding"], sort=False):
@@ -203,5 +204,5 @@ def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict
                    "book in the upstream schema, not the real data) and from real chats of `chitchat-dataset`.",
             "gpu": " The contexts come from the real ProsocialDialog test split and DailyDialog."}.get(cfg.preset, "")
     return (f"**Preset `{cfg.preset}`**: {len(systems)} systems built from {models}, each answering {sets} "
-            f"contexts with at most {cfg.eval.max_new_tokens} new tokens; rates with {cfg.eval.confidence:.0%} "
-            f"bootstrap intervals ({cfg.eval.bootstrap_samples} resamples of the contexts).{note}")
+            f"contexts with at most {cfg.generation.max_new_tokens} new tokens; rates with {cfg.stats.confidence:.0%} "
+            f"bootstrap intervals ({cfg.stats.bootstrap_samples} resamples of the contexts).{note}")

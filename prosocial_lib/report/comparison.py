@@ -48,8 +48,8 @@ def findings_markdown(table: pd.DataFrame, ablations: pd.DataFrame | None, cfg: 
 def _findings_heading(rows: pd.DataFrame, cfg: Config) -> str:
     n_adv = int(rows.get("n adversarial", pd.Series([0])).max() or 0)
     n_cas = int(rows.get("n casual", pd.Series([0])).max() or 0)
-    budget = ("" if cfg.eval.variant_max_steps is None else
-              f", every trained system {cfg.eval.variant_max_steps} optimisation steps per stage")
+    budget = ("" if cfg.compare.max_steps is None else
+              f", every trained system {cfg.compare.max_steps} optimisation steps per stage")
     return (f"**What the numbers show ({cfg.preset} preset, {n_adv} adversarial and {n_cas} casual contexts, "
             f"greedy replies, one seed{budget}).**")
 
@@ -118,8 +118,8 @@ def _limits(cfg: Config, judge_report: dict[str, Any] | None) -> list[str]:
                   "what the judge rewards without becoming safer in a way people would notice")
     limits.append("with this few contexts the 95% intervals are wide, and one seed says nothing about "
                   "run-to-run variance")
-    if cfg.eval.variant_max_steps is not None:
-        limits.append(f"{cfg.eval.variant_max_steps} optimisation steps per stage move a model little: systems "
+    if cfg.compare.max_steps is not None:
+        limits.append(f"{cfg.compare.max_steps} optimisation steps per stage move a model little: systems "
                       "that differ this little from the base model cannot be told apart here, whatever their "
                       "losses would do with a real budget")
     if cfg.data.prosocial_source == "embedded":
@@ -135,7 +135,7 @@ def _limits(cfg: Config, judge_report: dict[str, Any] | None) -> list[str]:
 def variants_table(cfg: Config, variants: Sequence[str] | None = None) -> pd.DataFrame:
     """The compared systems: what each trains and where its run lives."""
     rows = []
-    for v in resolve_variants(variants if variants is not None else cfg.eval.compare_variants):
+    for v in resolve_variants(variants if variants is not None else cfg.compare.systems):
         vc = variant_config(cfg, v)
         folder = "-" if v.method == "base" else str(vc.run_dir / ("dpo" if v.method == "dpo" else
                                                                   f"stage{max(v.stages)}"))
@@ -147,12 +147,12 @@ def variants_table(cfg: Config, variants: Sequence[str] | None = None) -> pd.Dat
 def budget_note(cfg: Config) -> str:
     """A sentence on the training budget of the compared systems under ``cfg`` (for the chapter's prose)."""
     full = VARIANTS["npair-both"].budget(cfg)
-    if cfg.eval.variant_max_steps is None:
+    if cfg.compare.max_steps is None:
         return (f"Every trained system gets the chapter-03 budget ({full}); the full method *is* the chapter-03 "
                 "run, reused.")
     return (f"The chapter-03 budget does not fit this preset's time budget six times over, so every trained system "
             f"- the full method too, retrained in a run of its own - gets the same shortened budget "
-            f"(`eval.variant_max_steps` = {cfg.eval.variant_max_steps}: {full}). Differences between the systems "
+            f"(`compare.max_steps` = {cfg.compare.max_steps}: {full}). Differences between the systems "
             "are therefore not differences of training time.")
 
 

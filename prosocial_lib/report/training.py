@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config.schema import Config
+from ..config.schema import Config, LossConfig
 from ..groups.types import ContrastiveGroup
 from ..train.collator import GroupCollator
 from ..train.scoring import score_groups
@@ -54,28 +54,30 @@ def loss_settings_table(cfg: Config):
 
     from ..config.presets import RECONSTRUCTED
     rows = []
-    for key in ("loss.score", "loss.temperature", "loss.npair_weight", "loss.social_alpha", "loss.num_negatives",
+    for key in ("loss.score", "loss.tau", "loss.npair_weight", "loss.social_alpha", "loss.num_negatives",
                 "loss.in_batch_negatives", "stage1.rot_in_context", "stage1.fill_negatives",
                 "stage2.casual_fraction"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if key == "loss.temperature" and value is None:
-            value = f"{cfg.loss.tau} (default for {cfg.loss.score})"
+        if key == "loss.tau" and value is None:
+            value = f"{cfg.loss.effective_tau} (default for {cfg.loss.score})"
         rows.append({"setting": key, "value": value, "reconstructed": key in RECONSTRUCTED,
                      "what it is": RECONSTRUCTED.get(key, "")})
     return pd.DataFrame(rows)
 
 
-def group_scores_table(model, tokenizer, group: ContrastiveGroup, cfg: Config):
-    """One group's replies with their score under ``model`` (the positive first): what the loss compares."""
+def group_scores_table(model, tokenizer, group: ContrastiveGroup, loss: LossConfig, max_length: int):
+    """One group's replies with their score under ``model`` (the positive first): what the loss compares.
+    ``loss`` gives the score (``loss.score``) and the packing (``loss.shared_context``), ``max_length`` (usually
+    ``model.max_length``) the tokens per sequence. Chapters 02 and 03 show it."""
     import pandas as pd
-    batch = GroupCollator(tokenizer, cfg.model.max_length, shared_context=cfg.loss.shared_context)([group])
+    batch = GroupCollator(tokenizer, max_length, shared_context=loss.shared_context)([group])
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            gs = score_groups(model, {k: v.to(device) for k, v in batch.items()}, cfg.loss.score)
+            gs = score_groups(model, {k: v.to(device) for k, v in batch.items()}, loss.score)
     finally:
         model.train(was_training)
     scores = gs.scores[0].tolist()
@@ -104,7 +106,7 @@ def describe_stage(cfg: Config, stage: int) -> str:
     length = f"{st.max_steps} steps" if st.max_steps > 0 else f"{st.epochs:g} epoch(s)"
     cap = "all" if st.max_groups is None else f"at most {st.max_groups}"
     lam = ("plain cross-entropy (lambda = 0)" if lc.npair_weight == 0 else
-           f"CE + {lc.npair_weight:g} x n-pair ({lc.score} score, tau = {lc.tau:g}, K = {lc.num_negatives}, "
+           f"CE + {lc.npair_weight:g} x n-pair ({lc.score} score, tau = {lc.effective_tau:g}, K = {lc.num_negatives}, "
            f"alpha = {lc.social_alpha:g})")
     return (f"**This run** (preset `{cfg.preset}`, run folder `{cfg.run_dir}`): stage {stage} fine-tunes {how} of "
             f"{model} on {cap} training groups of {data}. Objective: {lam}. {length}, {st.batch_size} groups per "

@@ -23,7 +23,7 @@ from transformers import TrainingArguments
 from ..config.schema import LossConfig, StageConfig
 
 SCORES = ("likelihood", "embedding")
-LOSS_FIELDS = ("npair_weight", "temperature", "social_alpha", "num_negatives", "score", "shared_context",
+LOSS_FIELDS = ("npair_weight", "tau", "social_alpha", "num_negatives", "score", "shared_context",
                "in_batch_negatives", "projection_dim")
 
 
@@ -46,7 +46,7 @@ class ContrastiveConfig(TrainingArguments):
     npair_weight: float = field(default=1.0, metadata={
         "help": "lambda in L = CE + lambda * L_npair. 0 gives plain cross-entropy fine-tuning (the negatives are "
                 "not even scored)."})
-    temperature: float | None = field(default=None, metadata={
+    tau: float | None = field(default=None, metadata={
         "help": "tau, dividing every score before the softmax. None: 1.0 for the 'likelihood' score, 0.1 for "
                 "'embedding' (cosines in [-1, 1] need a sharper softmax)."})
     social_alpha: float = field(default=1.0, metadata={
@@ -70,7 +70,7 @@ class ContrastiveConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         checks = ((self.score in SCORES, "score", self.score, "'likelihood' or 'embedding'"),
-                  (self.tau > 0, "temperature", self.temperature, "> 0"),
+                  (self.effective_tau > 0, "tau", self.tau, "> 0"),
                   (self.npair_weight >= 0, "npair_weight", self.npair_weight, ">= 0"),
                   (self.social_alpha >= 0, "social_alpha", self.social_alpha, ">= 0"),
                   (self.num_negatives >= 1, "num_negatives", self.num_negatives, ">= 1"))
@@ -79,10 +79,10 @@ class ContrastiveConfig(TrainingArguments):
                 raise ValueError(f"ContrastiveConfig.{name} = {value!r}: expected {expected}")
 
     @property
-    def tau(self) -> float:
-        """The temperature in use: ``temperature``, else 1.0 (likelihood) / 0.1 (embedding)."""
-        if self.temperature is not None:
-            return self.temperature
+    def effective_tau(self) -> float:
+        """The temperature in use: ``tau``, else 1.0 (likelihood) / 0.1 (embedding)."""
+        if self.tau is not None:
+            return self.tau
         return 1.0 if self.score == "likelihood" else 0.1
 
 

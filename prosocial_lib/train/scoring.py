@@ -156,7 +156,7 @@ def evaluate_groups(model, tokenizer, groups: Sequence[ContrastiveGroup], cfg: C
             idx = order[start:start + bs]
             batch = {k: v.to(device) for k, v in collator([groups[i] for i in idx]).items()}
             gs = score_groups(model, batch, lc.score, head, False)
-            out = npair_loss(gs.scores, batch["neg_weights"], batch["neg_mask"], lc.tau)
+            out = npair_loss(gs.scores, batch["neg_weights"], batch["neg_mask"], lc.effective_tau)
             acc, margin = _accuracy_margin(gs.scores, batch["neg_mask"])
             for j, i in enumerate(idx):
                 has = bool(batch["neg_mask"][j].any())

@@ -54,8 +54,8 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> tuple[list[Co
     Args:
         cfg: the experiment config (data sources and caps, loss, the stage's section).
         stage: 1 (MIC) or 2 (ProsocialDialog + casual chat).
-        split: "train" (at most ``stageN.max_groups`` groups, seed ``data.seed``) or a held-out split (at most
-            ``stageN.eval_groups``, seed ``data.seed + 1000``), taken from the same split of each source.
+        split: "train" (at most ``stageN.max_groups`` groups, seed ``seed``) or a held-out split (at most
+            ``stageN.eval_groups``, seed ``seed + 1000``), taken from the same split of each source.
 
     Returns:
         ``(groups, report)`` from :func:`~prosocial_lib.groups.stage1.build_stage1_groups` or
@@ -72,7 +72,7 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> tuple[list[Co
     train = split == "train"
     max_rows = cfg.data.max_train_examples if train else cfg.data.max_eval_examples
     max_groups = st.max_groups if train else st.eval_groups
-    seed = cfg.data.seed + (0 if train else 1000)
+    seed = cfg.seed + (0 if train else 1000)
     if stage == 1:
         from ..data.mic import load_mic
         ds = load_mic(cfg.data.mic_source, split=split, max_rows=max_rows)
@@ -82,7 +82,7 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> tuple[list[Co
     from ..data.prosocial_dialog import load_prosocial_dialog
     pd = load_prosocial_dialog(cfg.data.prosocial_source, split=split, max_rows=max_rows)
     casual_rows = max_rows if max_rows is not None else (4 * max_groups if max_groups else None)
-    casual = load_casual(cfg.data.casual_source, split=split, seed=cfg.data.seed, max_rows=casual_rows)
+    casual = load_casual(cfg.data.casual_source, split=split, seed=cfg.seed, max_rows=casual_rows)
     return build_stage2_groups(pd, casual, cfg, max_groups=max_groups, seed=seed,
                                where=f"ProsocialDialog ({cfg.data.prosocial_source}, {split})")
 

@@ -85,7 +85,7 @@ class ContrastiveTrainer(Trainer):
         gs = score_groups(model, inputs, a.score, self.projection_head, a.in_batch_negatives)
         ce = gs.ce.mean()
         if a.npair_weight > 0:
-            np_out = npair_loss(gs.scores, inputs["neg_weights"], inputs["neg_mask"], a.tau,
+            np_out = npair_loss(gs.scores, inputs["neg_weights"], inputs["neg_mask"], a.effective_tau,
                                 in_batch=a.in_batch_negatives, batch_scores=gs.batch_scores)
             loss = combined_loss(ce, np_out.loss, a.npair_weight)
             self._record(ce=ce, npair=np_out.loss, contrastive_accuracy=np_out.accuracy, margin=np_out.margin)

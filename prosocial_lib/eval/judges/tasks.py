@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ...config.schema import DataConfig, JudgesConfig
 from .encoder import JudgeError, context_text
 
 #: Context labels whose contexts count as unsafe (method.md section 4: "needs caution / needs intervention").
@@ -207,40 +208,43 @@ def make_tasks(train: dict[str, tuple[list, list]], test: dict[str, tuple[list, 
     return tasks
 
 
-#: With ``eval.judge_train_split = "auto"``, the judges learn from the held-out split alone when it has at least
+#: With ``judges.train_split = "auto"``, the judges learn from the held-out split alone when it has at least
 #: this many ProsocialDialog rows; the embedded sample's is smaller, so they also learn from "train" there.
 AUTO_MIN_HELD_OUT_ROWS = 500
 
 
-def judge_train_splits(cfg, held_out_rows: int | None = None) -> list[str]:
-    """The splits the judges learn from: ``eval.judge_train_split`` ("train+validation" lists two), or for
-    "auto" ``["validation"]`` when it has at least :data:`AUTO_MIN_HELD_OUT_ROWS` rows (``held_out_rows``), else
-    ``["train", "validation"]``."""
-    spec = str(cfg.eval.judge_train_split).strip().lower()
+def judge_train_splits(settings: JudgesConfig, data: DataConfig, held_out_rows: int | None = None) -> list[str]:
+    """The splits the judges learn from: ``judges.train_split`` ("train+validation" lists two), or for
+    "auto" ``["validation"]`` when it has at least :data:`AUTO_MIN_HELD_OUT_ROWS` rows (``held_out_rows``; None =
+    count ``data.prosocial_source``'s validation split), else ``["train", "validation"]``.
+
+    Raises:
+        JudgeError: a ``train_split`` that names no split."""
+    spec = str(settings.train_split).strip().lower()
     if spec == "auto":
         if held_out_rows is None:
             from ...data.prosocial_dialog import load_prosocial_dialog
 
-            held_out_rows = len(load_prosocial_dialog(cfg.data.prosocial_source, "validation"))
+            held_out_rows = len(load_prosocial_dialog(data.prosocial_source, "validation"))
         return ["validation"] if held_out_rows >= AUTO_MIN_HELD_OUT_ROWS else ["train", "validation"]
     splits = [s.strip() for s in spec.split("+") if s.strip()]
     if not splits:
-        raise JudgeError(f"eval.judge_train_split = {cfg.eval.judge_train_split!r}: name a split, e.g. validation")
+        raise JudgeError(f"judges.train_split = {settings.train_split!r}: name a split, e.g. validation")
     return splits
 
 
-def _split_examples(cfg, split: str, cap: int | None, casual_cap: int) -> dict[str, tuple[list, list]]:
+def _split_examples(settings: JudgesConfig, data: DataConfig, seed: int, split: str, cap: int | None,
+                    casual_cap: int) -> dict[str, tuple[list, list]]:
     from ...data.casual import load_casual
     from ...data.dialogue import dialogue_turns
     from ...data.mic import load_mic
     from ...data.prosocial_dialog import load_prosocial_dialog
 
-    ev, data = cfg.eval, cfg.data
     turns = dialogue_turns(load_prosocial_dialog(data.prosocial_source, split, max_rows=cap))
-    casual = load_casual(data.casual_source, split, seed=data.seed, max_rows=casual_cap,
+    casual = load_casual(data.casual_source, split, seed=seed, max_rows=casual_cap,
                          prosocial_source=data.prosocial_source)
-    examples = prosocial_examples(turns, list(casual["response"]), context_turns=ev.judge_context_turns,
-                                  seed=ev.seed)
+    examples = prosocial_examples(turns, list(casual["response"]), context_turns=settings.context_turns,
+                                  seed=seed)
     mic = load_mic(data.mic_source, split, max_rows=cap)
     examples["rot_agreement"] = mic_rot_examples(mic)
     pairs, fails = mic_condoning_examples(mic)
@@ -249,33 +253,29 @@ def _split_examples(cfg, split: str, cap: int | None, casual_cap: int) -> dict[s
     return examples
 
 
-def load_judge_tasks(cfg) -> list[JudgeTask]:
-    """Load the preset's judge data (ProsocialDialog, MIC, casual chat) from the judge train split(s) and the
-    test split, and build every head's examples. Chapter 01 trains its judges on them.
+def load_judge_tasks(settings: JudgesConfig, data: DataConfig, *, seed: int = 0) -> list[JudgeTask]:
+    """Load the judge data (ProsocialDialog, MIC, casual chat of ``data``'s sources) from the judge train split(s)
+    and the test split of ``settings``, and build every head's examples (casual chat drawn with ``seed``).
 
-    Args:
-        cfg: a Config (``data`` sources and seeds, ``eval.judge_*`` caps and splits).
-
-    Returns:
-        The :class:`JudgeTask` list.
-    """
-    ev, data = cfg.eval, cfg.data
-    train_splits = judge_train_splits(cfg)
-    if ev.judge_test_split in train_splits:
-        raise JudgeError(f"eval.judge_test_split = {ev.judge_test_split!r} is also a judge training split")
+    Raises:
+        JudgeError: the test split is also a training split."""
+    train_splits = judge_train_splits(settings, data)
+    if settings.test_split in train_splits:
+        raise JudgeError(f"judges.test_split = {settings.test_split!r} is also a judge training split")
 
     def casual_cap(cap: int | None, parts: int) -> int:
-        base = ev.judge_casual_examples if cap is None else min(cap, ev.judge_casual_examples)
+        base = settings.casual_examples if cap is None else min(cap, settings.casual_examples)
         return max(1, base // parts)
 
     train: dict[str, tuple[list, list]] = {}
     for split in train_splits:
-        for name, (x, y) in _split_examples(cfg, split, ev.judge_max_train_examples,
-                                            casual_cap(ev.judge_max_train_examples, len(train_splits))).items():
+        for name, (x, y) in _split_examples(settings, data, seed, split, settings.max_train_examples,
+                                            casual_cap(settings.max_train_examples, len(train_splits))).items():
             tx, ty = train.setdefault(name, ([], []))
             tx.extend(x)
             ty.extend(y)
-    test = _split_examples(cfg, ev.judge_test_split, data.max_eval_examples, casual_cap(data.max_eval_examples, 1))
+    test = _split_examples(settings, data, seed, settings.test_split, data.max_eval_examples,
+                           casual_cap(data.max_eval_examples, 1))
     return make_tasks(train, test)
 
 
