@@ -20,7 +20,7 @@ from prosocial_lib.eval.audit import (
 )
 from prosocial_lib.eval.contexts import CONTEXT_COLUMNS, build_context_sets, load_contexts_jsonl
 from prosocial_lib.eval.judges.judges import SCORE_COLUMNS
-from prosocial_lib.eval.metrics import quality_table
+from prosocial_lib.eval.quality import quality_table
 from prosocial_lib.report.audit import (
     context_set_table,
     describe_run,

@@ -219,6 +219,26 @@ def test_tables_figure_and_reuse(smoke_run):
     assert load_bench(cfg, bench_settings(cfg, timed_steps=7)) is None  # other settings: no reuse
 
 
+def test_a_fresh_run_is_saved_then_reused(tmp_path, monkeypatch):
+    """load_or_run_bench runs the benchmark when nothing is saved, writes it, and reuses it the next time."""
+    import prosocial_lib.bench.run as bench_run
+
+    cfg = _cfg(tmp_path)
+    settings = bench_settings(cfg)
+    calls = []
+
+    def fake_run(cfg_, settings_, **kwargs):
+        calls.append(kwargs)
+        return {"fingerprint": bench_run.bench_fingerprint(cfg_, settings_), "rows": [1, 2]}
+
+    monkeypatch.setattr(bench_run, "run_bench", fake_run)
+    first = load_or_run_bench(cfg, settings)
+    assert not first["reused"] and calls == [{"save": False}]
+    assert json.loads(bench_path(cfg).read_text())["rows"] == [1, 2]
+    again = load_or_run_bench(cfg, settings)
+    assert again["reused"] and len(calls) == 1
+
+
 def test_cli_runs_a_minimal_benchmark(tmp_path, capsys):
     from prosocial_lib.cli import main
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from prosocial_lib.book.builder import BookBuildError, build_book, check_html
+from prosocial_lib.book.builder import build_book
+from prosocial_lib.book.html_check import check_html
+from prosocial_lib.book.kernel import BookBuildError
 from prosocial_lib.book.notebook import SETUP_CELL
 
 

@@ -7,6 +7,7 @@
 - the offline HTML check: remote URLs in inline scripts, inline styles, style attributes and CSS files count.
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -15,17 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from prosocial_lib.book import builder
-from prosocial_lib.book.builder import (
-    LIBRARY_ROOT,
-    PROBE_CELL_ID,
-    BookBuildError,
-    bound_kernel,
-    check_html,
-    execute_notebooks,
-    ran_with_problems,
-    stage,
-)
+from prosocial_lib.book.builder import execute_notebooks, stage
+from prosocial_lib.book.html_check import check_html
+from prosocial_lib.book.kernel import LIBRARY_ROOT, PROBE_CELL_ID, BookBuildError, bound_kernel, ran_with_problems
 from prosocial_lib.book.notebook import assigned_names, parameters_problems
 
 QUIET = {"log": lambda *_: None}
@@ -118,8 +111,8 @@ def test_the_build_stops_before_executing_when_jupyter_resolves_another_kernelsp
 
 
 def test_the_build_stops_when_ipykernel_is_missing_from_its_interpreter(tmp_path, monkeypatch):
-    real = builder.importlib.util.find_spec
-    monkeypatch.setattr(builder.importlib.util, "find_spec", lambda name, *a: None if name == "ipykernel"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipykernel"
                         else real(name, *a))
     with pytest.raises(BookBuildError, match=f"ipykernel is not installed for {sys.executable}"):
         bound_kernel(tmp_path)

@@ -21,7 +21,8 @@ from prosocial_lib.config import get_config
 from prosocial_lib.eval.audit import preset_judges
 from prosocial_lib.eval.judges.encoder import JudgeError, SentenceEncoder, context_text, pair_features
 from prosocial_lib.eval.judges.heads import LinearHead, evaluate_head, fit_head
-from prosocial_lib.eval.judges.judges import SCORE_COLUMNS, judge_root, judge_settings
+from prosocial_lib.eval.judges.judges import SCORE_COLUMNS
+from prosocial_lib.eval.judges.store import judge_root, judge_settings
 from prosocial_lib.eval.judges.tasks import (
     AUTO_MIN_HELD_OUT_ROWS,
     HEAD_DESCRIPTIONS,

@@ -9,23 +9,25 @@ import torch
 
 from prosocial_lib.config import get_config
 from prosocial_lib.eval.metrics import (
-    bleu4,
     bootstrap_ci,
-    distinct_n,
     expected_max,
     flag_rate,
-    gold_perplexity,
-    mean_unigram_f1,
-    normalize_answer,
     paired_difference,
     preachiness_rate,
     prob_at_least_one,
     rate_with_ci,
-    reply_lengths,
     rot_agreement_rate,
     summarize,
-    unigram_f1,
     unsafe_rate,
+)
+from prosocial_lib.eval.quality import (
+    bleu4,
+    distinct_n,
+    gold_perplexity,
+    mean_unigram_f1,
+    normalize_answer,
+    reply_lengths,
+    unigram_f1,
 )
 from prosocial_lib.modeling.tiny import TINY_ARCH, build_tiny_tokenizer
 

@@ -170,5 +170,5 @@ def load_or_run_bench(cfg: Config, settings: BenchSettings | None = None, *, rer
     kwargs["save"] = False  # load_or_build saves it
     result, reused = load_or_build(bench_path(cfg), lambda: run_bench(cfg, settings, **kwargs),
                                    valid=lambda saved: _is_run_of(saved, cfg, settings),
-                                   write=save_bench, force=rerun)
+                                   write=lambda path, result: save_bench(result, path), force=rerun)
     return {**result, "reused": reused}

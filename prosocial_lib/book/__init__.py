@@ -4,6 +4,8 @@ Layer: top (beside ``cli``). The builder's entry points are re-exported here: ``
 ``prosocial book`` run), ``execute_notebooks``, ``stage`` and ``check_html``.
 """
 
-from .builder import BookBuildError, NotebookRun, build_book, check_html, execute_notebooks, stage
+from .builder import NotebookRun, build_book, execute_notebooks, stage
+from .html_check import check_html
+from .kernel import BookBuildError
 
 __all__ = ["BookBuildError", "NotebookRun", "build_book", "check_html", "execute_notebooks", "stage"]

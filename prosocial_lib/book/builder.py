@@ -11,12 +11,9 @@ both the papermill status and :func:`check_html` gate the build.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import re
 import shutil
-import site
 import subprocess
 import sys
 import tempfile
@@ -25,11 +22,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import yaml
 
 from ..runs import machine_info
+from .html_check import check_html
+from .kernel import (
+    KERNEL_NAME,
+    PROBE_CELL_ID,
+    RAN_WITH_MIME,
+    BookBuildError,
+    _probe_cell,
+    bound_kernel,
+    ran_with_problems,
+)
 from .notebook import parameters_problems
 
 # Files and folders at the book root that the staging copy needs (relative to the repository root).
@@ -49,8 +55,6 @@ class NotebookRun:
     error: str | None = None
 
 
-class BookBuildError(RuntimeError):
-    """The book did not build cleanly: a notebook failed, Sphinx warned, or the HTML check found problems."""
 
 
 def repo_root() -> Path:
@@ -218,106 +222,16 @@ def _executes_last(path: Path) -> bool:
     return bool(nbformat.read(path, as_version=4).metadata.get("prosocial", {}).get("execute_last"))
 
 
-# ---------------------------------------------------------------------------------------------- kernel binding
-KERNEL_NAME = "python3"
-# The folder holding this copy of ``prosocial_lib`` (the repository root for a checkout or an editable install).
-LIBRARY_ROOT = Path(__file__).resolve().parents[2]
 
 
-def bound_kernel(jupyter_dir: Path, name: str = KERNEL_NAME) -> Path:
-    """Make the kernelspec ``name`` run this interpreter with this copy of the library, and check Jupyter agrees.
-
-    Writes ``<jupyter_dir>/kernels/<name>/kernel.json`` for ``sys.executable`` and puts ``jupyter_dir`` first on
-    ``$JUPYTER_PATH`` (which Jupyter searches before any other folder), so no ``python3`` kernelspec of another
-    interpreter (on ``$JUPYTER_PATH``, in ``~/.local/share/jupyter``, system-wide) is used. When this copy of the
-    library is not in site-packages (a checkout), its folder goes first on the kernel's ``PYTHONPATH`` so the
-    chapters import the code that runs the build, not another installed version.
-
-    Args:
-        jupyter_dir: a private folder that outlives the execution.
-        name: the kernel name papermill is asked for.
-
-    Returns:
-        The kernelspec's folder.
-
-    Raises:
-        BookBuildError: when ipykernel is missing from this interpreter, or Jupyter still resolves ``name`` to
-            another kernelspec (e.g. a Jupyter configuration that overrides the kernel folders).
-    """
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    if importlib.util.find_spec("ipykernel") is None:
-        raise BookBuildError(f"ipykernel is not installed for {sys.executable}, which runs the build: "
-                             "pip install ipykernel (it is in the [book] extra)")
-    spec_dir = jupyter_dir / "kernels" / name
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": f"Python 3 ({sys.executable})", "language": "python"}
-    if not _in_site_packages(LIBRARY_ROOT):
-        spec["env"] = {"PYTHONPATH": os.pathsep.join(filter(None, [str(LIBRARY_ROOT), os.environ.get("PYTHONPATH")]))}
-    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_dir), os.environ.get("JUPYTER_PATH")]))
-    try:
-        found = KernelSpecManager().get_kernel_spec(name)
-    except NoSuchKernel:
-        found = None
-    if found is None or Path(found.resource_dir).resolve() != spec_dir.resolve():
-        where = f"{found.resource_dir} (runs {found.argv[0]})" if found else "nothing"
-        raise BookBuildError(f"Jupyter resolves the kernel {name!r} to {where}, not to the kernelspec written for "
-                             f"{sys.executable} in {spec_dir}: check KernelSpecManager settings in your Jupyter "
-                             "configuration")
-    return spec_dir
 
 
-def _in_site_packages(folder: Path) -> bool:
-    site_dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    return any(Path(d).resolve() == folder for d in site_dirs if d)
 
 
-# ---------------------------------------------------------------------------------------------- ran-with probe
-RAN_WITH_MIME = "application/vnd.prosocial.ran-with+json"
-PROBE_CELL_ID = "prosocial-ran-with-probe"
-PROBE_SOURCE = f"""\
-import importlib.util as _pl_util, sys as _pl_sys
-from IPython.display import display as _pl_display
-_pl_spec = _pl_util.find_spec("prosocial_lib")
-_pl_display({{{RAN_WITH_MIME!r}: {{"preset": repr(globals().get("preset")), "executable": _pl_sys.executable,
-              "library": getattr(_pl_spec, "origin", None)}}}}, raw=True)"""
 
 
-def _probe_cell():
-    import nbformat
-
-    cell = nbformat.v4.new_code_cell(PROBE_SOURCE)
-    cell.id = PROBE_CELL_ID
-    cell.metadata["tags"] = ["remove-cell"]  # hidden by Jupyter Book should it ever stay
-    return cell
 
 
-def ran_with_problems(ran_with: dict | None, preset: str) -> list[str]:
-    """Compare what an executed chapter reported (its probe cell) with what the build asked for.
-
-    Args:
-        ran_with: the probe's record (``preset`` as a repr, ``executable``, ``library``), or None when the probe
-            did not run.
-        preset: the preset the build asked for.
-
-    Returns:
-        Human-readable problems, empty when the chapter ran with ``preset``, this interpreter and this library.
-    """
-    if not ran_with:
-        return ["the chapter did not report the preset it ran with (its last cell did not run)"]
-    problems = []
-    if ran_with.get("preset") != repr(preset):
-        problems.append(f"it ran with preset {ran_with.get('preset')} although the build asked for {preset!r} "
-                        "(a cell sets preset after the injected parameters)")
-    if ran_with.get("executable") != sys.executable:
-        problems.append(f"it ran in {ran_with.get('executable')}, not in {sys.executable} which runs the build")
-    library = LIBRARY_ROOT / "prosocial_lib" / "__init__.py"
-    if not ran_with.get("library") or Path(ran_with["library"]).resolve() != library:
-        problems.append(f"it imported prosocial_lib from {ran_with.get('library')}, not from {library} which "
-                        "runs the build")
-    return problems
 
 
 def write_report(path: Path, preset: str, runs: list[NotebookRun], **extra) -> dict:
@@ -380,141 +294,20 @@ def build_html(staging: Path, out: Path, *, log=print) -> tuple[int, str]:
     return proc.returncode, output
 
 
-# ---------------------------------------------------------------------------------------------- HTML check
-# Elements and the attributes through which they load something as the page opens.
-_LOADING_ATTRS = {"script": ("src",), "img": ("src", "srcset"), "iframe": ("src",), "source": ("src", "srcset"),
-                  "audio": ("src",), "video": ("src", "poster"), "track": ("src",), "embed": ("src",),
-                  "object": ("data",), "input": ("src",), "link": ("href",), "image": ("href", "xlink:href"),
-                  "use": ("href", "xlink:href")}
-# <link> relations that fetch (or connect to) their href; others (canonical, next, author...) are plain links.
-_LOADING_RELS = {"stylesheet", "preload", "prefetch", "icon", "modulepreload", "manifest", "preconnect",
-                 "dns-prefetch"}
-# <script> types the browser runs (MathJax 2 runs its config blocks); JSON and template blocks are data.
-_SCRIPT_TYPES = {"", "text/javascript", "application/javascript", "module", "text/ecmascript",
-                 "application/ecmascript", "text/x-mathjax-config"}
-# An absolute or protocol-relative URL in a JavaScript string literal (requirejs paths, import(), fetch, ...).
-_JS_URL = re.compile(r"""["'`]((?:https?:|wss?:)?//[A-Za-z0-9][^"'`\s]*)""")
-# Script text that names a URL without loading it as the page opens: sphinx-thebe fetches THEBE_JS_URL only when
-# the reader clicks "live code"; XML namespaces (document.createElementNS) are names, not addresses.
-_JS_NOT_LOADS = (re.compile(r"""\bTHEBE_JS_URL\s*=\s*(["'`])[^"'`]*\1"""),)
-_XML_NAMESPACES = ("http://www.w3.org/", "https://www.w3.org/")
-_CSS_COMMENT = re.compile(r"/\*.*?\*/", re.DOTALL)
-_CSS_URL = re.compile(r"""url\(\s*(?:"([^"]*)"|'([^']*)'|([^)"'\s]*))\s*\)""", re.IGNORECASE)
-_CSS_IMPORT = re.compile(r"""@import\s+(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)  # `@import url(...)` is a url()
 
 
-def check_html(html_dir: Path) -> list[str]:
-    """Problems a reader would hit: network loads, broken local links/images, tracebacks, papermill errors.
-
-    Network loads are looked for in the loading attributes of every page (``src``, ``srcset``, ``href`` of
-    stylesheets and icons, ...), in the text of every inline ``<script>`` and ``<style>``, in ``style``
-    attributes, and in ``url()``/``@import`` of every CSS file shipped with the book.
-
-    Args:
-        html_dir: the built HTML (``_build/html``).
-
-    Returns:
-        Human-readable problems, empty when the book is clean.
-    """
-    html_dir = Path(html_dir)
-    # _static holds theme templates (Jinja, not pages) and _sources the reStructuredText/notebook sources.
-    pages = sorted(p for p in html_dir.rglob("*.html")
-                   if p.relative_to(html_dir).parts[0] not in ("_static", "_sources"))
-    if not pages:
-        return [f"{html_dir}: no HTML pages"]
-    problems = [problem for page in pages for problem in _page_problems(page, page.relative_to(html_dir))]
-    for css in sorted(html_dir.rglob("*.css")):
-        text = css.read_text(encoding="utf-8", errors="replace")
-        problems += _css_problems(text, css, f"{css.relative_to(html_dir)}:")
-    return problems
 
 
-def _page_problems(page: Path, rel: Path) -> list[str]:
-    """The problems of one page (see :func:`check_html`), each starting with ``rel``."""
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(page.read_text(encoding="utf-8", errors="replace"), "html.parser")
-    problems = _element_load_problems(soup, page, rel) + _inline_load_problems(soup, page, rel)
-    for a in soup.find_all("a", href=True):
-        href = a["href"]
-        if not _is_remote(href) and not href.startswith(("mailto:", "javascript:")) and not _resolves(page, href):
-            problems.append(f"{rel}: link to missing {href}")
-    if soup.find(class_=lambda c: c and "traceback" in c.split()) is not None:
-        problems.append(f"{rel}: shows a Python traceback")
-    if soup.find(id="papermill-error-cell") is not None or "papermill-error-cell" in str(soup):
-        problems.append(f"{rel}: contains papermill's error cell (a notebook failed)")
-    return problems
 
 
-def _element_load_problems(soup, page: Path, rel: Path) -> list[str]:
-    """Remote or missing targets of the loading attributes (:data:`_LOADING_ATTRS`) of a parsed page."""
-    problems = []
-    for tag in soup.find_all(list(_LOADING_ATTRS)):
-        if tag.name == "link" and not set(tag.get("rel") or []) & _LOADING_RELS:
-            continue
-        for attr in _LOADING_ATTRS[tag.name]:
-            value = tag.get(attr) or ""
-            urls = [c.split()[0] for c in re.split(r",\s+", value) if c.strip()] if attr == "srcset" else [value]
-            for url in filter(None, (u.strip() for u in urls)):
-                if _is_remote(url):
-                    problems.append(f"{rel}: <{tag.name}> loads {url} from the network")
-                elif not _resolves(page, url):
-                    problems.append(f"{rel}: <{tag.name}> points to missing {url}")
-    return problems
 
 
-def _inline_load_problems(soup, page: Path, rel: Path) -> list[str]:
-    """Network loads named in inline scripts, inline styles and ``style`` attributes of a parsed page."""
-    problems = []
-    for script in soup.find_all("script"):
-        kind = (script.get("type") or "").split(";")[0].strip().lower()
-        if script.get("src") or kind not in _SCRIPT_TYPES:
-            continue
-        text = script.get_text().replace("\\/", "/")  # JSON-escaped slashes: "https:\/\/cdn..."
-        for pattern in _JS_NOT_LOADS:
-            text = pattern.sub("", text)
-        for url in _JS_URL.findall(text):
-            if not url.startswith(_XML_NAMESPACES):
-                problems.append(f"{rel}: an inline <script> loads {url} from the network")
-    for style in soup.find_all("style"):
-        problems += _css_problems(style.get_text(), page, f"{rel}: an inline <style>")
-    for tag in soup.find_all(style=True):
-        problems += _css_problems(tag["style"], page, f"{rel}: the style attribute of <{tag.name}>")
-    return problems
 
 
-def _css_problems(text: str, base: Path, where: str) -> list[str]:
-    """Remote and missing targets of ``url()`` and ``@import`` in CSS ``text``.
-
-    Args:
-        text: a stylesheet, an inline ``<style>`` or a ``style`` attribute.
-        base: the file relative URLs are resolved against (the CSS file, or the page for inline CSS).
-        where: how the problems start (e.g. ``"_static/x.css:"``).
-
-    Returns:
-        Human-readable problems.
-    """
-    text = _CSS_COMMENT.sub("", text)
-    urls = [next(g for g in m.groups() if g is not None) for m in _CSS_URL.finditer(text)]
-    urls += [next(g for g in m.groups() if g is not None) for m in _CSS_IMPORT.finditer(text)]
-    problems = []
-    for url in filter(None, (u.strip() for u in urls)):
-        if _is_remote(url):
-            problems.append(f"{where} loads {url} from the network")
-        elif not _resolves(base, url):
-            problems.append(f"{where} points to missing {url}")
-    return problems
 
 
-def _is_remote(url: str) -> bool:
-    return url.lower().startswith(("http://", "https://", "//", "ftp://", "ws://", "wss://"))
 
 
-def _resolves(page: Path, url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme or not parts.path:  # data:, blob:, or a same-page fragment
-        return True
-    return (page.parent / unquote(parts.path)).exists()
 
 
 def _short_error(e: Exception) -> str:

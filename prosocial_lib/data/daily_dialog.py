@@ -178,14 +178,7 @@ def read_local(path: Path, split: str, report: LoadReport, strict: bool) -> list
         n = 0
         for name, row, rec in _iter_file(file, split):
             n += 1
-            dialog = rec if isinstance(rec, DataFormatError) else dialog_of(rec, name, row)
-            if isinstance(dialog, DataFormatError):
-                if strict:
-                    raise dialog
-                report.rows_read += 1
-                report.skip(dialog)
-                continue
-            dialogs.append(dialog)
+            _keep(rec if isinstance(rec, DataFormatError) else dialog_of(rec, name, row), dialogs, report, strict)
         if n == 0:
             report.fail_or_note(empty_file_error(file), strict)
     return dialogs
@@ -196,12 +189,16 @@ def read_hub_records(records: Any, split: str, report: LoadReport, strict: bool)
     name = f"{HUB_ID} [{split}]"
     dialogs: list[list[str]] = []
     for row, rec in enumerate(records, start=1):
-        dialog = dialog_of(rec, name, row)
-        if isinstance(dialog, DataFormatError):
-            if strict:
-                raise dialog
-            report.rows_read += 1
-            report.skip(dialog)
-            continue
-        dialogs.append(dialog)
+        _keep(dialog_of(rec, name, row), dialogs, report, strict)
     return dialogs
+
+
+def _keep(dialog: list[str] | DataFormatError, dialogs: list[list[str]], report: LoadReport, strict: bool) -> None:
+    """Append a valid conversation to ``dialogs``; raise a bad one (``strict``) or count and skip it."""
+    if isinstance(dialog, DataFormatError):
+        if strict:
+            raise dialog
+        report.rows_read += 1
+        report.skip(dialog)
+        return
+    dialogs.append(dialog)

@@ -98,7 +98,7 @@ def preset_judges(cfg: Config, **kwargs: Any):
     """The judges of ``cfg`` (:func:`prosocial_lib.eval.judges.judges.load_judges` with its ``judges`` and ``data``
     sections, its seed, runs folder and ``model.device``); ``kwargs`` go to ``load_judges`` (``retrain``,
     ``encoder``, ``tasks``). Chapters 01 and 04 and the CLI load their judges here."""
-    from .judges.judges import load_judges
+    from .judges.store import load_judges
     return load_judges(cfg.judges, cfg.data, runs_root=cfg.run_dir.parent, seed=cfg.seed, device=cfg.model.device,
                        **kwargs)
 

@@ -166,7 +166,7 @@ def gold_perplexities(model_cfg: ModelConfig, trained: TrainedVariant, context_s
     ``trained``'s model (loaded with ``model_cfg``: device, dtype, ``max_length``), ``batch_size`` sequences at a
     time; cached in ``out_dir/cache`` per model fingerprint and contexts."""
     from ..modeling.loading import load_model_and_tokenizer
-    from .metrics import gold_perplexity
+    from .quality import gold_perplexity
 
     context_sets = {k: v for k, v in context_sets.items() if k in sets}
     digest = fingerprint([trained.fingerprint, model_cfg.max_length,
@@ -192,7 +192,7 @@ def quality_frame(replies: pd.DataFrame, trained: Sequence[TrainedVariant],
                   ppl: dict[str, dict[str, float]]) -> pd.DataFrame:
     """Per variant and context set: BLEU-4 and unigram F1 against the gold responses, perplexity of the gold
     responses, distinct-1/2, mean reply length in words, empty replies; plus held-out accuracy / margin."""
-    from .metrics import quality_table
+    from .quality import quality_table
 
     q = quality_table(replies)
     key_of = {tv.variant.label: tv.variant.key for tv in trained}

@@ -84,6 +84,20 @@ def _panels_present(rates, metrics, caller: str) -> list[tuple[str, str]]:
     return present
 
 
+def _rate_panels(rates, metrics, caller: str, width: tuple[float, float], height: tuple[float, float]):
+    """A row of panels, one per (context set, metric) present in ``rates``: ``(fig, systems, panels)`` with
+    ``panels`` as ``(ax, context set, metric, rows of that panel indexed by system in first-seen order)``;
+    the figure is ``width[0]`` in per panel plus ``width[1]``, ``height[0]`` in per system plus ``height[1]``."""
+    metrics = _panels_present(rates, metrics, caller)
+    systems = list(dict.fromkeys(rates["system"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width[0] * len(metrics) + width[1],
+                                                       height[0] * len(systems) + height[1]),
+                             sharey=True, squeeze=False)
+    panels = [(ax, s, m, rates[(rates.context_set == s) & (rates.metric == m)].set_index("system").reindex(systems))
+              for ax, (s, m) in zip(axes[0], metrics)]
+    return fig, systems, panels
+
+
 # ====================================================================== 01 audit
 AUDIT_METRIC_TITLES = {
     ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
@@ -98,14 +112,9 @@ def plot_audit_rates(summary, metrics=tuple(AUDIT_METRIC_TITLES), title: str | N
     rate, ci_low, ci_high)."""
     from matplotlib.ticker import PercentFormatter
 
-    metrics = _panels_present(summary, metrics, "plot_audit_rates")
-    systems = list(dict.fromkeys(summary["system"]))
+    fig, systems, panels = _rate_panels(summary, metrics, "plot_audit_rates", (3.6, 2.4), (0.5, 1.6))
     palette = dict(zip(systems, sns.color_palette("deep", len(systems))))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 2.4, 0.5 * len(systems) + 1.6),
-                             sharey=True, squeeze=False)
-    for ax, (set_name, metric) in zip(axes[0], metrics):
-        sub = summary[(summary.context_set == set_name) & (summary.metric == metric)].set_index("system")
-        sub = sub.reindex(systems)
+    for ax, set_name, metric, sub in panels:
         sns.barplot(x=sub["rate"].to_numpy(), y=systems, hue=systems, palette=palette, order=systems,
                     errorbar=None, legend=False, ax=ax)
         err = [(sub["rate"] - sub["ci_low"]).to_numpy(), (sub["ci_high"] - sub["rate"]).to_numpy()]
@@ -199,13 +208,9 @@ def plot_evaluation_rates(rates, metrics=tuple(EVAL_METRIC_TITLES), title: str |
     ci_high). Systems keep the comparison's order; lower is better for unsafe and preachy, higher for RoT."""
     from matplotlib.ticker import PercentFormatter
 
-    metrics = _panels_present(rates, metrics, "plot_evaluation_rates")
-    systems = list(dict.fromkeys(rates["system"]))
+    fig, systems, panels = _rate_panels(rates, metrics, "plot_evaluation_rates", (3.4, 2.6), (0.45, 1.7))
     colors = dict(zip(systems, sns.color_palette("colorblind", len(systems))))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics) + 2.6, 0.45 * len(systems) + 1.7),
-                             sharey=True, squeeze=False)
-    for ax, (set_name, metric) in zip(axes[0], metrics):
-        sub = rates[(rates.context_set == set_name) & (rates.metric == metric)].set_index("system").reindex(systems)
+    for ax, set_name, metric, sub in panels:
         for y, system in enumerate(systems):
             r = sub.loc[system]
             ax.errorbar(r["rate"], y, xerr=[[r["rate"] - r["ci_low"]], [r["ci_high"] - r["rate"]]], fmt="o",
