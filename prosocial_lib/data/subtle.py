@@ -26,7 +26,7 @@ from typing import Any
 
 import datasets
 
-from .checks import empty_file_error, require_rows
+from .checks import empty_file_error, require_rows, validate_each
 from .errors import DataFormatError, LoadReport, _set_last_report
 from .jsonfiles import read_json
 from .labels import SAFETY_LABELS, SAFETY_VOTES, aggregate_safety_votes, normalise_split
@@ -96,24 +96,17 @@ def _is_record(obj: dict) -> bool:
 
 
 def _validate(items: Iterable[tuple[int, Any]], name: str, report: LoadReport, strict: bool) -> list[dict]:
-    rows, seen = [], {}
-    for row, rec in items:
-        report.rows_read += 1
-        try:
-            if isinstance(rec, DataFormatError):
-                raise rec
-            out = validate_subtle_row(rec, name, row)
-            if out["id"] in seen:
-                raise DataFormatError(name, row, "id", f"duplicate id {out['id']!r} (first at row "
-                                      f"{seen[out['id']]})", "duplicate id")
-            seen[out["id"]] = row
-        except DataFormatError as err:
-            if strict:
-                raise
-            report.skip(err)
-            continue
-        rows.append(out)
-    return rows
+    first_row: dict[str, int] = {}
+
+    def check(rec: Any, row: int) -> dict:
+        out = validate_subtle_row(rec, name, row)
+        if out["id"] in first_row:
+            raise DataFormatError(name, row, "id", f"duplicate id {out['id']!r} (first at row "
+                                  f"{first_row[out['id']]})", "duplicate id")
+        first_row[out["id"]] = row
+        return out
+
+    return validate_each(items, check, report, strict)
 
 
 @functools.lru_cache(maxsize=8)
