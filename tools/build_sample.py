@@ -12,7 +12,9 @@ Everything here was WRITTEN FOR THIS BOOK in the upstream schemas; none of it is
   ``(dialogue_id, response_id)``, as two shards ``{split}-00000.jsonl`` / ``{split}-00001.jsonl`` of about equal
   size, like the hub's sharded files.
 - MIC-style: rows of the drafts (``mic_new.csv``, split column empty) get a split per prompt (every answer to a
-  prompt in one split), about 80/10/10 train/dev/test of all rows, and are appended to ``samples/mic/MIC.csv``.
+  prompt in one split), about 80/10/10 train/dev/test of all rows, and join the earlier rows of
+  ``samples/mic/MIC.csv``; the file lists prompts in a seeded order (a prompt's answers together), so that the row
+  caps of the smaller presets, which keep a split's first rows, see old and new prompts alike.
 - The "subtle" contexts (``subtle.jsonl``) are copied to ``samples/subtle/test.jsonl`` (test only).
 
 Re-running first drops from the sample every dialogue id and every (Q, A) pair the drafts hold, so the output only
@@ -124,10 +126,17 @@ def build_mic() -> str:
         for r in prompts[q]:
             r["split"] = split
         have[split] += len(prompts[q])
+    # Rows in a seeded order of prompts (a prompt's answers stay together): the presets' row caps take the first
+    # rows of a split, which should be a fair sample of it, not the first sample's prompts only.
+    by_prompt: dict[str, list[dict]] = defaultdict(list)
+    for r in old + new:
+        by_prompt[r["Q"]].append(r)
+    order = sorted(by_prompt)
+    random.Random(SEED).shuffle(order)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=header, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(old + new)
+    writer.writerows(r for q in order for r in by_prompt[q])
     return out.getvalue()
 
 
