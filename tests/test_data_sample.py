@@ -1,5 +1,6 @@
-"""The embedded sample (written for this book in the upstream schemas; NOT the real data): size, label coverage,
-split disjointness and variety, as the data issue asks. The figures are printed (run with ``-s`` to see them)."""
+"""The embedded sample (written for this book in the upstream schemas; NOT the real data) and the subtle contexts:
+size, label coverage, split disjointness and variety, as the data issues (#12) ask; every quality gate of
+:func:`prosocial_lib.data.gates.quality_gates` holds. The figures are printed (run with ``-s`` to see them)."""
 
 from collections import Counter, defaultdict
 
@@ -14,8 +15,10 @@ from prosocial_lib.data import (
     dialogue_turns,
     load_mic,
     load_prosocial_dialog,
+    load_subtle,
     stats,
 )
+from prosocial_lib.data.gates import MAX_NEAR_DUPLICATES, quality_gates
 
 PD_SPLITS = ("train", "validation", "test")
 MIC_SPLITS = ("train", "dev", "test")
@@ -41,7 +44,10 @@ def test_prosocial_size_and_multi_turn(pd_splits):
     turns = sum(len(ds) for ds in pd_splits.values())
     print(f"\nProsocialDialog sample: {len(dialogues)} dialogues, {turns} turns, "
           + ", ".join(f"{s} {len(ds)}" for s, ds in pd_splits.items()))
-    assert len(dialogues) >= 150 and turns >= 500
+    assert len(dialogues) >= 600 and turns >= 2000
+    test_openers = {c for c, r, lab in zip(pd_splits["test"]["context"], pd_splits["test"]["response_id"],
+                                           pd_splits["test"]["safety_label"]) if r == 0 and lab != "__casual__"}
+    assert len(test_openers) >= 150 and len(set(pd_splits["validation"]["dialogue_id"])) >= 75
     lengths = Counter()
     for ds in pd_splits.values():
         lengths.update(ds["dialogue_id"])
@@ -67,7 +73,10 @@ def test_prosocial_labels_cover_all_five_in_roughly_upstream_shares(pd_splits):
     print("label shares (sample vs upstream): " + ", ".join(
         f"{lab.strip('_')} {shares[lab]:.1%} vs {UPSTREAM_LABEL_SHARES[lab]:.0%}" for lab in SAFETY_LABELS))
     for lab in SAFETY_LABELS:
-        assert abs(shares[lab] - UPSTREAM_LABEL_SHARES[lab]) <= 0.10, lab
+        assert abs(shares[lab] - UPSTREAM_LABEL_SHARES[lab]) <= 0.05, lab
+        for split, ds in pd_splits.items():
+            share = sum(1 for x in ds["safety_label"] if x == lab) / len(ds)
+            assert abs(share - UPSTREAM_LABEL_SHARES[lab]) <= 0.05, (split, lab)
     assert set(pd_splits["train"]["safety_label"]) == set(SAFETY_LABELS)
 
 
@@ -108,11 +117,11 @@ def test_prosocial_text_is_varied(pd_splits):
     dup_resp, dup_ctx = stats.near_duplicate_share(responses), stats.near_duplicate_share(contexts)
     rots = _all(pd_splits, "rots")
     flat_rots = [r for rs in rots for r in rs]
-    print(f"distinct-2: responses {d2_resp:.3f}, contexts {d2_ctx:.3f}; near-duplicate lines (bigram Jaccard "
-          f">= 0.6): responses {dup_resp:.1%}, contexts {dup_ctx:.1%}; distinct RoTs {len(set(flat_rots))} of "
-          f"{len(flat_rots)}")
+    print(f"distinct-2: responses {d2_resp:.3f}, contexts {d2_ctx:.3f}; near-duplicate lines (rapidfuzz ratio "
+          f">= {stats.NEAR_DUPLICATE_THRESHOLD}): responses {dup_resp:.1%}, contexts {dup_ctx:.1%}; distinct RoTs "
+          f"{len(set(flat_rots))} of {len(flat_rots)}")
     assert d2_resp >= 0.5 and d2_ctx >= 0.5
-    assert dup_resp <= 0.05 and dup_ctx <= 0.05
+    assert dup_resp <= MAX_NEAR_DUPLICATES and dup_ctx <= MAX_NEAR_DUPLICATES
     assert len(set(responses)) == len(responses) and len(set(contexts)) == len(contexts)
 
 
@@ -127,11 +136,11 @@ def test_mic_prompts_answers_and_agreement(mic_splits):
     both = sum(1 for a in answers.values() if 2 in a and 0 in a)
     print(f"\nMIC sample: {rows} rows, {len(answers)} prompts, {with_two} with >= 2 answers, {both} with an "
           f"agreeing and a violating answer; " + ", ".join(f"{s} {len(ds)}" for s, ds in mic_splits.items()))
-    assert len(answers) >= 150 and with_two >= 150
+    assert len(answers) >= 400 and with_two >= 400 and rows >= 1000 and len(mic_splits["test"]) >= 100
     assert all(len(a) >= 2 for a in answers.values())
     agree = Counter(_all(mic_splits, "A_agrees"))
     print(f"A_agrees: {dict(sorted(agree.items()))}")
-    assert agree[2] > 0 and agree[0] > 0 and both >= 100
+    assert agree[2] > 0 and agree[0] > 0 and both == len(answers)  # every prompt: an agreeing and a violating answer
 
 
 def test_mic_foundations_severity_and_consensus_spread(mic_splits):
@@ -158,7 +167,37 @@ def test_mic_text_is_varied(mic_splits):
     d2, dup = stats.distinct_n(answers, 2), stats.near_duplicate_share(answers)
     dup_q = stats.near_duplicate_share(prompts)
     print(f"MIC distinct-2 of answers {d2:.3f}; near-duplicate answers {dup:.1%}, prompts {dup_q:.1%}")
-    assert d2 >= 0.5 and dup <= 0.05 and dup_q <= 0.05
+    assert d2 >= 0.5 and dup <= MAX_NEAR_DUPLICATES and dup_q <= MAX_NEAR_DUPLICATES
+
+
+# ---------------------------------------------------------------------- subtle contexts and the gates
+def test_subtle_contexts_are_everyday_chats_with_a_labelled_last_turn(pd_splits):
+    ds = load_subtle()
+    print(f"\nsubtle contexts: {len(ds)}; labels {dict(Counter(ds['safety_label']))}; topics "
+          f"{dict(Counter(ds['topic']))}")
+    assert len(ds) >= 120 and len(set(ds["topic"])) >= 8
+    for label, votes, rots, reason in zip(ds["safety_label"], ds["safety_annotations"], ds["rots"], ds["reason"]):
+        assert label != "__casual__" and aggregate_safety_votes(votes) == label and rots and reason.strip()
+    last = [h[-1] for h in ds["history"]]
+    assert stats.distinct_n(last, 2) >= 0.5 and stats.near_duplicate_share(last) <= MAX_NEAR_DUPLICATES
+    pd_contexts = {c for split in pd_splits.values() for c in split["context"]}
+    assert not {t for h in ds["history"] for t in h} & pd_contexts
+
+
+def test_every_quality_gate_holds(pd_splits, mic_splits):
+    gates = quality_gates(pd_splits, mic_splits, load_subtle())
+    print("\n" + gates.drop(columns="source of the bound").to_string())
+    assert len(gates) >= 30 and gates["ok"].all(), gates[~gates["ok"]].to_string()
+
+
+def test_sample_builder_is_up_to_date(repo_root):
+    """The committed sample is what tools/build_sample.py makes from tools/sample_drafts/ (re-runnable)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_sample", repo_root / "tools" / "build_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0
 
 
 def test_sample_files_ship_as_package_data(repo_root):

@@ -20,13 +20,13 @@ def test_distinct_n():
 
 def test_near_duplicates():
     texts = ["the cat sat on the mat", "the cat sat on a mat", "completely different words here"]
-    # bigrams: 5 and 5, 3 shared -> Jaccard 3 / 7
-    pairs = stats.near_duplicate_pairs(texts, threshold=0.4)
-    assert [(i, j) for i, j, _ in pairs] == [(0, 1)] and pairs[0][2] == pytest.approx(3 / 7)
-    assert stats.near_duplicate_share(texts, threshold=0.4) == pytest.approx(2 / 3)
-    assert stats.near_duplicate_share(texts, threshold=0.5) == 0.0
-    assert stats.near_duplicate_share(["Same line.", "same line", "x"], threshold=0.9) == pytest.approx(2 / 3)
-    assert stats.near_duplicate_share([]) == 0.0
+    # normalised Indel similarity: lengths 22 and 20, longest common subsequence 19 -> 1 - (22 + 20 - 38) / 42
+    pairs = stats.near_duplicate_pairs(texts, threshold=0.9)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 1)] and pairs[0][2] == pytest.approx(38 / 42)
+    assert stats.near_duplicate_share(texts, threshold=0.9) == pytest.approx(2 / 3)
+    assert stats.near_duplicate_share(texts, threshold=0.91) == 0.0
+    assert stats.near_duplicate_share(["Same line.", "same line", "x"]) == pytest.approx(2 / 3)  # case, punctuation
+    assert stats.near_duplicate_share([]) == 0.0 and stats.near_duplicate_pairs(["one"]) == []
 
 
 def test_prosocial_tables_and_rendering():
@@ -68,6 +68,12 @@ def test_cli_validate(capsys):
     assert main(["data", "validate", str(FIXTURES / "prosocial_hub.jsonl"), "--kind", "prosocial"]) == 0
     assert "OK: no bad rows" in capsys.readouterr().out
     assert main(["data", "validate", str(FIXTURES / "mic_sample.csv")]) == 2  # no --kind
+    from prosocial_lib.data import load_subtle
+    from prosocial_lib.data.subtle import EMBEDDED_FILE
+
+    assert main(["data", "validate", str(EMBEDDED_FILE), "--kind", "subtle"]) == 0
+    n = len(load_subtle())
+    assert f"read {n} rows, kept {n}" in capsys.readouterr().out
 
 
 def test_cli_summary_and_export(tmp_path, capsys):
@@ -85,3 +91,6 @@ def test_cli_summary_and_export(tmp_path, capsys):
     code = main(["data", "export", "--kind", "mic", "--split", "dev", "--out", str(out_file),
                  "--set", f"data.mic_source={FIXTURES / 'mic_sample.csv'}"])
     assert code == 0 and len(out_file.read_text().splitlines()) == 2
+    assert main(["data", "summary", "--preset", "smoke", "--kind", "subtle"]) == 0
+    out = capsys.readouterr().out
+    assert "subtle contexts (embedded)" in out and "words in last turn" in out

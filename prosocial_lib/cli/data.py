@@ -1,7 +1,7 @@
 """``prosocial data``: look at the data a preset uses, check a file before training on it, export a split.
 
     prosocial data summary --preset cpu                     # counts per split, label / source shares
-    prosocial data validate PATH --kind prosocial|mic|casual  # every bad row: file, row, field; exit 1 if any
+    prosocial data validate PATH --kind prosocial|mic|casual|subtle  # every bad row: file, row, field; exit 1 if any
     prosocial data export --kind mic --split dev --out dev.jsonl
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 from ..data.errors import DataFormatError, DataSkipWarning, LoadReport, last_load_report
 from ..data.readers import EMBEDDED_NOTICE, split_of_path
 
-KINDS = ("prosocial", "mic", "casual")
+KINDS = ("prosocial", "mic", "casual", "subtle")
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", default=None,
                         help="validate: the file or folder to check; summary/export: overrides the preset's source")
     parser.add_argument("--kind", choices=KINDS, default=None,
-                        help="which dataset (validate/export; summary shows all three when omitted)")
+                        help="which dataset (validate/export; summary shows all four when omitted); subtle: the "
+                             "book's subtle contexts (test only)")
     parser.add_argument("--split", default=None, help="train | validation | test (MIC: train | dev | test)")
     parser.add_argument("--out", default=None, help="export: output .jsonl file")
     parser.add_argument("--show", type=int, default=20, help="validate: how many bad rows to print (default 20)")
@@ -37,20 +38,22 @@ def _source(kind: str, cfg, override: str | None) -> str:
     if override:
         return override
     return {"prosocial": cfg.data.prosocial_source, "mic": cfg.data.mic_source,
-            "casual": cfg.data.casual_source}[kind]
+            "casual": cfg.data.casual_source, "subtle": "embedded"}[kind]
 
 
 def _splits(kind: str) -> tuple[str, ...]:
-    return ("train", "dev", "test") if kind == "mic" else ("train", "validation", "test")
+    return {"mic": ("train", "dev", "test"), "subtle": ("test",)}.get(kind, ("train", "validation", "test"))
 
 
 def _load(kind: str, source: str, split: str, strict: bool = True, seed: int = 0):
-    from ..data import load_casual, load_mic, load_prosocial_dialog
+    from ..data import load_casual, load_mic, load_prosocial_dialog, load_subtle
 
     if kind == "prosocial":
         return load_prosocial_dialog(source, split, strict=strict)
     if kind == "mic":
         return load_mic(source, split, strict=strict)
+    if kind == "subtle":
+        return load_subtle(source, split, strict=strict)
     return load_casual(source, split, seed=seed, strict=strict)
 
 
@@ -81,6 +84,10 @@ def summary_tables(cfg, kinds: tuple[str, ...] = KINDS, override: str | None = N
                              "mean history length": sum(map(len, ds["history"])) / max(1, len(ds))})
             tables[f"casual chat ({src}): (history, response) turns per split"] = pd.DataFrame(rows).set_index(
                 "split")
+        if "subtle" in kinds:
+            src = override if override and kinds == ("subtle",) else "embedded"
+            tables[f"subtle contexts ({src}): contexts and label shares (test only)"] = \
+                stats.subtle_overview(_load("subtle", src, "test"))
     return tables
 
 
@@ -109,6 +116,8 @@ def _summary(args: argparse.Namespace, cfg) -> int:
 def _validate_splits(kind: str, path: Path, split: str | None) -> tuple[str, ...]:
     if kind == "mic":
         return (split or "train",)  # one pass validates the whole file, whatever the split
+    if kind == "subtle":
+        return ("test",)
     if path.is_file() and path.suffix.lower() != ".zip":
         return (split or split_of_path(Path(path.name)) or "train",)
     return (split,) if split else _splits(kind)
@@ -116,7 +125,7 @@ def _validate_splits(kind: str, path: Path, split: str | None) -> tuple[str, ...
 
 def _validate(args: argparse.Namespace) -> int:
     if not args.path or not args.kind:
-        print("validate needs PATH and --kind prosocial|mic|casual")
+        print("validate needs PATH and --kind prosocial|mic|casual|subtle")
         return 2
     path = Path(args.path)
     bad = 0

@@ -3,8 +3,11 @@
 - :func:`load_prosocial_dialog`: ProsocialDialog (Kim et al., 2022) - embedded sample | hub | local files.
 - :func:`load_mic`: MIC (Ziems et al., 2022) - embedded sample | local ``MIC.csv`` (data-use agreement) | hub.
 - :func:`load_casual`: casual chat - ``chitchat-dataset`` (offline) | casual ProsocialDialog turns | DailyDialog.
+- :func:`load_subtle`: the "subtle" contexts (written for this book, test only): small talk whose last user turn
+  reveals, in passing, something that needs caution or intervention.
 
-The embedded samples were written for this book in the exact upstream schemas; they are NOT the real data.
+The embedded samples were written for this book in the exact upstream schemas (the subtle set in the book's own
+schema); they are NOT the real data.
 
 Bad rows raise :class:`DataFormatError` (file, row, field); with ``strict=False`` they are skipped, a
 :class:`DataSkipWarning` names the counts, and :func:`last_load_report` returns the :class:`LoadReport`.
@@ -30,9 +33,10 @@ from .labels import (
 from .mic import load_mic
 from .prosocial_dialog import load_prosocial_dialog
 from .readers import EMBEDDED_NOTICE
+from .subtle import load_subtle
 
 __all__ = [
-    "load_prosocial_dialog", "load_mic", "load_casual", "dialogue_turns", "history_to_messages",
+    "load_prosocial_dialog", "load_mic", "load_casual", "load_subtle", "dialogue_turns", "history_to_messages",
     "SAFETY_LABELS", "SAFETY_SEVERITY", "SAFETY_VOTES", "UPSTREAM_LABEL_SHARES", "PROSOCIAL_SOURCES",
     "MORAL_FOUNDATIONS", "MIC_AGREEMENT", "MIC_CONSENSUS", "MIC_SEVERITY", "MIC_CHATBOTS",
     "collapse_safety_label", "aggregate_safety_votes",

@@ -7,8 +7,9 @@ fails on it either way. (The same turn in two files of one split is checked row 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import DataFormatError, LoadReport
 
@@ -55,3 +56,21 @@ def leak_problems(mine: Mapping[Hashable, Place], others: Mapping[str, Mapping[H
                               "two splits", "split leakage")
         messages.append(str(err))
     return messages
+
+
+def validate_each(items: Iterable[tuple[int, Any]], check: Callable[[Any, int], dict], report: LoadReport,
+                  strict: bool) -> list[dict]:
+    """``check(record, row)`` for each ``(row, record)`` pair (a record may be a :class:`DataFormatError` from the
+    reader); raise the first error (strict) or count it in ``report`` and go on. Counts ``report.rows_read``."""
+    rows: list[dict] = []
+    for row, rec in items:
+        report.rows_read += 1
+        try:
+            if isinstance(rec, DataFormatError):
+                raise rec
+            rows.append(check(rec, row))
+        except DataFormatError as err:
+            if strict:
+                raise
+            report.skip(err)
+    return rows

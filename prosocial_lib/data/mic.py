@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import datasets
 
-from .checks import empty_file_error, require_rows
+from .checks import empty_file_error, require_rows, validate_each
 from .errors import DataFormatError, LoadReport, _set_last_report
 from .labels import MORAL_FOUNDATIONS
 from .prosocial_dialog import is_hub_id
@@ -188,18 +188,7 @@ def validate_row(rec: dict, file: str, row: int) -> dict:
 
 
 def validate_records(records: Iterable[tuple[int, Any]], file: str, report: LoadReport, strict: bool) -> list[dict]:
-    rows: list[dict] = []
-    for row, rec in records:
-        report.rows_read += 1
-        try:
-            if isinstance(rec, DataFormatError):
-                raise rec
-            rows.append(validate_row(rec, file, row))
-        except DataFormatError as err:
-            if strict:
-                raise
-            report.skip(err)
-    return rows
+    return validate_each(records, lambda rec, row: validate_row(rec, file, row), report, strict)
 
 
 # ---------------------------------------------------------------------- reading
