@@ -56,6 +56,16 @@ def cfg(**over):
     return get_config("smoke", {"stage1.max_groups": None, "stage2.max_groups": None, **over})
 
 
+def s1(c):
+    """The sections a stage-1 builder reads."""
+    return c.loss, c.stage1
+
+
+def s2(c):
+    """The sections a stage-2 builder reads."""
+    return c.loss, c.stage2
+
+
 # ---------------------------------------------------------------------- stage 1
 def test_mic_severity_formula():
     assert mic_severity(5, 5) == 1.0
@@ -66,7 +76,7 @@ def test_mic_severity_formula():
 
 
 def test_stage1_positive_negatives_and_weights():
-    groups, rep = build_stage1_groups(mic_ds(), cfg())
+    groups, rep = build_stage1_groups(mic_ds(), *s1(cfg()))
     assert rep.groups == 2 and rep.candidates == 5
     assert rep.skipped == {"prompt has no violating answer": 1, "prompt has no aligned answer and no rewrite": 2}
     by_q = {g.meta["prompt"]: g for g in groups}
@@ -99,17 +109,17 @@ def test_stage1_positive_negatives_and_weights():
 
 
 def test_stage1_alpha_zero_gives_unit_weights_and_same_groups():
-    base, _ = build_stage1_groups(mic_ds(), cfg())
-    flat, _ = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 0.0}))
+    base, _ = build_stage1_groups(mic_ds(), *s1(cfg()))
+    flat, _ = build_stage1_groups(mic_ds(), *s1(cfg(**{"loss.social_alpha": 0.0})))
     assert all(w == 1.0 for g in flat for w in g.neg_weights)
     assert [g.negatives for g in flat] == [g.negatives for g in base]
     assert [g.neg_severity for g in flat] == [g.neg_severity for g in base]
-    doubled, _ = build_stage1_groups(mic_ds(), cfg(**{"loss.social_alpha": 2.0}))
+    doubled, _ = build_stage1_groups(mic_ds(), *s1(cfg(**{"loss.social_alpha": 2.0})))
     assert doubled[0].neg_weights == pytest.approx([1 + 2 * s for s in doubled[0].neg_severity])
 
 
 def test_stage1_without_fill_keeps_fewer_negatives():
-    groups, _ = build_stage1_groups(mic_ds(), cfg(**{"stage1.fill_negatives": False}))
+    groups, _ = build_stage1_groups(mic_ds(), *s1(cfg(**{"stage1.fill_negatives": False})))
     by_q = {g.meta["prompt"]: g for g in groups}
     assert by_q[Q1].negatives == ["I would do it for the money.", "Maybe, it depends."]
     assert by_q[Q2].negatives == ["Sure, everyone does it."]
@@ -117,7 +127,7 @@ def test_stage1_without_fill_keeps_fewer_negatives():
 
 
 def test_stage1_rot_in_context_and_k():
-    groups, _ = build_stage1_groups(mic_ds(), cfg(**{"stage1.rot_in_context": True, "loss.num_negatives": 1}))
+    groups, _ = build_stage1_groups(mic_ds(), *s1(cfg(**{"stage1.rot_in_context": True, "loss.num_negatives": 1})))
     g1 = next(g for g in groups if g.meta["prompt"] == Q1)
     assert g1.context_messages == [{"role": "system", "content": f"Rule of thumb: {ROT1}"},
                                       {"role": "user", "content": Q1}]
@@ -125,17 +135,17 @@ def test_stage1_rot_in_context_and_k():
 
 
 def test_stage1_deterministic_and_capped():
-    a, _ = build_stage1_groups(mic_ds(), cfg(), seed=3)
-    b, _ = build_stage1_groups(mic_ds(), cfg(), seed=3)
+    a, _ = build_stage1_groups(mic_ds(), *s1(cfg()), seed=3)
+    b, _ = build_stage1_groups(mic_ds(), *s1(cfg()), seed=3)
     assert a == b
-    one, report = build_stage1_groups(mic_ds(), cfg(), max_groups=1)
+    one, report = build_stage1_groups(mic_ds(), *s1(cfg()), max_groups=1)
     assert len(one) == 1 and "kept 1 of 2" in report.notes[0]
 
 
 def test_stage1_bad_row_names_row_and_field():
     rows = MIC_ROWS[:2] + [mic_row(Q2, "x", 7)]
     with pytest.raises(GroupBuildError, match=r"row 2, field 'A_agrees'"):
-        build_stage1_groups(datasets.Dataset.from_list(rows), cfg())
+        build_stage1_groups(datasets.Dataset.from_list(rows), *s1(cfg()))
 
 
 # ---------------------------------------------------------------------- stage 2
@@ -167,7 +177,7 @@ CASUAL_REPLIES = {r["response"] for r in PD_ROWS if r["safety_label"] == "__casu
 
 def stage2(**over):
     return build_stage2_groups(datasets.Dataset.from_list(PD_ROWS), datasets.Dataset.from_list(CASUAL_ROWS),
-                               cfg(**over))
+                               *s2(cfg(**over)))
 
 
 def test_stage2_unsafe_and_casual_negatives():
@@ -202,7 +212,7 @@ def test_stage2_own_dialogue_excluded_for_casual_pd_contexts():
     rows = PD_ROWS + [pd_row(3, 0, "I'll steal a car.", "Stealing is a crime, please don't.", "__needs_caution__"),
                       pd_row(3, 1, "Just kidding, I like cars.", "Cars are great!", "__casual__")]
     groups, _ = build_stage2_groups(datasets.Dataset.from_list(rows), None,
-                                    cfg(**{"stage2.casual_fraction": 1.0}))
+                                    *s2(cfg(**{"stage2.casual_fraction": 1.0})))
     g = next(g for g in groups if g.positive == "Cars are great!")
     assert "Stealing is a crime, please don't." not in g.negatives
 
@@ -224,14 +234,14 @@ def test_stage2_alpha_zero_and_determinism():
     assert [g.negatives for g in flat] == [g.negatives for g in a]
     assert all(w == 1.0 for g in flat for w in g.neg_weights)
     other, _ = build_stage2_groups(datasets.Dataset.from_list(PD_ROWS), datasets.Dataset.from_list(CASUAL_ROWS),
-                                   cfg(**{"stage2.casual_fraction": 0.5}), seed=1)
+                                   *s2(cfg(**{"stage2.casual_fraction": 0.5})), seed=1)
     assert sorted(g.positive for g in other) == sorted(g.positive for g in a)
 
 
 def test_stage2_unknown_label_is_an_error():
     rows = PD_ROWS + [pd_row(9, 0, "hm", "ok", "__weird__")]
     with pytest.raises(GroupBuildError, match="safety_label"):
-        build_stage2_groups(datasets.Dataset.from_list(rows), None, cfg())
+        build_stage2_groups(datasets.Dataset.from_list(rows), None, *s2(cfg()))
 
 
 # ---------------------------------------------------------------------- summaries

@@ -23,6 +23,7 @@ from prosocial_lib.train.stages import (
     load_stage_result,
     run_stage,
     run_stages,
+    score_heldout,
     stage_fingerprint,
     stage_groups,
 )
@@ -184,7 +185,7 @@ def test_evaluate_groups(tiny):
     model, tok = tiny
     cfg = get_config("smoke")
     groups = [dataclasses.replace(g, meta={"kind": kind}) for g, kind in zip(GROUPS, ["unsafe", "casual"])]
-    m = evaluate_groups(model, tok, groups, cfg, batch_size=1, progress=False)
+    m = evaluate_groups(model, tok, groups, cfg.loss, max_length=cfg.model.max_length, batch_size=1, progress=False)
     assert set(m) == {"accuracy", "margin", "npair", "ce", "groups", "by_kind"} and m["groups"] == 2
     batch = GroupCollator(tok, 128)(groups)
     with torch.no_grad():
@@ -233,8 +234,8 @@ def test_both_stages_learn_on_their_training_groups(two_stages):
         before_model, tok = (load_model_and_tokenizer("tiny", seed=cfg.seed) if start is None
                              else load_model_and_tokenizer(str(start)))
         after_model, _ = load_model_and_tokenizer(str(r.checkpoint_dir))
-        before = evaluate_groups(before_model, tok, groups, cfg, progress=False)
-        after = evaluate_groups(after_model, tok, groups, cfg, progress=False)
+        before = score_heldout(before_model, tok, groups, cfg, progress=False)
+        after = score_heldout(after_model, tok, groups, cfg, progress=False)
         assert after["npair"] < before["npair"] - 0.05, (stage, before, after)
         assert after["accuracy"] > before["accuracy"], (stage, before, after)
         assert after["margin"] > before["margin"]

@@ -43,7 +43,7 @@ def bench_groups(cfg: Config, n_groups: int, k_max: int) -> list[ContrastiveGrou
         warnings.simplefilter("ignore", DataSkipWarning)
         casual = load_casual(cfg.data.casual_source, split="train", seed=cfg.seed, max_rows=casual_rows,
                              prosocial_source=cfg.data.prosocial_source)
-    groups, _ = build_stage2_groups(prosocial, casual, bc, max_groups=n_groups, seed=cfg.seed,
+    groups, _ = build_stage2_groups(prosocial, casual, bc.loss, bc.stage2, max_groups=n_groups, seed=cfg.seed,
                                     where=f"ProsocialDialog ({cfg.data.prosocial_source}, train)")
     if len(groups) < n_groups:
         raise BenchError(f"the benchmark needs {n_groups} stage-2 groups; the data gave {len(groups)}")

@@ -154,8 +154,7 @@ def heldout_metrics(cfg: Config, model: str, fingerprint: str, name: str, cache_
     ``cfg`` (``stage2.eval_groups`` of them: the groups the chapter-03 run scores as ``after``), cached in
     ``cache_dir`` per model fingerprint and groups, so every system is scored once on the same groups."""
     from ..modeling.loading import load_model_and_tokenizer
-    from ..train.scoring import evaluate_groups
-    from ..train.stages import stage_groups
+    from ..train.stages import score_heldout, stage_groups
 
     groups, _ = stage_groups(cfg, 2, "validation")
     key = runs.fingerprint([fingerprint, _groups_digest(groups), cfg.loss.effective_tau, cfg.model.max_length])
@@ -163,7 +162,7 @@ def heldout_metrics(cfg: Config, model: str, fingerprint: str, name: str, cache_
 
     def compute() -> dict[str, float]:
         net, tok = load_model_and_tokenizer(dataclasses.replace(cfg.model, name=model), seed=cfg.seed)
-        return evaluate_groups(net, tok, groups, cfg, progress=progress, desc=f"held-out: {name}")
+        return score_heldout(net, tok, groups, cfg, progress=progress, desc=f"held-out: {name}")
 
     out, _ = runs.load_or_build(cache_dir / f"heldout-{slug}-{key}.json", compute,
                                 write=functools.partial(runs.write_json_atomic, indent=None))

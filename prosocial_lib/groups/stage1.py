@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config.schema import Config
+from ..config.schema import LossConfig, StageConfig
 from .types import BuildReport, ContrastiveGroup, _finish, _int, _rng, _rows, _text, make_group, mic_severity
 
 
@@ -17,18 +17,18 @@ Candidate = tuple  # (prompt, positive, positive_origin, rot, own negatives [(an
 
 
 # ---------------------------------------------------------------------- stage 1: MIC
-def build_stage1_groups(mic_ds, cfg: Config, *, max_groups: int | None = -1, seed: int | None = None,
+def build_stage1_groups(mic_ds, loss: LossConfig, stage: StageConfig, *, seed: int = 0, max_groups: int | None = -1,
                         where: str = "MIC") -> tuple[list[ContrastiveGroup], BuildReport]:
     """Stage-1 groups from MIC rows: one per prompt (rules in :mod:`prosocial_lib.groups.types`; method.md 3).
 
     Args:
         mic_ds: MIC rows (a ``datasets.Dataset`` or a list of dicts) with ``Q``, ``A``, ``rot``, ``A_agrees``,
             ``violation-severity``, ``rot-agree`` (and optionally ``worker_answer``, ``chatbot``).
-        cfg: reads ``loss.num_negatives`` (K), ``loss.social_alpha``, ``stage1.max_groups``,
-            ``stage1.fill_negatives``, ``stage1.rot_in_context`` and ``seed``.
-        max_groups: cap on groups (default -1 = ``cfg.stage1.max_groups``; None = all). The groups come in a
+        loss: the ``loss`` section: ``num_negatives`` (K) and ``social_alpha``.
+        stage: the ``stage1`` section: ``max_groups``, ``fill_negatives``, ``rot_in_context``.
+        seed: the root seed (``Config.seed``); the groups come in an order drawn with it.
+        max_groups: cap on groups (default -1 = ``stage.max_groups``; None = all). The groups come in a
             seeded random order, so a cap takes a random subset of prompts.
-        seed: default ``cfg.seed`` (the root seed).
         where: names the data in error messages.
 
     Returns:
@@ -40,8 +40,7 @@ def build_stage1_groups(mic_ds, cfg: Config, *, max_groups: int | None = -1, see
 
     Chapter 02 shows the groups and the report.
     """
-    max_groups = cfg.stage1.max_groups if max_groups == -1 else max_groups
-    seed = cfg.seed if seed is None else seed
+    max_groups = stage.max_groups if max_groups == -1 else max_groups
     report = BuildReport(stage=1)
     prompts = _answers_by_prompt(_rows(mic_ds), where)
     report.candidates = len(prompts)
@@ -51,7 +50,7 @@ def build_stage1_groups(mic_ds, cfg: Config, *, max_groups: int | None = -1, see
     if max_groups is not None and len(candidates) > max_groups:
         report.notes.append(f"kept {max_groups} of {len(candidates)} possible groups (max_groups)")
         order = order[:max_groups]
-    groups = [_group(candidates[idx], pool, rng, cfg, report) for idx in order]
+    groups = [_group(candidates[idx], pool, rng, loss, stage, report) for idx in order]
     report.groups = len(groups)
     return groups, _finish(report)
 
@@ -117,15 +116,16 @@ def _classify_answers(answers, where: str):
     return aligned, violating, rewrites
 
 
-def _group(candidate: Candidate, pool, rng, cfg: Config, report: BuildReport) -> ContrastiveGroup:
+def _group(candidate: Candidate, pool, rng, loss: LossConfig, stage: StageConfig, report: BuildReport
+           ) -> ContrastiveGroup:
     """One candidate prompt -> its group: its K most severe violations, padded from other prompts' ones."""
-    k, alpha = cfg.loss.num_negatives, cfg.loss.social_alpha
+    k, alpha = loss.num_negatives, loss.social_alpha
     q, positive, origin, rot, own = candidate
     chosen = own[:k]
     negatives = [a for a, _ in chosen]
     severity = [w[0] for _, w in chosen]
     origins = ["same_prompt"] * len(chosen)
-    if len(negatives) < k and cfg.stage1.fill_negatives:
+    if len(negatives) < k and stage.fill_negatives:
         taken = set(negatives) | {positive}
         others = [j for j, (q2, a2, _) in enumerate(pool) if q2 != q and a2 not in taken]
         for j in rng.permutation(len(others))[: k - len(negatives)]:
@@ -136,7 +136,7 @@ def _group(candidate: Candidate, pool, rng, cfg: Config, report: BuildReport) ->
         if len(negatives) < k:
             report.skipped["negative slots left empty (too few violating answers to pad from)"] += (
                 k - len(negatives))
-    system = f"Rule of thumb: {rot}" if (cfg.stage1.rot_in_context and rot) else None
+    system = f"Rule of thumb: {rot}" if (stage.rot_in_context and rot) else None
     worst = chosen[0][1]
     meta = {"stage": 1, "kind": "mic", "prompt": q, "rot": rot, "positive_origin": origin,
             "neg_origin": origins, "violation_severity": worst[1], "rot_agree": worst[2],

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config.schema import Config
+from ..config.schema import LossConfig, StageConfig
 from .types import BuildReport, ContrastiveGroup, GroupBuildError, _finish, _rng, _rows, _text, make_group
 
 
@@ -25,19 +25,19 @@ def _turns(prosocial_ds):
     return _rows(dialogue_turns(prosocial_ds))
 
 
-def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int | None = -1,
-                        seed: int | None = None, where: str = "ProsocialDialog"
+def build_stage2_groups(prosocial_ds, casual_ds, loss: LossConfig, stage: StageConfig, *, seed: int = 0,
+                        max_groups: int | None = -1, where: str = "ProsocialDialog"
                         ) -> tuple[list[ContrastiveGroup], BuildReport]:
     """Stage-2 groups from ProsocialDialog turns and casual chat (rules in :mod:`prosocial_lib.groups.types`).
 
     Args:
         prosocial_ds: hub-column rows (turned into per-turn histories with ``data.dialogue_turns``) or its output.
         casual_ds: rows ``(history: list[str], response, source)``, or None.
-        cfg: reads ``loss.num_negatives`` (K), ``loss.social_alpha``, ``stage2.max_groups``,
-            ``stage2.casual_fraction`` and ``seed``.
-        max_groups: cap on groups (default -1 = ``cfg.stage2.max_groups``; None = every unsafe turn plus casual
+        loss: the ``loss`` section: ``num_negatives`` (K) and ``social_alpha``.
+        stage: the ``stage2`` section: ``max_groups`` and ``casual_fraction``.
+        seed: the root seed (``Config.seed``); contexts and negatives are drawn with it.
+        max_groups: cap on groups (default -1 = ``stage.max_groups``; None = every unsafe turn plus casual
             ones in proportion); ``casual_fraction`` of them come from casual contexts.
-        seed: default ``cfg.seed`` (the root seed).
         where: names the data in error messages.
 
     Returns:
@@ -49,9 +49,8 @@ def build_stage2_groups(prosocial_ds, casual_ds, cfg: Config, *, max_groups: int
 
     Chapter 03 shows the groups and the report.
     """
-    max_groups = cfg.stage2.max_groups if max_groups == -1 else max_groups
-    seed = cfg.seed if seed is None else seed
-    k, alpha, frac = cfg.loss.num_negatives, cfg.loss.social_alpha, cfg.stage2.casual_fraction
+    max_groups = stage.max_groups if max_groups == -1 else max_groups
+    k, alpha, frac = loss.num_negatives, loss.social_alpha, stage.casual_fraction
     report = BuildReport(stage=2)
     unsafe, casual, casual_replies, preachy_replies = _contexts(prosocial_ds, casual_ds, where, report)
     report.candidates = len(unsafe) + len(casual)

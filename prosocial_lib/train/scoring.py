@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config.schema import Config
+from ..config.schema import LossConfig
 from ..groups.types import ContrastiveGroup
 from .collator import GroupCollator, TrainingSetupError
 from .losses import embedding_scores, in_batch_embedding_scores, likelihood_scores, mean_pool, npair_loss
@@ -115,16 +115,17 @@ def score_groups(model, batch: dict[str, torch.Tensor], score: str = "likelihood
 
 # ---------------------------------------------------------------------- evaluate
 @torch.no_grad()
-def evaluate_groups(model, tokenizer, groups: Sequence[ContrastiveGroup], cfg: Config, *,
-                    batch_size: int | None = None, head: torch.nn.Module | None = None,
+def evaluate_groups(model, tokenizer, groups: Sequence[ContrastiveGroup], loss: LossConfig, *, max_length: int,
+                    batch_size: int = 8, head: torch.nn.Module | None = None,
                     progress: bool = True, desc: str = "scoring groups") -> dict[str, Any]:
     """Held-out contrastive metrics of ``model`` on ``groups``, without gradients (batches of similar length).
 
     Args:
         model, tokenizer: the causal LM and its tokenizer (the model's training mode is restored afterwards).
         groups: the held-out groups.
-        cfg: reads ``loss`` (score, tau, layout), ``model.max_length`` and the stages' batch sizes.
-        batch_size: groups per forward pass (default: the larger stage batch size).
+        loss: the ``loss`` section: the score, tau and the packed layout.
+        max_length: tokens per (context + reply) sequence (``model.max_length``).
+        batch_size: groups per forward pass (the stage runner passes the larger stage batch size).
         head: the embedding score's projection head, if any.
         progress, desc: a progress bar and its label.
 
@@ -143,9 +144,9 @@ def evaluate_groups(model, tokenizer, groups: Sequence[ContrastiveGroup], cfg: C
     from tqdm.auto import tqdm
     if not groups:
         raise TrainingSetupError("evaluate_groups got no groups")
-    lc = cfg.loss
-    collator = GroupCollator(tokenizer, cfg.model.max_length, shared_context=lc.shared_context)
-    bs = batch_size or max(cfg.stage1.batch_size, cfg.stage2.batch_size)
+    lc = loss
+    collator = GroupCollator(tokenizer, max_length, shared_context=lc.shared_context)
+    bs = batch_size
     order = sorted(range(len(groups)), key=lambda i: -_group_chars(groups[i]))  # similar lengths together
     was_training = model.training
     model.eval()

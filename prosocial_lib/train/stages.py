@@ -76,15 +76,23 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> tuple[list[Co
     if stage == 1:
         from ..data.mic import load_mic
         ds = load_mic(cfg.data.mic_source, split=split, max_rows=max_rows)
-        return build_stage1_groups(ds, cfg, max_groups=max_groups, seed=seed,
+        return build_stage1_groups(ds, cfg.loss, cfg.stage1, max_groups=max_groups, seed=seed,
                                    where=f"MIC ({cfg.data.mic_source}, {split})")
     from ..data.casual import load_casual
     from ..data.prosocial_dialog import load_prosocial_dialog
     pd = load_prosocial_dialog(cfg.data.prosocial_source, split=split, max_rows=max_rows)
     casual_rows = max_rows if max_rows is not None else (4 * max_groups if max_groups else None)
     casual = load_casual(cfg.data.casual_source, split=split, seed=cfg.seed, max_rows=casual_rows)
-    return build_stage2_groups(pd, casual, cfg, max_groups=max_groups, seed=seed,
+    return build_stage2_groups(pd, casual, cfg.loss, cfg.stage2, max_groups=max_groups, seed=seed,
                                where=f"ProsocialDialog ({cfg.data.prosocial_source}, {split})")
+
+
+def score_heldout(model, tokenizer, groups: Sequence[ContrastiveGroup], cfg: Config, **kwargs: Any) -> dict[str, Any]:
+    """:func:`~prosocial_lib.train.scoring.evaluate_groups` with the run's settings: the ``loss`` section,
+    ``model.max_length`` and the larger of the two stage batch sizes (an orchestrator step: it reads the whole
+    config). ``kwargs``: ``head``, ``progress``, ``desc``."""
+    return evaluate_groups(model, tokenizer, groups, cfg.loss, max_length=cfg.model.max_length,
+                           batch_size=max(cfg.stage1.batch_size, cfg.stage2.batch_size), **kwargs)
 
 
 def own_groups(train_groups: Sequence[ContrastiveGroup | dict[str, Any]] | str | os.PathLike
@@ -225,8 +233,8 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
     model_cfg, mp_dtype, device = _training_model_cfg(cfg, init_from)
     set_seed(cfg.seed)
     model, tok, head = _load_model(cfg, model_cfg, init_from, device)
-    before = evaluate_groups(model, tok, held_out, cfg, head=head, progress=progress,
-                             desc=f"stage {stage}: held-out before")
+    before = score_heldout(model, tok, held_out, cfg, head=head, progress=progress,
+                           desc=f"stage {stage}: held-out before")
     model = apply_lora(model, cfg.model)
     if head is not None:
         model.add_module("npair_projection_head", head)  # so the Trainer's optimizer trains it
@@ -241,8 +249,8 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
         del model.npair_projection_head
     if cfg.model.lora:
         model = model.merge_and_unload()
-    after = evaluate_groups(model, tok, held_out, cfg, head=head, progress=progress,
-                            desc=f"stage {stage}: held-out after")
+    after = score_heldout(model, tok, held_out, cfg, head=head, progress=progress,
+                          desc=f"stage {stage}: held-out after")
     metrics = {
         "stage": stage, "fingerprint": fp, "preset": cfg.preset, "init_from": None if init_from is None
         else str(init_from), "before": before, "after": after,
