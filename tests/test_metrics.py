@@ -146,9 +146,37 @@ def test_distinct_n_and_lengths_hand_computed():
     # unigrams a b a b a: 2 unique / 5; bigrams (a b) (b a) (b a): 2 unique / 3
     assert distinct_n(texts, 1) == pytest.approx(2 / 5)
     assert distinct_n(texts, 2) == pytest.approx(2 / 3)
-    assert distinct_n(["hi."], 1) == 1.0  # "hi" and "." are two distinct tokens
+    assert distinct_n(["hi."], 1) == 1.0  # punctuation is not a word (data.texts.distinct_n, the book's one)
     assert math.isnan(distinct_n(["one"], 2))
     assert reply_lengths(["I am fine, thanks.", "", "ok"]) == [4, 0, 1]
+
+
+def test_quality_metrics_refuse_a_bare_string():
+    # issue #15 metrics-bare-string: a single reply as a str was scored character by character
+    with pytest.raises(TypeError, match="hypotheses: expected a list of texts"):
+        mean_unigram_f1("I am fine", "I am fire")  # was 0.556; the list form gives 2/3
+    assert mean_unigram_f1(["I am fine"], ["I am fire"]) == pytest.approx(2 / 3)
+    with pytest.raises(TypeError, match="list of texts"):
+        distinct_n("hello world", 1)  # was 0.7; the list form gives 1.0
+    assert distinct_n(["hello world"], 1) == 1.0
+    with pytest.raises(TypeError, match="list of texts"):
+        bleu4("the cat sat", "a dog lay on a rug")  # was "11 hypotheses but 18 references"
+    with pytest.raises(TypeError, match="list of texts"):
+        bleu4("abc", "abd")  # equal lengths: was a silent character-level BLEU
+    # new instances: reply lengths of one str, a list where unigram_f1 wants one reply, a list of replies given as
+    # references to a str hypothesis, bare-string histories / responses for the perplexity
+    with pytest.raises(TypeError, match="list of texts"):
+        reply_lengths("I am fine, thanks.")  # was [1, 1, 1, ...] per character
+    with pytest.raises(TypeError, match="one str"):
+        unigram_f1(["I am fine"], ["I am fire"])
+    with pytest.raises(TypeError, match="hypotheses"):
+        mean_unigram_f1("ab", ["a", "b"])
+    with pytest.raises(TypeError, match="responses"):
+        gold_perplexity(None, None, [["hi"]], "Hello there")
+    with pytest.raises(TypeError, match=r"histories\[0\]"):
+        gold_perplexity(None, None, ["hi there"], ["Hello"])  # a history is a list of turns, not one str
+    with pytest.raises(TypeError, match="histories"):
+        gold_perplexity(None, None, "hi there", ["Hello"])
 
 
 # ---------------------------------------------------------------------- perplexity
