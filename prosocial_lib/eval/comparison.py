@@ -251,8 +251,8 @@ def paired_differences(replies: pd.DataFrame, stats: StatsConfig | None = None, 
     ``reference - variant`` over the contexts both answered, with a bootstrap CI that resamples contexts as pairs
     (much tighter than comparing two separate intervals; Newcombe's interval where every context differs alike,
     NaN bounds where nothing can be estimated). Columns: variant, system, metric, difference, low, high,
-    contexts, method, estimable. ``stats`` (None = its defaults) sets the resamples and confidence, ``seed`` the resampling.
-    Chapter 04 reports these."""
+    contexts, method, estimable. ``stats`` (None = its defaults) sets the resamples and confidence, ``seed`` the
+    resampling. Chapter 04 reports these."""
     from .metrics import paired_difference
 
     kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)

@@ -230,4 +230,5 @@ def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict
             "gpu": " The contexts come from the real ProsocialDialog test split and DailyDialog."}.get(cfg.preset, "")
     return (f"**Preset `{cfg.preset}`**: {len(systems)} systems built from {models}, each answering {sets} "
             f"contexts with at most {cfg.generation.max_new_tokens} new tokens; rates with {cfg.stats.confidence:.0%} "
-            f"bootstrap intervals ({cfg.stats.bootstrap_samples} resamples of the contexts).{note}")
+            f"bootstrap intervals ({cfg.stats.bootstrap_samples} resamples of the contexts; Wilson's score interval "
+            f"where every reply agrees).{note}")
