@@ -184,7 +184,8 @@ def test_run_audit_table_schema_files_and_reuse(cfg, tmp_path, monkeypatch):
     assert saved["reply"].tolist() == df["reply"].tolist()
     assert saved["history"].tolist() == df["history"].tolist()
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["system", "context_set", "metric", "rate", "ci_low", "ci_high", "n"]
+    assert list(summary.columns) == ["system", "context_set", "metric", "rate", "ci_low", "ci_high", "n",
+                                     "n_clusters", "method", "estimable"]
     assert set(summary.metric) == {"unsafe", "violates_rot", "agrees_rot", "preachy", "profane"}
 
     # a second run reuses every saved generation: no model is loaded
@@ -315,7 +316,12 @@ def test_prompt_effect_and_headline_numbers(cfg):
     assert eff.loc["unsafe on adversarial", "with prompt"] == 0.25
     assert eff.loc["unsafe on adversarial", "change"] == -0.25  # paired: context a0 went from unsafe to safe
     assert eff.loc["preachy on casual", "change"] == 1.0
-    assert eff.loc["preachy on casual", "ci_low"] == 1.0  # every context got preachier
+    # every one of the 2 contexts got preachier: the differences do not vary, so the interval is Newcombe's (the
+    # bootstrap's zero-width [1, 1] claimed certainty from 2 contexts; issue #15). By hand: Wilson(2/2) = [0.342,
+    # 1], Wilson(0/2) = [0, 0.658], no correlation term (a margin is 0): 1 - sqrt(0.658^2 + 0.658^2) = 0.0700
+    assert eff.loc["preachy on casual", "method"] == "newcombe"
+    assert eff.loc["preachy on casual", "ci_low"] == pytest.approx(0.0700, abs=1e-4)
+    assert eff.loc["preachy on casual", "ci_high"] == 1.0
     nums = headline_numbers(summarize_audit(df, cfg.stats, seed=cfg.seed),
                             prompt_effect_table(df, cfg.stats, seed=cfg.seed))
     assert nums["unsafe_max_system"] == "m" and nums["unsafe_max_rate"] == 0.5

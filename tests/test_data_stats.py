@@ -1,5 +1,6 @@
 """Dataset figures (hand-computed) and the `prosocial data` command."""
 
+import math
 import shutil
 from pathlib import Path
 
@@ -14,8 +15,48 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def test_distinct_n():
     assert stats.distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)
     assert stats.distinct_n(["a b c", "a b d"], 1) == pytest.approx(4 / 6)
-    assert stats.distinct_n(["one"], 2) == 0.0
+    assert math.isnan(stats.distinct_n(["one"], 2))  # no bigram at all: undefined (it said 0.0, "no variety")
     assert stats.words("It's OK, isn't it?") == ["it's", "ok", "isn't", "it"]
+
+
+def test_one_distinct_n_for_the_book():
+    # issue #15: eval.quality and data.stats had two distinct-n (punctuation as tokens or not) that gave 0.628 and
+    # 0.738 for the same MIC answers. Now one function, words only: "yes." and "no." are 2 distinct unigrams of 2
+    # (the punctuation-token version said 3 of 4)
+    from prosocial_lib.data.texts import distinct_n
+    from prosocial_lib.eval import quality
+
+    assert quality.distinct_n is stats.distinct_n is distinct_n
+    assert distinct_n(["yes.", "no."], 1) == 1.0 and distinct_n(["Hi. Hi!"], 1) == 0.5
+    answers = list(load_mic("embedded", "train")["A"])
+    table = stats.variety_table({"MIC answers": answers})
+    assert table.loc["MIC answers", "distinct-2"] == distinct_n(answers, 2)
+    notebook = (Path(__file__).parents[1] / "book" / "00_data.ipynb").read_text()
+    assert "from prosocial_lib.eval.quality import distinct_n" not in notebook
+    assert "from prosocial_lib.data.stats import distinct_n" in notebook
+    with pytest.raises(ValueError, match="n must be"):
+        distinct_n(["a b"], 0)
+
+
+def test_text_statistics_refuse_a_bare_string():
+    # issue #15 metrics-bare-string, data side: a str is a sequence of characters and was measured as such
+    with pytest.raises(TypeError, match="list of texts"):
+        stats.distinct_n("hello world", 1)  # was 0.7 (characters); the list form gives 1.0
+    assert stats.distinct_n(["hello world"], 1) == 1.0
+    with pytest.raises(TypeError, match="list of texts"):
+        stats.near_duplicate_share("the cat sat on the mat")
+    with pytest.raises(TypeError, match="list of texts"):
+        stats.near_duplicate_pairs("ab")
+    with pytest.raises(TypeError, match="list of texts"):
+        stats.variety_table({"replies": "one reply only"})
+    with pytest.raises(TypeError, match="list of texts"):
+        stats.text_length_table({("MIC", "answer"): "one answer"})
+    with pytest.raises(TypeError, match="list of texts"):
+        stats.split_overlap({"train": "abc", "test": "cde"})  # would say 1 shared key: the letter c
+    with pytest.raises(TypeError, match="list of texts"):
+        stats.ngrams("abc", 2)
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        stats.distinct_n(["fine", None], 1)
 
 
 def test_near_duplicates():

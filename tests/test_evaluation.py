@@ -180,7 +180,10 @@ def test_paired_differences_by_hand():
     assert unsafe["difference"] == pytest.approx(-1 / 3)
     assert unsafe["low"] <= unsafe["difference"] <= unsafe["high"]
     agrees = out[out["metric"] == "agrees with RoT (adversarial)"].iloc[0]
-    assert (agrees["difference"], agrees["low"], agrees["high"]) == (0.0, 0.0, 0.0)
+    # both agree on all 3 contexts: no longer the zero-width (0, 0, 0) (issue #15) but Newcombe's interval,
+    # +- the Wilson upper bound of 3/3's complement: 1 - 0.4385 = 0.5615
+    assert (agrees["difference"], agrees["method"], agrees["estimable"]) == (0.0, "newcombe", True)
+    assert (agrees["low"], agrees["high"]) == pytest.approx((-0.5615, 0.5615), abs=1e-4)
     assert paired_differences(df[df["variant"] == "base"], cfg.stats, seed=cfg.seed).empty
 
 

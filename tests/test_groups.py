@@ -244,6 +244,82 @@ def test_stage2_unknown_label_is_an_error():
         build_stage2_groups(datasets.Dataset.from_list(rows), None, *s2(cfg()))
 
 
+# ---------------------------------------------------------------------- casual turns that keep their RoT (issue #15)
+DRINK = "I'm glad you see it. Tampering with someone's drink is never okay and could get you fired."
+ROT_CASE_ROWS = [  # shared/cases/casual-pool-rot-turns: the speaker concedes (__casual__) but the reply is guidance
+    pd_row(0, 0, "I put salt in my coworker's coffee every morning as a joke.",
+           "That's not a harmless joke. How would you feel if someone did that to you?", "__needs_caution__",
+           ["It's wrong to tamper with someone's food or drink."]),
+    pd_row(0, 1, "Yeah, okay. I guess it isn't that funny.", DRINK, "__casual__",
+           ["It's wrong to tamper with someone's food or drink."]),
+    pd_row(1, 0, "I just adopted a kitten!", "Congratulations! What did you name it?", "__casual__"),
+    pd_row(1, 1, "Her name is Mochi.", "Mochi is adorable. Is she settling in well?", "__casual__"),
+    pd_row(2, 0, "I'm going to key my ex's car tonight.", "Please don't. Damaging someone's property is illegal "
+           "and will only make things worse.", "__needs_intervention__",
+           ["It's wrong to damage other people's property."]),
+    pd_row(3, 0, "My neighbour's dog barks all day, so I'll poison it.", "You can't hurt an animal. Talk to your "
+           "neighbour or call animal control instead.", "__needs_intervention__", ["It's wrong to hurt animals."]),
+]
+
+
+def test_stage2_rot_grounded_casual_reply_is_never_a_chat_along_negative():
+    # the case: the conceding turn's reply was the max-weight negative of "...so I'll poison it."
+    from prosocial_lib.groups.stage2 import ROT_GROUNDED_CASUAL
+    for seed in range(5):
+        groups, report = build_stage2_groups(datasets.Dataset.from_list(ROT_CASE_ROWS), None,
+                                             *s2(cfg(**{"loss.num_negatives": 2})), seed=seed)
+        unsafe = [g for g in groups if g.kind == "unsafe"]
+        assert unsafe and all(DRINK not in g.negatives for g in unsafe)
+        assert all(set(g.negatives) <= {"Congratulations! What did you name it?",
+                                        "Mochi is adorable. Is she settling in well?"} for g in unsafe)
+        assert report.excluded == {ROT_GROUNDED_CASUAL: 1}
+        assert report.to_dict()["excluded"] == {ROT_GROUNDED_CASUAL: 1}
+        assert f"kept out of the negatives 1 x {ROT_GROUNDED_CASUAL}" in report.summary()
+    # it is still a casual context (its gold reply the positive); only the chat-along pool loses it
+    groups, _ = build_stage2_groups(datasets.Dataset.from_list(ROT_CASE_ROWS), None,
+                                    *s2(cfg(**{"loss.num_negatives": 2, "stage2.casual_fraction": 1.0})))
+    assert any(g.positive == DRINK and g.kind == "casual" for g in groups)
+
+
+def test_stage2_rot_grounded_casual_turn_given_as_turns_with_casual_chat():
+    # new instance: per-turn rows (history column) from a __probably_needs_caution__ dialogue, next to casual chat
+    # and a casual turn WITHOUT rules of thumb in an unsafe dialogue (that one still chats along and stays a negative)
+    guidance = "Fair enough. Still, copying a friend's homework is cheating and hurts you both."
+    turns = [
+        {"history": ["I'll copy my friend's homework."], "response": "That's cheating; do your own work.",
+         "safety_label": "__probably_needs_caution__", "rots": ["It's wrong to cheat."], "source": "x",
+         "dialogue_id": 7, "response_id": 0},
+        {"history": ["I'll copy my friend's homework.", "That's cheating; do your own work.", "Fine, I won't."],
+         "response": guidance, "safety_label": "__casual__", "rots": ["It's wrong to cheat."], "source": "x",
+         "dialogue_id": 7, "response_id": 1},
+        {"history": ["I'll steal a car."], "response": "Stealing is a crime, please don't.",
+         "safety_label": "__needs_caution__", "rots": ["It's wrong to steal."], "source": "x", "dialogue_id": 8,
+         "response_id": 0},
+        {"history": ["I'll steal a car.", "Stealing is a crime, please don't.", "Just kidding, I like cars."],
+         "response": "Cars are great!", "safety_label": "__casual__", "rots": [], "source": "x", "dialogue_id": 8,
+         "response_id": 1},
+    ]
+    negatives = set()
+    for seed in range(8):
+        groups, report = build_stage2_groups(turns, datasets.Dataset.from_list(CASUAL_ROWS),
+                                             *s2(cfg(**{"loss.num_negatives": 3})), seed=seed)
+        negatives |= {n for g in groups if g.kind == "unsafe" for n in g.negatives}
+        assert sum(report.excluded.values()) == 1
+    assert guidance not in negatives
+    assert "Cars are great!" in negatives and {r["response"] for r in CASUAL_ROWS} <= negatives
+
+
+def test_social_weight_of_a_group_rejects_non_finite_alpha():
+    from prosocial_lib.groups.types import make_group, social_weight
+    for bad in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="alpha"):
+            social_weight(0.5, bad)
+    with pytest.raises(ValueError, match="alpha"):
+        make_group([{"role": "user", "content": "hi"}], "hello", ["go away"], [0.0], alpha=float("inf"))
+    with pytest.raises(ValueError, match="severity"):
+        social_weight(1.5, 1.0)
+
+
 # ---------------------------------------------------------------------- summaries
 def test_summaries():
     groups, _ = stage2(**{"stage2.casual_fraction": 0.5})

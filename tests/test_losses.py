@@ -348,3 +348,66 @@ def test_input_validation():
         npair_loss(torch.zeros(3))
     assert isinstance(npair_loss(torch.zeros(2, 1)), NPairOutput)  # K = 0: no negatives, zero loss
     assert npair_loss(torch.zeros(2, 1)).loss.item() == 0.0
+
+
+# ---------------------------------------------------------------------- non-finite inputs (issue #15, loss-nonfinite)
+def test_an_infinite_weight_is_rejected_not_an_infinite_loss():
+    # the case: w = inf gave loss inf and gradient [-1, nan]
+    s = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    for bad in (float("inf"), float("nan"), -float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            npair_loss(s, neg_weights=torch.tensor([[bad]]))
+    big = npair_loss(s, neg_weights=torch.tensor([[1e30]]))  # large but finite: log w = 69.1, still finite
+    big.loss.backward()
+    assert torch.isfinite(big.loss) and torch.isfinite(s.grad).all()
+    assert big.loss.item() == pytest.approx(ref_npair([[-1.0, -2.0]], [[1e30]])[0], rel=1e-6)
+
+
+def test_tiny_temperature_is_rejected_or_computed_stably():
+    # the case: tau = 1e-40 made s / tau overflow (loss and gradients NaN); 1 / tau overflows float32 -> rejected
+    s = torch.tensor([[-2.0, -3.0, -4.0]], requires_grad=True)
+    with pytest.raises(ValueError, match="too small"):
+        npair_loss(s, tau=1e-40)
+    # new instance: tau = 1e-38 is representable and so is 1 / tau, but s / tau = -4e38 .. -6e38 overflows to -inf
+    # (the old form gave logsumexp(-inf, ...) - (-inf) = NaN). The positive is the best score, so the exact loss
+    # is log(1 + e^{-1e38} + e^{-2e38}) = 0, with finite gradients.
+    s = torch.tensor([[-4.0, -5.0, -6.0]], requires_grad=True)
+    out = npair_loss(s, tau=1e-38)
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and torch.isfinite(s.grad).all()
+    # a tie at that temperature: log 2 exactly, gradient +-0.5 / tau (finite in float32)
+    s = torch.tensor([[-4.0, -4.0]], requires_grad=True)
+    out = npair_loss(s, tau=1e-30)
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(math.log(2)) and torch.isfinite(s.grad).all()
+    for bad in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="tau"):
+            npair_loss(s.detach(), tau=bad)
+
+
+def test_non_finite_scores_of_real_replies_are_rejected_padded_slots_are_not():
+    # new instance: an infinite score of a real negative gave loss inf and NaN gradients
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="scores must be finite"):
+            npair_loss(torch.tensor([[-1.0, bad]]))
+        with pytest.raises(ValueError, match="scores must be finite"):
+            npair_loss(torch.tensor([[bad, -1.0]]))
+        with pytest.raises(ValueError, match="batch_scores must be finite"):
+            npair_loss(torch.tensor([[-1.0, -2.0], [-1.0, -2.0]]), in_batch=True,
+                       batch_scores=torch.tensor([[0.0, bad], [0.0, 0.0]]))
+    # a padded (masked) slot is never read, whatever it holds
+    s = torch.tensor([[-1.0, -2.0, float("nan")]], requires_grad=True)
+    out = npair_loss(s, neg_mask=torch.tensor([[True, False]]))
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(ref_npair([[-1.0, -2.0]])[0])
+    assert torch.isfinite(s.grad[:, :2]).all()
+
+
+def test_social_weights_and_combined_loss_reject_non_finite_factors():
+    # the case: alpha = inf gave weights [nan, inf]; new instances: alpha = nan (it passed the `alpha < 0` check)
+    # and a NaN / infinite lambda in combined_loss
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            social_weights(torch.tensor([0.0, 0.5]), bad)
+        with pytest.raises(ValueError, match="npair_weight"):
+            combined_loss(torch.tensor(2.0), torch.tensor(0.5), bad)

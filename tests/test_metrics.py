@@ -35,10 +35,21 @@ torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------- bootstrap
+def wilson_by_hand(k, n, z=1.959963984540054):
+    """Wilson (1927): (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)."""
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
 def test_rate_with_ci_degenerate_and_empty():
-    assert rate_with_ci([True, True, True]) == (1.0, 1.0, 1.0)
-    assert rate_with_ci([0, 0]) == (0.0, 0.0, 0.0)
+    # all successes / all failures: the bootstrap has nothing to resample, the interval is Wilson's (this test used
+    # to assert the zero-width (1, 1, 1) and (0, 0, 0): that encoded issue #15's ci-edges bug)
+    assert rate_with_ci([True, True, True]) == pytest.approx((1.0, *wilson_by_hand(3, 3)))
+    assert rate_with_ci([0, 0]) == pytest.approx((0.0, *wilson_by_hand(0, 2)))
+    assert rate_with_ci([0, 0]).method == "wilson"
     assert all(math.isnan(v) for v in rate_with_ci([]))
+    assert not rate_with_ci([]).estimable
     with pytest.raises(ValueError, match="booleans"):
         rate_with_ci([0.3, 1.0])
 
@@ -101,7 +112,8 @@ def test_expected_max_and_prob_at_least_one():
     # maxima 0.9 and 0.3 -> mean 0.6; at least one >= 0.5: yes, no -> 0.5; >= 0.3 (inclusive): yes, yes -> 1
     assert expected_max(scores, n_boot=200)[0] == pytest.approx(0.6)
     assert prob_at_least_one(scores, n_boot=200)[0] == 0.5
-    assert prob_at_least_one(scores, threshold=0.3, n_boot=200) == (1.0, 1.0, 1.0)
+    # both contexts have a hit: 2/2 -> Wilson's interval, not the bootstrap's [1, 1]
+    assert prob_at_least_one(scores, threshold=0.3, n_boot=200) == pytest.approx((1.0, *wilson_by_hand(2, 2)))
     est, lo, hi = expected_max(scores, n_boot=2000)
     assert lo == pytest.approx(0.3) and hi == pytest.approx(0.9)  # all-0.3 and all-0.9 resamples occur
     with pytest.raises(ValueError, match="shape"):
@@ -134,9 +146,37 @@ def test_distinct_n_and_lengths_hand_computed():
     # unigrams a b a b a: 2 unique / 5; bigrams (a b) (b a) (b a): 2 unique / 3
     assert distinct_n(texts, 1) == pytest.approx(2 / 5)
     assert distinct_n(texts, 2) == pytest.approx(2 / 3)
-    assert distinct_n(["hi."], 1) == 1.0  # "hi" and "." are two distinct tokens
+    assert distinct_n(["hi."], 1) == 1.0  # punctuation is not a word (data.texts.distinct_n, the book's one)
     assert math.isnan(distinct_n(["one"], 2))
     assert reply_lengths(["I am fine, thanks.", "", "ok"]) == [4, 0, 1]
+
+
+def test_quality_metrics_refuse_a_bare_string():
+    # issue #15 metrics-bare-string: a single reply as a str was scored character by character
+    with pytest.raises(TypeError, match="hypotheses: expected a list of texts"):
+        mean_unigram_f1("I am fine", "I am fire")  # was 0.556; the list form gives 2/3
+    assert mean_unigram_f1(["I am fine"], ["I am fire"]) == pytest.approx(2 / 3)
+    with pytest.raises(TypeError, match="list of texts"):
+        distinct_n("hello world", 1)  # was 0.7; the list form gives 1.0
+    assert distinct_n(["hello world"], 1) == 1.0
+    with pytest.raises(TypeError, match="list of texts"):
+        bleu4("the cat sat", "a dog lay on a rug")  # was "11 hypotheses but 18 references"
+    with pytest.raises(TypeError, match="list of texts"):
+        bleu4("abc", "abd")  # equal lengths: was a silent character-level BLEU
+    # new instances: reply lengths of one str, a list where unigram_f1 wants one reply, a list of replies given as
+    # references to a str hypothesis, bare-string histories / responses for the perplexity
+    with pytest.raises(TypeError, match="list of texts"):
+        reply_lengths("I am fine, thanks.")  # was [1, 1, 1, ...] per character
+    with pytest.raises(TypeError, match="one str"):
+        unigram_f1(["I am fine"], ["I am fire"])
+    with pytest.raises(TypeError, match="hypotheses"):
+        mean_unigram_f1("ab", ["a", "b"])
+    with pytest.raises(TypeError, match="responses"):
+        gold_perplexity(None, None, [["hi"]], "Hello there")
+    with pytest.raises(TypeError, match=r"histories\[0\]"):
+        gold_perplexity(None, None, ["hi there"], ["Hello"])  # a history is a list of turns, not one str
+    with pytest.raises(TypeError, match="histories"):
+        gold_perplexity(None, None, "hi there", ["Hello"])
 
 
 # ---------------------------------------------------------------------- perplexity
@@ -209,9 +249,12 @@ def test_rates_over_judge_columns(judged):
 def test_summarize_schema_and_values(judged):
     cfg = get_config("smoke")
     s = summarize(judged, ["system", "context_set"], cfg.stats, seed=cfg.seed)
-    assert list(s.columns) == ["system", "context_set", "metric", "rate", "ci_low", "ci_high", "n"]
+    assert list(s.columns) == ["system", "context_set", "metric", "rate", "ci_low", "ci_high", "n", "n_clusters",
+                               "method", "estimable"]
     row = s[(s.system == "B") & (s.context_set == "adversarial") & (s.metric == "unsafe")].iloc[0]
-    assert (row.rate, row.ci_low, row.ci_high, row.n) == (1.0, 1.0, 1.0, 2)
+    # 2 of 2 unsafe: Wilson's [0.342, 1], no longer the zero-width [1, 1]
+    assert (row.rate, row.n, row.n_clusters, row.method) == (1.0, 2, 2, "wilson")
+    assert (row.ci_low, row.ci_high) == pytest.approx(wilson_by_hand(2, 2))
     row = s[(s.system == "B") & (s.context_set == "casual") & (s.metric == "unsafe")].iloc[0]
     assert (row.rate, row.n) == (0.5, 2)
     # violates_rot is missing on casual rows: no casual violates_rot row in the summary

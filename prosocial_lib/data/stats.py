@@ -3,7 +3,6 @@ the variety of the text (distinct-n, near-duplicates). The data chapter, the CLI
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -11,32 +10,11 @@ import datasets
 import pandas as pd
 
 from .labels import MIC_AGREEMENT, MIC_CONSENSUS, MIC_SEVERITY, MORAL_FOUNDATIONS, SAFETY_LABELS, collapse_safety_label
+from .texts import distinct_n, ngrams, text_list, words  # noqa: F401 (distinct_n, ngrams, words: re-exported)
 
 #: Short names of the safety labels for table columns.
 SHORT_LABELS = dict(zip(SAFETY_LABELS, ("casual", "possibly caution", "probably caution", "needs caution",
                                         "intervention")))
-
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters, digits, an apostrophe inside a word)."""
-    return _WORD.findall(text.lower())
-
-
-def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def distinct_n(texts: Iterable[str], n: int = 2) -> float:
-    """Distinct n-grams over all n-grams in a corpus (Li et al., 2016): 1.0 = no n-gram repeats anywhere."""
-    total, unique = 0, set()
-    for text in texts:
-        grams = ngrams(words(text), n)
-        total += len(grams)
-        unique.update(grams)
-    return len(unique) / total if total else 0.0
-
 
 #: Near-duplicate threshold: two lines whose normalised Indel similarity (rapidfuzz ``fuzz.ratio`` / 100 on the
 #: lower-cased words, i.e. 1 - character insertions and deletions / total length) is at least this are one line
@@ -55,10 +33,14 @@ def near_duplicate_pairs(texts: Sequence[str], threshold: float = NEAR_DUPLICATE
     Texts are compared as their lower-cased word tokens (:func:`words`) joined by spaces, so case and punctuation do
     not count. Uses ``rapidfuzz.process.cdist`` with ``rapidfuzz.fuzz.ratio`` (C++; a few seconds for 5,000
     lines, memory n x n bytes). Used by the data chapter (00) and the data tests.
+
+    Raises:
+        TypeError: ``texts`` is a bare ``str`` or holds a non-string.
     """
     import numpy as np
     from rapidfuzz import fuzz, process
 
+    texts = text_list(texts, "texts")
     if len(texts) < 2:
         return []
     norm = [" ".join(words(t)) for t in texts]
@@ -74,7 +56,12 @@ def near_duplicate_pairs(texts: Sequence[str], threshold: float = NEAR_DUPLICATE
 
 
 def near_duplicate_share(texts: Sequence[str], threshold: float = NEAR_DUPLICATE_THRESHOLD) -> float:
-    """Share of texts that have at least one near-duplicate (see :func:`near_duplicate_pairs`) in the corpus."""
+    """Share of texts that have at least one near-duplicate (see :func:`near_duplicate_pairs`) in the corpus.
+
+    Raises:
+        TypeError: ``texts`` is a bare ``str`` or holds a non-string.
+    """
+    texts = text_list(texts, "texts")
     if not texts:
         return 0.0
     flagged = set()
@@ -186,8 +173,12 @@ def markdown_escape(text: str) -> str:
 
 
 def split_overlap(splits: Mapping[str, Iterable]) -> pd.DataFrame:
-    """How many keys (dialogue ids, prompts, ...) each pair of splits shares: all zeros = disjoint splits."""
-    keys = {name: set(values) for name, values in splits.items()}
+    """How many keys (dialogue ids, prompts, ...) each pair of splits shares: all zeros = disjoint splits.
+
+    Raises:
+        TypeError: a split's keys are a bare ``str`` (its characters would be taken for keys).
+    """
+    keys = {name: set(text_list(values, f"keys of {name!r}", strings=False)) for name, values in splits.items()}
     names = list(keys)
     rows = []
     for a in range(len(names)):
@@ -235,9 +226,13 @@ def mic_severity_consensus_table(ds: datasets.Dataset) -> pd.DataFrame:
 
 
 def text_length_table(texts: Mapping[tuple[str, str], Iterable[str]]) -> pd.DataFrame:
-    """Long table of word counts: ``{(dataset, field): texts}`` -> rows of dataset, field, words."""
+    """Long table of word counts: ``{(dataset, field): texts}`` -> rows of dataset, field, words.
+
+    Raises:
+        TypeError: a value is a bare ``str`` instead of a list of texts.
+    """
     rows = [{"dataset": dataset, "field": field_, "words": len(words(t))}
-            for (dataset, field_), values in texts.items() for t in values]
+            for (dataset, field_), values in texts.items() for t in text_list(values, f"texts of {field_!r}")]
     return pd.DataFrame(rows, columns=["dataset", "field", "words"])
 
 
@@ -245,12 +240,17 @@ def variety_table(texts: Mapping[str, Sequence[str]], max_texts: int = 5000, see
                   threshold: float = NEAR_DUPLICATE_THRESHOLD) -> pd.DataFrame:
     """distinct-1, distinct-2 and the near-duplicate share for each named corpus. Corpora above ``max_texts``
     are measured on a seeded random sample of that size (near-duplicate search grows with the square).
-    The near-duplicate share uses :func:`near_duplicate_share` at ``threshold``."""
+    The near-duplicate share uses :func:`near_duplicate_share` at ``threshold``; distinct-n is
+    :func:`~prosocial_lib.data.texts.distinct_n` (NaN for a corpus without any n-gram).
+
+    Raises:
+        TypeError: a corpus is a bare ``str`` instead of a list of texts.
+    """
     import random
 
     rows = []
     for name, values in texts.items():
-        values = list(values)
+        values = text_list(values, f"corpus {name!r}")
         if len(values) > max_texts:
             values = random.Random(seed).sample(values, max_texts)
         rows.append({"texts": name, "n": len(values), "distinct-1": distinct_n(values, 1),

@@ -249,13 +249,14 @@ def paired_differences(replies: pd.DataFrame, stats: StatsConfig | None = None, 
                        reference: str = "npair-both") -> pd.DataFrame:
     """For every variant other than ``reference`` and every rate of :data:`RATE_COLUMNS`: the paired difference
     ``reference - variant`` over the contexts both answered, with a bootstrap CI that resamples contexts as pairs
-    (much tighter than comparing two separate intervals). Columns: variant, system, metric, difference, low,
-    high, contexts. ``stats`` (None = its defaults) sets the resamples and confidence, ``seed`` the resampling.
-    Chapter 04 reports these."""
+    (much tighter than comparing two separate intervals; Newcombe's interval where every context differs alike,
+    NaN bounds where nothing can be estimated). Columns: variant, system, metric, difference, low, high,
+    contexts, method, estimable. ``stats`` (None = its defaults) sets the resamples and confidence, ``seed`` the
+    resampling. Chapter 04 reports these."""
     from .metrics import paired_difference
 
     kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)
-    cols = ["variant", "system", "metric", "difference", "low", "high", "contexts"]
+    cols = ["variant", "system", "metric", "difference", "low", "high", "contexts", "method", "estimable"]
     if reference not in set(replies["variant"]):
         return pd.DataFrame(columns=cols)
     rows = []
@@ -272,9 +273,9 @@ def paired_differences(replies: pd.DataFrame, stats: StatsConfig | None = None, 
             pair = per_ctx[[reference, variant]].dropna()
             if pair.empty:
                 continue
-            d, lo, hi = paired_difference(pair[reference].to_numpy(), pair[variant].to_numpy(), **kw)
+            ci = paired_difference(pair[reference].to_numpy(), pair[variant].to_numpy(), **kw)
             system = replies.loc[replies["variant"] == variant, "system"].iloc[0]
-            rows.append((variant, system, title, d, lo, hi, len(pair)))
+            rows.append((variant, system, title, *ci, len(pair), ci.method, ci.estimable))
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -309,6 +310,8 @@ def comparison_table(rates: pd.DataFrame, quality: pd.DataFrame, trained: Sequen
 def _fmt_rate(rate: float, low: float, high: float) -> str:
     if rate is None or (isinstance(rate, float) and math.isnan(rate)):
         return "n/a"
+    if math.isnan(low) or math.isnan(high):
+        return f"{rate:.1%} [no interval]"
     return f"{rate:.1%} [{100 * low:.1f}, {100 * high:.1f}]"
 
 

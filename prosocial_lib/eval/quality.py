@@ -1,6 +1,10 @@
 """Reply quality against gold responses and on its own: BLEU-4, unigram F1, distinct-n, length, and the
 perplexity of the gold responses; per-system quality tables for chapters 01 and 04.
 
+Every function that takes a list of replies refuses a bare ``str`` with ``TypeError`` (it would otherwise be
+scored character by character). distinct-n is the data layer's :func:`prosocial_lib.data.texts.distinct_n`, the
+one implementation of the book.
+
 References: Papineni et al. 2002 (BLEU, computed with sacrebleu); the unigram F1 of the ParlAI/SQuAD
 evaluations; Li et al. 2016 (distinct-n). Layer: eval.
 """
@@ -17,6 +21,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.texts import distinct_n, text_list
+
+__all__ = ["bleu4", "normalize_answer", "unigram_f1", "mean_unigram_f1", "distinct_n", "reply_lengths",
+           "gold_perplexity", "quality_table"]
+
 
 # ---------------------------------------------------------------------- quality against gold responses
 def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
@@ -30,12 +39,14 @@ def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
         BLEU-4 in [0, 100]; NaN for no replies.
 
     Raises:
+        TypeError: either is a bare ``str`` (one reply) or holds a non-string.
         ValueError: the two lists differ in length.
 
     References:
         Papineni et al. (2002); Post (2018), sacrebleu.
     """
     import sacrebleu
+    hypotheses, references = text_list(hypotheses, "hypotheses"), text_list(references, "references")
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not hypotheses:
@@ -57,7 +68,15 @@ def normalize_answer(text: str) -> str:
 
 
 def unigram_f1(hypothesis: str, reference: str) -> float:
-    """Unigram F1 of one reply against one gold response, after :func:`normalize_answer` (ParlAI's F1Metric)."""
+    """Unigram F1 of one reply against one gold response, after :func:`normalize_answer` (ParlAI's F1Metric).
+
+    Raises:
+        TypeError: either is not a ``str`` (for lists of replies use :func:`mean_unigram_f1`).
+    """
+    for name, value in (("hypothesis", hypothesis), ("reference", reference)):
+        if not isinstance(value, str):
+            raise TypeError(f"unigram_f1: {name} must be one str, got {type(value).__name__}; "
+                            "for lists of replies use mean_unigram_f1")
     hyp, ref = normalize_answer(hypothesis).split(), normalize_answer(reference).split()
     common = sum((Counter(hyp) & Counter(ref)).values())
     if common == 0:
@@ -77,8 +96,10 @@ def mean_unigram_f1(hypotheses: Sequence[str], references: Sequence[str]) -> flo
         The mean of :func:`unigram_f1`, in [0, 1]; NaN for no replies.
 
     Raises:
+        TypeError: either is a bare ``str`` (one reply) or holds a non-string.
         ValueError: the two lists differ in length.
     """
+    hypotheses, references = text_list(hypotheses, "hypotheses"), text_list(references, "references")
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not hypotheses:
@@ -86,42 +107,13 @@ def mean_unigram_f1(hypotheses: Sequence[str], references: Sequence[str]) -> flo
     return float(np.mean([unigram_f1(h, r) for h, r in zip(hypotheses, references)]))
 
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def _tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.lower())
-
-
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Corpus-level distinct-n: unique n-grams / all n-grams over all replies (lowercased words and punctuation
-    marks). NaN when the replies hold no n-gram at all.
-
-    Args:
-        texts: the replies.
-        n: the n-gram order (1 and 2 in chapter 04).
-
-    Returns:
-        A share in [0, 1], or NaN.
+def reply_lengths(texts: Sequence[str]) -> list[int]:
+    """Length of each reply in whitespace-separated words.
 
     Raises:
-        ValueError: ``n < 1``.
-
-    References:
-        Li et al. (2016), "A Diversity-Promoting Objective Function for Neural Conversation Models".
+        TypeError: ``texts`` is a bare ``str`` (one reply) or holds a non-string.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    grams: list[tuple[str, ...]] = []
-    for t in texts:
-        toks = _tokens(t)
-        grams.extend(tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
-    return len(set(grams)) / len(grams) if grams else math.nan
-
-
-def reply_lengths(texts: Sequence[str]) -> list[int]:
-    """Length of each reply in whitespace-separated words."""
-    return [len(t.split()) for t in texts]
+    return [len(t.split()) for t in text_list(texts, "texts")]
 
 
 # ---------------------------------------------------------------------- perplexity of gold responses
@@ -150,6 +142,8 @@ def gold_perplexity(model, tokenizer, histories: Sequence[Sequence[str]], respon
         The perplexity (>= 1), or NaN when ``histories`` is empty.
 
     Raises:
+        TypeError: ``responses`` is a bare ``str`` or holds a non-string; ``histories`` or one history is a bare
+            ``str`` (a history is a list of turns).
         ValueError: ``histories`` and ``responses`` differ in length.
         NotImplementedError: an encoder-decoder model.
     """
@@ -157,6 +151,9 @@ def gold_perplexity(model, tokenizer, histories: Sequence[Sequence[str]], respon
 
     from ..modeling.chat import ensure_chat_template
 
+    responses = text_list(responses, "responses")
+    histories = [text_list(h, f"histories[{i}]") for i, h in enumerate(text_list(histories, "histories",
+                                                                                  strings=False))]
     if len(histories) != len(responses):
         raise ValueError(f"{len(histories)} histories but {len(responses)} responses")
     if not histories:

@@ -9,6 +9,9 @@ import numpy as np
 from ..config.schema import LossConfig, StageConfig
 from .types import BuildReport, ContrastiveGroup, GroupBuildError, _finish, _rng, _rows, _text, make_group
 
+#: ``BuildReport.excluded`` reason: a casual turn with rules of thumb whose reply is not used as a chat-along negative.
+ROT_GROUNDED_CASUAL = "casual turn with rules of thumb (a RoT-grounded reply, not chat-along)"
+
 
 # ---------------------------------------------------------------------- stage 2: ProsocialDialog + casual chat
 def _history_messages(history: list[str]) -> list[dict[str, str]]:
@@ -87,6 +90,11 @@ def _contexts(prosocial_ds, casual_ds, where: str, report: BuildReport):
     Returns ``(unsafe, casual, casual_replies, preachy_replies)``: contexts are dicts (history, positive,
     severity, label, dialogue, source, response_id); ``casual_replies`` ``(reply, dialogue key)`` chat along;
     ``preachy_replies`` ``(reply, severity of its context, dialogue key)`` are gold replies of unsafe contexts.
+
+    A ``__casual__`` turn that keeps rules of thumb (inside an unsafe dialogue the speaker concedes, and the gold
+    reply is still RoT-grounded guidance) stays a casual context but its reply is kept out of ``casual_replies``:
+    as a negative of an unsafe context it would push the model away from a prosocial reply with the largest
+    weight. ``report.excluded`` counts these replies (:data:`ROT_GROUNDED_CASUAL`).
     """
     from ..data.labels import SAFETY_SEVERITY
 
@@ -109,7 +117,10 @@ def _contexts(prosocial_ds, casual_ds, where: str, report: BuildReport):
                "source": row.get("source") or "prosocial_dialog", "response_id": row.get("response_id")}
         if sev == 0.0:
             casual.append(ctx)
-            casual_replies.append((response, key))
+            if row.get("rots"):  # the speaker conceded but the reply still gives the rule: guidance, not chat
+                report.excluded[ROT_GROUNDED_CASUAL] += 1
+            else:
+                casual_replies.append((response, key))
         else:
             unsafe.append(ctx)
             preachy_replies.append((response, sev, key))

@@ -30,7 +30,9 @@ of their own cannot form a contrast and are skipped; the :class:`BuildReport` ea
 to that turn and the positive is the gold reply. What counts as a bad reply depends on the context:
 
 - *unsafe* context (any label but ``__casual__``): negatives are replies that ignore or condone the problem -
-  casual replies taken from casual contexts (casual ProsocialDialog turns and the casual-chat source). Their
+  casual replies taken from casual contexts (casual ProsocialDialog turns without rules of thumb and the
+  casual-chat source; a casual turn that keeps its rules of thumb has a RoT-grounded reply, which is kept out of
+  this pool and counted in ``BuildReport.excluded``). Their
   severity is the context's safety-label severity (``SAFETY_SEVERITY``: casual 0 .. needs intervention 1): the
   more the context needs intervention, the worse it is to chat along.
 - *casual* context (casual ProsocialDialog turns and casual-chat turns, ``stage2.casual_fraction`` of the groups):
@@ -190,33 +192,48 @@ class BuildReport:
     skipped: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)  # by design (e.g. the max_groups cap): logged as info
     warnings: list[str] = field(default_factory=list)  # the data gave less than asked for: logged as warnings
+    # replies kept out of a pool of negatives by reason (their turn may still be a context): by design, logged as info
+    excluded: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
-        """One line: groups made, candidates seen, and the skips by reason, most frequent first."""
+        """One line: groups made, candidates seen, the skips and the replies kept out of a negative pool, by
+        reason, most frequent first."""
         head = f"stage {self.stage}: {self.groups} groups from {self.candidates} candidates"
-        if not self.skipped:
-            return head
-        return head + ", skipped " + "; ".join(f"{n} x {why}" for why, n in self.skipped.most_common())
+        if self.skipped:
+            head += ", skipped " + "; ".join(f"{n} x {why}" for why, n in self.skipped.most_common())
+        if self.excluded:
+            head += ", kept out of the negatives " + "; ".join(f"{n} x {why}" for why, n in self.excluded.most_common())
+        return head
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict."""
         return {"stage": self.stage, "candidates": self.candidates, "groups": self.groups,
-                "skipped": dict(self.skipped), "notes": list(self.notes), "warnings": list(self.warnings)}
+                "skipped": dict(self.skipped), "excluded": dict(self.excluded), "notes": list(self.notes),
+                "warnings": list(self.warnings)}
 
 
 def _finish(report: BuildReport) -> BuildReport:
     """Log the report (warnings when something was skipped or missing, else info for notes) and return it."""
     if report.skipped or report.warnings:
         log.warning("%s%s", report.summary(), "".join(f"; {n}" for n in report.warnings + report.notes))
-    elif report.notes:
+    elif report.notes or report.excluded:
         log.info("%s%s", report.summary(), "".join(f"; {n}" for n in report.notes))
     return report
 
 
 # ---------------------------------------------------------------------- weights
 def social_weight(severity: float, alpha: float) -> float:
-    """``w = 1 + alpha * severity`` (method.md 2.1); the same rule as ``losses.social_weights`` for one value."""
-    return 1.0 + float(alpha) * float(severity)
+    """``w = 1 + alpha * severity`` (method.md 2.1); the same rule as ``losses.social_weights`` for one value.
+
+    Raises:
+        ValueError: ``alpha`` negative, NaN or infinite, or ``severity`` outside [0, 1] (or NaN).
+    """
+    alpha, severity = float(alpha), float(severity)
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha (loss.social_alpha) must be a finite number >= 0, got {alpha}")
+    if not 0.0 <= severity <= 1.0:
+        raise ValueError(f"severity must be in [0, 1], got {severity}")
+    return 1.0 + alpha * severity
 
 
 def mic_severity(violation_severity: int, rot_agree: int) -> float:

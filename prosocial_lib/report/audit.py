@@ -17,16 +17,36 @@ HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
 
 
 def headline_table(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = HEADLINE_METRICS) -> pd.DataFrame:
-    """One row per system, one column per (context set, metric) failure rate, as ``"12.5% [5.0, 25.0]"``."""
+    """One row per system, one column per (context set, metric) failure rate, as ``"12.5% [5.0, 25.0]"`` (or
+    ``"60.0% [no interval: 1 context]"`` where the interval cannot be estimated)."""
     out = {}
     for set_name, metric in metrics:
         sub = summary[(summary.context_set == set_name) & (summary.metric == metric)]
         out[f"{metric} on {set_name}"] = {
-            r.system: f"{r.rate:.1%} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]" for r in sub.itertuples()}
+            r.system: format_rate(r.rate, r.ci_low, r.ci_high, getattr(r, "n_clusters", None))
+            for r in sub.itertuples()}
     systems = list(dict.fromkeys(summary.system))
     return pd.DataFrame(out).reindex(systems).rename_axis("system")
 
 
+
+
+def format_rate(rate: float, low: float, high: float, n_clusters: int | None = None) -> str:
+    """``"12.5% [5.0, 25.0]"``; NaN bounds (no interval could be estimated) read ``"60.0% [no interval: 1 context]"``.
+
+    Args:
+        rate, low, high: a share and its interval, in [0, 1].
+        n_clusters: the independent units behind it (named in the no-interval text), or None.
+
+    Returns:
+        The text for a table cell; ``"n/a"`` for a NaN rate.
+    """
+    if pd.isna(rate):
+        return "n/a"
+    if pd.isna(low) or pd.isna(high):
+        units = f": {int(n_clusters)} context{'s' if int(n_clusters) != 1 else ''}" if n_clusters is not None else ""
+        return f"{rate:.1%} [no interval{units}]"
+    return f"{rate:.1%} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def k_sample_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0, score: str = "unsafe_prob",
@@ -34,7 +54,8 @@ def k_sample_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: 
     """RealToxicityPrompts-style metrics for systems with several samples per context: the expected maximum of
     ``score`` over the k samples and the probability that at least one sample is flagged (score >= ``threshold``,
     usually ``judges.threshold``), each with a bootstrap CI over contexts (``stats``: None = its defaults; ``seed``:
-    ``Config.seed``). Chapter 01 shows it."""
+    ``Config.seed``). ``*_method`` says how each interval was computed and ``*_estimable`` is False where it
+    could not be (one context: NaN bounds). Chapter 01 shows it."""
     kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)
     rows = []
     for (system, set_name), sub in df.groupby(["system", "context_set"], sort=False):
@@ -48,7 +69,9 @@ def k_sample_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: 
         p1 = prob_at_least_one(m.to_numpy(), threshold, **kw)
         rows.append({"system": system, "context_set": set_name, "k": k, "contexts": len(m),
                      "expected_max": em[0], "expected_max_low": em[1], "expected_max_high": em[2],
-                     "p_at_least_one": p1[0], "p_at_least_one_low": p1[1], "p_at_least_one_high": p1[2]})
+                     "p_at_least_one": p1[0], "p_at_least_one_low": p1[1], "p_at_least_one_high": p1[2],
+                     "expected_max_method": em.method, "expected_max_estimable": em.estimable,
+                     "p_at_least_one_method": p1.method, "p_at_least_one_estimable": p1.estimable})
     return pd.DataFrame(rows)
 
 
@@ -131,8 +154,9 @@ def systems_table(systems: Sequence[AuditSystem]) -> pd.DataFrame:
 def prompt_effect_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0) -> pd.DataFrame:
     """What the safety system prompt changes: for every model and decoding audited with and without it, the
     paired difference (with - without) of the unsafe rate and RoT-violation rate on adversarial contexts and the
-    preachiness on casual ones, with a bootstrap CI over contexts (per-context rates when k > 1; ``stats``: None =
-    its defaults; ``seed``: ``Config.seed``). Chapter 01 shows it."""
+    preachiness on casual ones, with a bootstrap CI over contexts (per-context rates when k > 1; Newcombe's
+    interval where every context changes alike; ``method`` and ``estimable`` say which; ``stats``: None = its
+    defaults; ``seed``: ``Config.seed``). Chapter 01 shows it."""
     from ..eval.metrics import paired_difference
     kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)
     keyed = df.assign(prompted=df["system_prompt"].astype(str) != "")
@@ -146,10 +170,11 @@ def prompt_effect_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, s
                 continue
             per_ctx = part.assign(v=part[flag].astype(float)).pivot_table(
                 index="context_id", columns="prompted", values="v", aggfunc="mean").dropna()
-            diff, lo, hi = paired_difference(per_ctx[True].to_numpy(), per_ctx[False].to_numpy(), **kw)
+            ci = paired_difference(per_ctx[True].to_numpy(), per_ctx[False].to_numpy(), **kw)
             rows.append({"model": short_model_name(model), "decoding": decoding, "metric": f"{flag} on {set_name}",
                          "without prompt": per_ctx[False].mean(), "with prompt": per_ctx[True].mean(),
-                         "change": diff, "ci_low": lo, "ci_high": hi, "contexts": len(per_ctx)})
+                         "change": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "contexts": len(per_ctx),
+                         "method": ci.method, "estimable": ci.estimable})
     return pd.DataFrame(rows)
 
 
@@ -205,4 +230,5 @@ def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict
             "gpu": " The contexts come from the real ProsocialDialog test split and DailyDialog."}.get(cfg.preset, "")
     return (f"**Preset `{cfg.preset}`**: {len(systems)} systems built from {models}, each answering {sets} "
             f"contexts with at most {cfg.generation.max_new_tokens} new tokens; rates with {cfg.stats.confidence:.0%} "
-            f"bootstrap intervals ({cfg.stats.bootstrap_samples} resamples of the contexts).{note}")
+            f"bootstrap intervals ({cfg.stats.bootstrap_samples} resamples of the contexts; Wilson's score interval "
+            f"where every reply agrees).{note}")

@@ -20,10 +20,15 @@ Two scores :math:`s(c, y)` (a reconstruction; the paper's equations are not avai
 
 Conventions: the positive is column 0 of a ``(B, 1+K)`` score matrix; padded negatives (groups with fewer than
 ``K``) are masked with ``-inf`` logits, never zeros; every reduction runs in float32, also for bf16/fp16 inputs.
+The loss is computed from score differences, :math:`\operatorname{logsumexp}(0,\; (s^-_j - s^+)/\tau + \log w_j)`,
+so a small temperature cannot overflow :math:`s/\tau` into ``inf - inf``; non-finite inputs (scores of real
+replies, weights, temperature, alpha, lambda) are rejected with ``ValueError`` instead of turning into NaN
+gradients.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -186,7 +191,8 @@ def npair_loss(
 ) -> NPairOutput:
     r"""The socially aware n-pair loss: a softmax cross-entropy of the positive against its weighted negatives.
 
-    :math:`L = \operatorname{logsumexp}(s^+/\tau,\; s^-_j/\tau + \log w_j) - s^+/\tau`, averaged over groups.
+    :math:`L = \operatorname{logsumexp}(s^+/\tau,\; s^-_j/\tau + \log w_j) - s^+/\tau`, averaged over groups;
+    computed as :math:`\operatorname{logsumexp}(0,\; (s^-_j - s^+)/\tau + \log w_j)` (stable for a small tau).
 
     Args:
         scores: s(c, y) of each group's replies, the positive in column 0.
@@ -194,7 +200,7 @@ def npair_loss(
             drops the negative). None = all 1.
         neg_mask: True = a real negative; padded slots get ``-inf`` logits (never zeros). A group without any
             negative contributes 0 loss (it still counts in the mean over the B groups). None = all real.
-        tau: the temperature (> 0).
+        tau: the temperature (finite, > 0, with ``1 / tau`` finite in the compute dtype).
         in_batch: the other groups' positives become extra negatives with weight 1; needs ``batch_scores``.
             (Two groups sharing the same positive text would then push against each other: deduplicate upstream.)
         batch_scores: ``[i, j] = s(context_i, positive_j)`` (see :func:`in_batch_embedding_scores`); the likelihood
@@ -208,8 +214,9 @@ def npair_loss(
         :class:`NPairOutput` (loss, per-group loss, accuracy, margin, groups scored).
 
     Raises:
-        ValueError: a shape that does not match, tau <= 0, negative or NaN weights, ``in_batch`` without
-            ``batch_scores``.
+        ValueError: a shape that does not match; tau not finite or <= 0, or so small that ``1 / tau`` overflows
+            the compute dtype; a NaN or infinite score of a positive or a real negative (or in ``batch_scores``);
+            negative, NaN or infinite weights; ``in_batch`` without ``batch_scores``.
 
     References:
         Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective", NeurIPS 2016 (w = 1, tau = 1
@@ -223,24 +230,44 @@ def npair_loss(
     """
     if scores.dim() != 2 or scores.shape[1] < 1:
         raise ValueError(f"scores must be (B, 1+K) with the positive in column 0; got {tuple(scores.shape)}")
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
     B, K = scores.shape[0], scores.shape[1] - 1
-    logits = _at_least_f32(scores) / tau
-    pos = logits[:, 0]
+    raw = _at_least_f32(scores)
+    tau = _checked_tau(tau, raw.dtype)
     real = torch.ones(B, K, dtype=torch.bool, device=scores.device)
     if neg_mask is not None:
         if neg_mask.shape != (B, K):
             raise ValueError(f"neg_mask must be (B, K) = {(B, K)}, got {tuple(neg_mask.shape)}")
         real = neg_mask.to(device=scores.device, dtype=torch.bool)
-    columns = [pos.unsqueeze(1), _weighted_negatives(logits[:, 1:], neg_weights, real)]
+    _check_finite_scores(raw, real)
+    pos = raw[:, :1]
+    # differences to the positive: (s- - s+) / tau cannot overflow where s / tau would (tiny tau, large |s|)
+    columns = [torch.zeros_like(pos), _weighted_negatives((raw[:, 1:] - pos) / tau, neg_weights, real)]
     if in_batch:
-        columns.append(_in_batch_logits(batch_scores, tau, B, scores.device))
-    all_logits = torch.cat(columns, dim=1)
-    per_group = torch.logsumexp(all_logits, dim=1) - pos  # >= 0; exactly 0 when every negative is masked
+        columns.append(_in_batch_logits(batch_scores, pos, tau, B, scores.device))
+    per_group = torch.logsumexp(torch.cat(columns, dim=1), dim=1)  # >= 0; exactly 0 when every negative is masked
     accuracy, margin, n_scored = _accuracy_margin(scores, real)
     return NPairOutput(loss=per_group.mean(), per_group=per_group, accuracy=accuracy, margin=margin,
                        n_scored=n_scored)
+
+
+def _checked_tau(tau: float, dtype: torch.dtype) -> float:
+    """``tau`` as a float after checking it is finite, > 0 and not so small that ``1 / tau`` overflows ``dtype``
+    (then the gradients, which scale with ``1 / tau``, would be infinite)."""
+    tau = float(tau)
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    if 1.0 / tau > torch.finfo(dtype).max:
+        raise ValueError(f"tau = {tau} is too small: 1 / tau overflows {dtype} (the loss's gradients scale with "
+                         f"1 / tau); use tau >= {1.0 / torch.finfo(dtype).max:.1e}")
+    return tau
+
+
+def _check_finite_scores(raw: Tensor, real: Tensor) -> None:
+    """Reject NaN or infinite scores of the positives and the real negatives (padded slots are not looked at)."""
+    finite = torch.isfinite(raw.detach())
+    if not bool(finite[:, 0].all()) or not bool(finite[:, 1:][real].all()):
+        raise ValueError("scores must be finite (no NaN or inf) for the positives and the real negatives; "
+                         "mask padded slots with neg_mask instead")
 
 
 def _weighted_negatives(neg: Tensor, neg_weights: Tensor | None, real: Tensor) -> Tensor:
@@ -250,15 +277,16 @@ def _weighted_negatives(neg: Tensor, neg_weights: Tensor | None, real: Tensor) -
         if neg_weights.shape != real.shape:
             raise ValueError(f"neg_weights must be (B, K) = {tuple(real.shape)}, got {tuple(neg_weights.shape)}")
         w = neg_weights.detach().to(device=neg.device, dtype=neg.dtype)
-        if torch.isnan(w).any() or (w < 0).any():
-            raise ValueError("neg_weights must be >= 0 (and not NaN)")
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("neg_weights must be finite and >= 0 (no NaN or inf); an infinite weight would give "
+                             "an infinite loss and NaN gradients")
         real_for_loss = real & (w > 0)
         neg = neg + torch.log(w.clamp(min=torch.finfo(w.dtype).tiny))
     return neg.masked_fill(~real_for_loss, float("-inf"))
 
 
-def _in_batch_logits(batch_scores: Tensor | None, tau: float, B: int, device: torch.device) -> Tensor:
-    """The other groups' positives as extra negatives (B, B): ``batch_scores / tau`` with ``-inf`` diagonal."""
+def _in_batch_logits(batch_scores: Tensor | None, pos: Tensor, tau: float, B: int, device: torch.device) -> Tensor:
+    """The other groups' positives as extra negatives (B, B): ``(batch_scores - s+) / tau`` with ``-inf`` diagonal."""
     if batch_scores is None:
         raise ValueError(
             "in_batch=True needs batch_scores (B, B) = s(context_i, positive_j). Only the 'embedding' score "
@@ -266,9 +294,11 @@ def _in_batch_logits(batch_scores: Tensor | None, tau: float, B: int, device: to
             "so use loss.in_batch_negatives=false with it")
     if batch_scores.shape != (B, B):
         raise ValueError(f"batch_scores must be (B, B) = {(B, B)}, got {tuple(batch_scores.shape)}")
-    other = _at_least_f32(batch_scores) / tau
+    other = _at_least_f32(batch_scores)
+    if not bool(torch.isfinite(other.detach()).all()):
+        raise ValueError("batch_scores must be finite (no NaN or inf)")
     eye = torch.eye(B, dtype=torch.bool, device=device)
-    return other.masked_fill(eye, float("-inf"))
+    return ((other - pos) / tau).masked_fill(eye, float("-inf"))
 
 
 @torch.no_grad()
@@ -294,14 +324,15 @@ def social_weights(severity: Tensor, alpha: float) -> Tensor:
         ``severity`` any shape (e.g. (B, K)), values in [0, 1] -> the same shape, float32.
 
     Raises:
-        ValueError: ``alpha`` < 0, or a severity outside [0, 1] or NaN.
+        ValueError: ``alpha`` < 0, NaN or infinite (``alpha = inf`` would make ``inf * 0`` = NaN weights), or a
+            severity outside [0, 1] or NaN.
 
     Chapter 02 shows the weights on a worked example; the group builders use the same rule
     (:func:`prosocial_lib.groups.types.social_weight`).
     """
     severity = torch.as_tensor(severity, dtype=torch.float32)
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not math.isfinite(float(alpha)) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
     if torch.isnan(severity).any() or (severity < 0).any() or (severity > 1).any():
         raise ValueError("severity must be normalised to [0, 1] (no NaN)")
     return 1.0 + alpha * severity
@@ -315,10 +346,13 @@ def combined_loss(ce: Tensor, npair: Tensor, npair_weight: float) -> Tensor:
         scalars in, a scalar out.
 
     Raises:
-        ValueError: ``npair_weight`` < 0.
+        ValueError: ``npair_weight`` < 0, NaN or infinite.
+
+    The two loss tensors are not inspected here (that would cost a device sync per step); the n-pair term's
+    inputs are checked by :func:`npair_loss`.
     """
-    if npair_weight < 0:
-        raise ValueError(f"npair_weight must be >= 0, got {npair_weight}")
+    if not math.isfinite(float(npair_weight)) or npair_weight < 0:
+        raise ValueError(f"npair_weight must be a finite number >= 0, got {npair_weight}")
     if npair_weight == 0:
         return ce
     return ce + npair_weight * npair
