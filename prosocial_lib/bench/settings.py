@@ -14,7 +14,7 @@ from ..config.schema import Config
 BENCH_FORMAT = 2  # bump when the JSON layout or the measurement changes (older saved results are not reused)
 BENCH_FILE = "bench.json"
 
-# Targets of the issue that asked for this benchmark (2-core CPU, embedded model); checked, never asserted.
+# The book's targets for this benchmark (2-core CPU, embedded model); checked, never asserted.
 TARGETS = {
     "shared_vs_separate_k3": ("shared-context K=3 step / separate-rows K=3 step", "<=", 0.6),
     "shared_k3_vs_ce": ("shared-context K=3 step / plain CE step", "<=", 2.0),

@@ -34,7 +34,7 @@ DEFAULT_PRESET = "cpu"
 #: The decodings the audit knows (``audit.decodings``): greedy or sampled, "+safety" adds the safety system prompt.
 AUDIT_DECODINGS = ("greedy", "greedy+safety", "sampled", "sampled+safety")
 
-#: The fields of the old catch-all ``eval`` section (before issue #11 split it) -> their keys now.
+#: The fields of the old catch-all ``eval`` section (before it was split into sections) -> their keys now.
 _OLD_EVAL_FIELDS: dict[str, str] = {
     "num_contexts": "audit.num_contexts", "safety_system_prompt": "audit.safety_system_prompt",
     **{k: f"generation.{k}" for k in ("max_new_tokens", "batch_size", "do_sample", "temperature", "top_p",

@@ -1,4 +1,4 @@
-"""Quality gates for the embedded data (issue #12): size, labels, variety, split hygiene and lengths, each with its
+"""Quality gates for the embedded data: size, labels, variety, split hygiene and lengths, each with its
 bound, as one table. The data tests assert every gate; the data chapter (00) shows the table.
 
 The upstream figures the gates compare against are published ones, with their source next to each; where no
@@ -49,7 +49,7 @@ def _dup_share(texts: list[str]) -> float:
 def _gate(rows: list, dataset: str, gate: str, value: float, op: str, bound: float, source: str = "") -> None:
     ok = {">=": value >= bound, "<=": value <= bound, "==": value == bound}[op]
     rows.append({"dataset": dataset, "gate": gate, "value": value, "bound": f"{op} {bound:g}", "ok": bool(ok),
-                 "source of the bound": source or "issue #12"})
+                 "source of the bound": source or "this book's target for the embedded sample"})
 
 
 def _mean_words(texts) -> float:
@@ -154,8 +154,9 @@ def quality_gates(pd_splits: Mapping[str, datasets.Dataset], mic_splits: Mapping
         mic_splits: MIC-style splits ``train`` / ``dev`` / ``test`` (:func:`~prosocial_lib.data.load_mic`).
         subtle: the subtle contexts (:func:`~prosocial_lib.data.load_subtle`).
 
-    The size bounds are those issue #12 sets for the embedded sample; on the real corpora they hold trivially
-    except where the sample imitates upstream (label shares, lengths). Used by chapter 00 and
+    The size bounds are this book's targets for the embedded sample (enough contexts for the experiment's
+    intervals); on the real corpora they hold trivially except where the sample imitates upstream (label shares,
+    lengths). Used by chapter 00 and
     ``tests/test_data_sample.py``.
     """
     rows: list[dict] = []
