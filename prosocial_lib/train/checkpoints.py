@@ -54,6 +54,11 @@ class StageInterrupted(KeyboardInterrupt):
         self.stage, self.folder, self.checkpoint = stage, Path(folder), checkpoint
         super().__init__(self.message)
 
+    @classmethod
+    def at(cls, stage: int | str, folder: Path) -> "StageInterrupted":
+        """The interruption of a run whose checkpoints are in ``folder`` (it resumes from the newest complete)."""
+        return cls(stage, folder, newest_complete(folder))
+
     @property
     def message(self) -> str:
         """One line for the command line: what a rerun of the same command does."""
@@ -123,6 +128,15 @@ def reset_trainer_dir(trainer_dir: str | Path, fp: str) -> None:
     write_text_atomic(trainer_dir / FINGERPRINT_FILE, fp)
 
 
+def prepare_trainer_dir(trainer_dir: str | Path, fp: str, resume: Path | None) -> None:
+    """Before training (main process only): keep only the checkpoint resumed from (dropping incomplete ones), or
+    start an empty folder for the config ``fp`` when there is nothing to resume."""
+    if resume is None:
+        reset_trainer_dir(trainer_dir, fp)
+    else:
+        drop_incomplete(trainer_dir, keep=resume)
+
+
 class CheckpointKeeper(TrainerCallback):
     """Logs at every checkpoint and at the last step; marks each checkpoint complete once saved, then deletes
     the older ones (use it with ``save_total_limit=None``: the Trainer's own rotation would delete the previous
@@ -188,6 +202,18 @@ def require_finite(what: str, values: dict[str, Any]) -> None:
         raise TrainingDivergedError(
             f"{what}: not finite: {', '.join(f'{k} = {v}' for k, v in bad.items())}; the run diverged and is not "
             "saved as finished (lower the learning rate or check the data)")
+
+
+def require_finite_weights(what: str, model) -> None:
+    """Raise :class:`TrainingDivergedError` when a parameter of ``model`` holds NaN or infinity (a loss can stay
+    finite while the update that follows it is not)."""
+    import torch
+
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise TrainingDivergedError(
+            f"{what}: not finite: the weights of {', '.join(bad[:3])}{' and others' if len(bad) > 3 else ''}; "
+            "the run diverged and is not saved as finished (lower the learning rate or check the data)")
 
 
 def weights_problem(folder: str | Path, metrics: dict[str, Any]) -> str | None:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from ..config.schema import Config
 from ..groups.types import ContrastiveGroup, GroupBuildError, as_groups
 from ..runs import file_digests, fingerprint, read_json, write_json_atomic
-from .checkpoints import StageInterrupted, require_finite, stage_lock, weights_problem
+from .checkpoints import StageInterrupted, require_finite, require_finite_weights, stage_lock, weights_problem
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +251,12 @@ def _run_dpo(cfg: Config, pairs, n_groups: int, output_dir: Path, fp: str, knobs
     result = trainer.train()
     history = [dict(h) for h in trainer.state.log_history]
     train_loss = float(result.training_loss)
-    require_finite(f"DPO ({output_dir})", {"train_loss": train_loss})
+    summary = _log_summary(history)
+    require_finite(f"DPO ({output_dir})", {"train_loss": train_loss, **summary["last"]})
     final = trainer.model
     if cfg.model.lora:
         final = final.merge_and_unload()
+    require_finite_weights(f"DPO ({output_dir})", final)
     output_dir.mkdir(parents=True, exist_ok=True)
     final.save_pretrained(str(output_dir))
     tok.save_pretrained(str(output_dir))
@@ -265,7 +267,7 @@ def _run_dpo(cfg: Config, pairs, n_groups: int, output_dir: Path, fp: str, knobs
         "pairs_dropped_too_long": n_pairs - n_kept, "prompts_shortened": n_shortened,
         "max_negatives_per_group": knobs["max_negatives_per_group"], "steps": trainer.state.global_step,
         "train_loss": train_loss, "train_seconds": round(time.perf_counter() - t0, 2),
-        **_log_summary(history), "log_history": history, "device": device.type, "preset": cfg.preset,
+        **summary, "log_history": history, "device": device.type, "preset": cfg.preset,
         "weights": file_digests(output_dir),
     }
     write_json_atomic(output_dir / RUN_CONFIG_FILE, {"config": cfg.to_dict(), "dpo": knobs})

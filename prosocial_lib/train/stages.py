@@ -7,10 +7,11 @@ negatives not even run), and ``evaluate_groups`` scores held-out groups before a
 
 Each stage writes ``<run_dir>/stage<N>/`` with the model, tokenizer, ``run_config.json``, ``metrics.json`` and
 ``log_history.json``; a stage whose config fingerprint and weight hashes match a finished one is reused, an
-interrupted one resumes from the newest complete ``checkpoint-*`` (:mod:`.checkpoints`). One process at a time
-writes a stage folder: a second one is refused (:func:`~prosocial_lib.runs.exclusive_run`). The CE term is the mean over groups of each positive's per-token
-negative log-likelihood (every group counts the same, whatever its length), which is also ``-s^+`` of the
-likelihood score. Chapters 02 and 03 run the stages; chapter 04 trains the compared systems with them.
+interrupted one resumes from the newest complete ``checkpoint-*`` (:mod:`.checkpoints`), and a second process
+writing the same stage folder is refused (:func:`~prosocial_lib.runs.exclusive_run`). The CE term is the mean over
+groups of each positive's per-token negative log-likelihood (every group counts the same, whatever its length),
+which is also ``-s^+`` of the likelihood score. Chapters 02 and 03 run the stages; chapter 04 trains the compared
+systems with them.
 """
 
 from __future__ import annotations
@@ -34,10 +35,9 @@ from ..runs import atomic_path, file_digests, fingerprint, read_json, write_json
 from .checkpoints import (
     CheckpointKeeper,
     StageInterrupted,
-    drop_incomplete,
-    newest_complete,
+    prepare_trainer_dir,
     require_finite,
-    reset_trainer_dir,
+    require_finite_weights,
     resume_point,
     stage_lock,
     train_metrics,
@@ -242,7 +242,7 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
         try:
             return _train_stage(cfg, stage, init_from, out, fp, own, callbacks, progress)
         except KeyboardInterrupt:
-            raise StageInterrupted(stage, out / TRAINER_DIR, newest_complete(out / TRAINER_DIR)) from None
+            raise StageInterrupted.at(stage, out / TRAINER_DIR) from None
 
 
 def _train_stage(cfg: Config, stage: int, init_from, out: Path, fp: str, own, callbacks, progress: bool
@@ -286,6 +286,7 @@ def _train_stage(cfg: Config, stage: int, init_from, out: Path, fp: str, own, ca
     }
     require_finite(f"stage {stage} ({out})", {"train_loss": metrics["train"].get("train_loss"),
                                               **{f"held-out {k}": v for k, v in after.items()}})
+    require_finite_weights(f"stage {stage} ({out})", model)
     if trainer.is_world_process_zero() and _stage_cfg(cfg, stage).save:
         _save_stage(out, model, tok, head, cfg, metrics, history, t_start)
     trainer.accelerator.wait_for_everyone()
@@ -349,10 +350,7 @@ def _trainer(cfg: Config, stage: int, out: Path, fp: str, model, tok, head, trai
         if args.process_index == 0:
             for stale in (METRICS, LOG_HISTORY):  # this folder no longer holds a finished run
                 (out / stale).unlink(missing_ok=True)
-            if resume is None:
-                reset_trainer_dir(trainer_dir, fp)
-            else:
-                drop_incomplete(trainer_dir, keep=resume)
+            prepare_trainer_dir(trainer_dir, fp, resume)  # drops incomplete checkpoints, or starts empty
     collator = GroupCollator(tok, cfg.model.max_length, positives_only=cfg.loss.npair_weight == 0,
                              shared_context=cfg.loss.shared_context)
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=list(train), data_collator=collator,
