@@ -14,7 +14,7 @@ comparison, the benchmark, the converted embedded model) follows the same three 
 4. A result too big to rebuild on a whim (a model) records the SHA-256 of its files (:func:`file_digests`) and is
    checked against them before it is reused.
 
-:func:`load_or_build` combines the three for a result saved in one file (its fingerprint in the file name or in the
+:func:`load_or_build` combines the first three for a result saved in one file (its fingerprint in the file name or in the
 file); :func:`load_or_compute` is the same for a value stored with its key (``{"key": ..., "value": ...}``).
 
 Every chapter's steps use it: the stages of chapters 02-03, the judges and generations of chapter 01, the
@@ -216,8 +216,7 @@ def exclusive_run(folder: str | Path, what: str = "process", hint: str = "wait f
     Args:
         folder: the folder to own (created if missing).
         what: names the other writer in the message (``"training process"``).
-        hint: what the user can do, after "wait for it or ..." style text (``"wait for it or use another
-            --run-name"``).
+        hint: what the user can do, the end of the message (``"wait for it or use another --run-name"``).
 
     Yields:
         ``folder`` as a :class:`~pathlib.Path`.
