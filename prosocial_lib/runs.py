@@ -10,9 +10,11 @@ comparison, the benchmark, the converted embedded model) follows the same three 
    file or the new one, never half of one. A file that cannot be read back is treated as missing
    (:func:`read_json`, :func:`read_jsonl`).
 3. A folder being written is locked (:func:`run_lock`), so two processes sharing ``runs/`` never build the same
-   result at once.
+   result at once; :func:`exclusive_run` refuses a second writer at once, naming the first one's pid.
+4. A result too big to rebuild on a whim (a model) records the SHA-256 of its files (:func:`file_digests`) and is
+   checked against them before it is reused.
 
-:func:`load_or_build` combines the three for a result saved in one file (its fingerprint in the file name or in the
+:func:`load_or_build` combines the first three for a result saved in one file (its fingerprint in the file name or in the
 file); :func:`load_or_compute` is the same for a value stored with its key (``{"key": ..., "value": ...}``).
 
 Every chapter's steps use it: the stages of chapters 02-03, the judges and generations of chapter 01, the
@@ -34,12 +36,18 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 T = TypeVar("T")
 
 #: File name of the lock :func:`run_lock` takes inside a folder.
 LOCK_NAME = ".lock"
+#: File beside the lock naming the pid of the process :func:`exclusive_run` let in.
+OWNER_NAME = ".lock.pid"
+
+
+class RunBusyError(RuntimeError):
+    """Another live process is writing the folder (:func:`exclusive_run`); the message names its pid."""
 
 
 def fingerprint(obj: Any, length: int = 12) -> str:
@@ -194,6 +202,70 @@ def run_lock(folder: str | Path, timeout: float = -1) -> FileLock:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return FileLock(str(folder / LOCK_NAME), timeout=timeout)
+
+
+@contextlib.contextmanager
+def exclusive_run(folder: str | Path, what: str = "process", hint: str = "wait for it") -> Iterator[Path]:
+    """Hold the lock of ``folder`` for the whole block, or fail at once when another process holds it.
+
+    The lock is :func:`run_lock` (an OS file lock: it is released when its process ends, even by SIGKILL, so a
+    killed run never blocks the next one); the holder's pid is written beside it (:data:`OWNER_NAME`) so the
+    refusal can name it. Only the holder changes the folder, so a live run is never mistaken for an interrupted
+    one.
+
+    Args:
+        folder: the folder to own (created if missing).
+        what: names the other writer in the message (``"training process"``).
+        hint: what the user can do, the end of the message (``"wait for it or use another --run-name"``).
+
+    Yields:
+        ``folder`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        RunBusyError: ``"another <what> (pid N) is writing <folder>; <hint>"``.
+    """
+    folder = Path(folder)
+    lock = run_lock(folder, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        owner = (_read_text(folder / OWNER_NAME) or "").strip()
+        who = f"{what} (pid {owner})" if owner.isdigit() else what
+        raise RunBusyError(f"another {who} is writing {folder}; {hint}") from None
+    try:
+        write_text_atomic(folder / OWNER_NAME, f"{os.getpid()}\n")
+        yield folder
+    finally:
+        (folder / OWNER_NAME).unlink(missing_ok=True)
+        lock.release()
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 (hex) of the file ``path``, read ``chunk`` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digests(folder: str | Path, patterns: Iterable[str] = ("*.safetensors", "*.bin", "*.pt")
+                 ) -> dict[str, str]:
+    """``{file name: SHA-256}`` of the files of ``folder`` matching ``patterns`` (not recursive), sorted by name.
+
+    A saved model records them (a stage's ``metrics.json["weights"]``) and is checked against them before reuse:
+    a truncated or replaced weight file is then retrained, not trusted.
+    """
+    folder = Path(folder)
+    names = sorted({p.name for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    return {name: file_digest(folder / name) for name in names}
 
 
 def load_or_build(path: str | Path, build: Callable[[], T], *, valid: Callable[[Any], bool] | None = None,

@@ -1,6 +1,7 @@
 """The typed presets: every override is checked, every preset validates, configs round-trip."""
 
 import dataclasses
+import re
 
 import pytest
 
@@ -89,6 +90,46 @@ def test_bad_keys_and_types_name_the_key(key, value, match):
 def test_impossible_values_are_refused(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         get_config("smoke", {key: value})
+
+
+# every value the issue-16 case found accepted (or ending in a traceback), and its neighbours
+OUT_OF_RANGE = [
+    ("stage1.learning_rate", "inf"), ("stage1.learning_rate", "nan"), ("loss.tau", "inf"),
+    ("loss.social_alpha", "inf"), ("loss.npair_weight", "nan"), ("generation.temperature", "inf"),
+    ("stage1.epochs", "inf"), ("stage1.warmup_ratio", "-1"), ("stage2.warmup_ratio", "1.5"),
+    ("stage1.weight_decay", "-5"), ("stage1.max_steps", "0"), ("stage2.max_steps", "-2"), ("seed", "-1"),
+    ("seed", str(2**32)), ("generation.batch_size", "0"), ("generation.max_new_tokens", "0"),
+    ("generation.top_p", "1.5"), ("generation.top_p", "0"), ("generation.temperature", "0"),
+    ("stage1.logging_steps", "0"), ("stage1.eval_groups", "0"), ("stage1.max_groups", "0"),
+    ("data.max_train_examples", "0"), ("judges.threshold", "2"), ("judges.C", "0"), ("model.threads", "0"),
+    ("stats.bootstrap_samples", "0"), ("compare.max_steps", "0"), ("compare.dpo_beta", "0"),
+    ("run_name", "../elsewhere"), ("run_name", "/tmp/elsewhere"), ("run_name", "a/../../b"), ("run_name", "."),
+]
+
+
+@pytest.mark.parametrize("key,value", OUT_OF_RANGE)
+def test_out_of_range_and_non_finite_values_are_refused(key, value):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} = .* is impossible"):
+        get_config("smoke", parse_set_args([f"{key}={value}"]))
+
+
+@pytest.mark.parametrize("key,value", [("stage1.learning_rate", "inf"), ("stage1.max_steps", "0"), ("seed", "-1"),
+                                       ("generation.batch_size", "0"), ("run_name", "../x")])
+def test_the_command_line_exits_2_naming_the_key_before_any_work(key, value, tmp_path, capsys):
+    from prosocial_lib.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--stage", "1", "--preset", "smoke", "--runs-dir", str(tmp_path), "--set", f"{key}={value}"])
+    assert exit_.value.code == 2
+    assert f"{key} = " in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_values_in_range_still_pass():
+    cfg = get_config("smoke", parse_set_args(["stage1.max_steps=-1", "stage1.epochs=0.5", "stage1.warmup_ratio=1",
+                                              "stage1.weight_decay=0", "seed=4294967295", "generation.top_p=1",
+                                              "run_name=sub/run", "compare.max_steps=null"]))
+    assert cfg.run_dir.parts[-2:] == ("sub", "run") and cfg.stage1.max_steps == -1
 
 
 def test_unknown_preset():

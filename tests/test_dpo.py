@@ -127,6 +127,27 @@ def test_tiny_dpo_run_checkpoint_metrics_and_reuse(tmp_path):
     other = train_dpo(cfg, groups, None, out, beta=0.5)  # a different config retrains
     assert other["reused"] is False and other["fingerprint"] != m["fingerprint"]
 
+    # damaged weights are not trusted: the hash recorded in metrics.json no longer matches, so DPO trains again
+    assert set(other["weights"]) == {"model.safetensors"}
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert load_dpo_result(out) is None
+    assert train_dpo(cfg, groups, None, out, beta=0.5)["reused"] is False
+
+
+def test_dpo_refuses_a_folder_another_process_writes_and_a_non_finite_loss(tmp_path):
+    from prosocial_lib.runs import RunBusyError, exclusive_run
+    from prosocial_lib.train.checkpoints import TrainingDivergedError
+
+    cfg = get_config("smoke", {"stage2.max_steps": 2, "stage2.batch_size": 2, "model.threads": 1,
+                               "stage2.learning_rate": 1e30})
+    with exclusive_run(tmp_path / "dpo", "training process"):  # stands for a live process holding the folder
+        with pytest.raises(RunBusyError, match="is writing"):
+            train_dpo(cfg, _groups(2), None, tmp_path / "dpo")
+    with pytest.raises(TrainingDivergedError, match="DPO .*not finite"):
+        train_dpo(cfg, _groups(2), None, tmp_path / "dpo")
+    assert load_dpo_result(tmp_path / "dpo") is None
+
 
 def test_tiny_dpo_continues_from_a_checkpoint_with_lora(tmp_path):
     """init_from a local folder (as the stage-1 checkpoint would be), LoRA (adapters merged into a plain model)

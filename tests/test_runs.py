@@ -147,3 +147,95 @@ def test_the_lock_keeps_a_second_process_out(tmp_path):
         warnings.simplefilter("error")
         with run_lock(tmp_path, timeout=5):  # released when the other process is done
             pass
+
+
+# ---------------------------------------------------------------------- the evaluation's caches (issue 16)
+def _truncate(path):
+    text = path.read_bytes()
+    path.write_bytes(text[: len(text) // 2])
+
+
+def test_every_evaluation_cache_is_rebuilt_when_truncated(tmp_path):
+    """What a kill during a write leaves (half a file) is recomputed, with a warning naming the file, never a
+    JSONDecodeError on every later call: held-out scores, gold perplexities, generations, embeddings."""
+    import datasets
+
+    from prosocial_lib.config import get_config
+    from prosocial_lib.eval.comparison import gold_perplexities
+    from prosocial_lib.eval.systems import VARIANTS, TrainedVariant, heldout_metrics
+
+    cfg = get_config("smoke", {"runs_dir": str(tmp_path / "runs")})
+    cache = tmp_path / "cache"
+    first = heldout_metrics(cfg, "tiny", "fp-tiny", "base", cache)
+    (held,) = cache.glob("heldout-*.json")
+    _truncate(held)
+    with pytest.warns(UserWarning, match=f"{held.name}.*treated as missing"):
+        assert heldout_metrics(cfg, "tiny", "fp-tiny", "base", cache) == first
+    assert read_json(held) == first
+
+    sets = {"adversarial": datasets.Dataset.from_dict({"history": [["Hi there, I want to lie."]],
+                                                       "response": ["Please don't lie."]})}
+    tv = TrainedVariant(VARIANTS["base"], "tiny", "fp-tiny")
+    ppl = gold_perplexities(cfg.model, tv, sets, tmp_path)
+    (ppl_file,) = (tmp_path / "cache").glob("ppl-*.json")
+    _truncate(ppl_file)
+    with pytest.warns(UserWarning, match="treated as missing"):
+        assert gold_perplexities(cfg.model, tv, sets, tmp_path) == ppl
+
+
+def test_truncated_generations_and_embeddings_are_rebuilt(tmp_path):
+    from prosocial_lib.config import get_config
+    from prosocial_lib.eval.audit import AuditSystem, _system_replies
+    from prosocial_lib.eval.judges.encoder import SentenceEncoder
+    from prosocial_lib.modeling.tiny import build_tiny_model
+
+    cfg = get_config("smoke")
+    model, tok = build_tiny_model(seed=0)
+    cols = {"context_id": ["a", "b", "c"], "history": [["Hello!"], ["I hit him."], ["What now?"]]}
+    system = AuditSystem(name="tiny", model="tiny", max_new_tokens=4)
+    path = tmp_path / "gen.jsonl"
+    replies, _ = _system_replies(system, cols, path, lambda: (model, tok), cfg, False)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]))  # cut at a line end: valid JSON Lines, one context short
+    again, took = _system_replies(system, cols, path, lambda: (model, tok), cfg, False)
+    assert again == replies and "seconds" in took  # regenerated, not reused
+    _truncate(path)
+    with pytest.warns(UserWarning, match="treated as missing"):
+        assert _system_replies(system, cols, path, lambda: (model, tok), cfg, False)[0] == replies
+
+    enc = SentenceEncoder(device="cpu")
+    enc._cache = {"k1": np.ones(enc.dim, np.float32), "k2": np.zeros(enc.dim, np.float32)}
+    npz = tmp_path / "emb.npz"
+    enc.save_cache(npz)
+    _truncate(npz)
+    fresh = SentenceEncoder(device="cpu")
+    with pytest.warns(UserWarning, match="emb.npz.*treated as missing"):
+        assert fresh.load_cache(npz) == 0
+    fresh._cache = dict(enc._cache)
+    with pytest.warns(UserWarning):
+        fresh.save_cache(npz)  # rewrites the damaged file
+    assert SentenceEncoder(device="cpu").load_cache(npz) == 2
+
+
+def test_exclusive_run_refuses_a_second_writer_naming_the_pid(tmp_path):
+    import os
+
+    from prosocial_lib.runs import OWNER_NAME, RunBusyError, exclusive_run
+
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), started, 3.0))
+    proc.start()
+    try:
+        assert started.wait(60)
+        with pytest.raises(RunBusyError, match=rf"another training process is writing {tmp_path}; wait"):
+            with exclusive_run(tmp_path, "training process", "wait for it"):  # run_lock writes no pid file
+                pass
+    finally:
+        proc.join(60)
+    with exclusive_run(tmp_path) as folder:
+        assert (folder / OWNER_NAME).read_text().strip() == str(os.getpid())
+        with pytest.raises(RunBusyError, match=rf"another process \(pid {os.getpid()}\) is writing"):
+            with exclusive_run(tmp_path):
+                pass
+    assert not (tmp_path / OWNER_NAME).exists()

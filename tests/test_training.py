@@ -326,6 +326,29 @@ def test_interrupted_run_resumes(tmp_path, lora):
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
+def test_resumed_train_loss_is_the_whole_run_mean_whatever_the_logging_steps(tmp_path):
+    """Logging every 3 steps, checkpoints every 2: the Trainer's own train_loss would count only the steps after the
+    resume; the stage's is the mean over all of them, as in a run never interrupted."""
+    from transformers import TrainerCallback
+
+    class StopAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 2:
+                raise Interrupt()
+
+    over = {"stage1.max_steps": 5, "stage1.save_steps": 2, "stage1.logging_steps": 3}
+    cfg = tiny_cfg(tmp_path, name="resume-loss", **over)
+    with pytest.raises(Interrupt):
+        run_stage(cfg, 1, callbacks=[StopAfterSave()], progress=False)
+    resumed = run_stage(cfg, 1, progress=False)
+    straight = run_stage(tiny_cfg(tmp_path, name="straight-loss", **over), 1, progress=False)
+    assert resumed.metrics["train"]["resumed"] and not straight.metrics["train"]["resumed"]
+    assert [h["step"] for h in straight.log_history if "loss" in h] == [2, 3, 4, 5]  # every checkpoint and the end
+    assert resumed.metrics["train"]["train_loss"] == pytest.approx(straight.metrics["train"]["train_loss"], rel=1e-9)
+    losses = [h["loss"] for h in straight.log_history if "loss" in h]
+    assert straight.metrics["train"]["train_loss"] == pytest.approx((2 * losses[0] + sum(losses[1:])) / 5)
+
+
 def test_lambda_zero_is_plain_cross_entropy_and_ga_matches(tmp_path):
     ce_only = tiny_cfg(tmp_path, name="ce", **{"loss.npair_weight": 0.0, "stage1.max_steps": 3})
     r = run_stage(ce_only, 1, progress=False)
@@ -462,3 +485,60 @@ def test_contrastive_config_from_the_preset(tmp_path, tiny):
     assert dpo.learning_rate == cfg.stage2.learning_rate
     with pytest.raises(TypeError, match="ContrastiveConfig"):
         ContrastiveTrainer(model=tiny[0], args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+
+
+# ---------------------------------------------------------------------- damaged, diverged and finished runs
+def test_a_damaged_finished_stage_is_retrained_not_trusted(tmp_path, caplog):
+    from prosocial_lib.cli import main
+    from prosocial_lib.modeling.runtime import ModelSpecError
+    from prosocial_lib.runs import file_digests
+
+    cfg = tiny_cfg(tmp_path, name="damaged", **{"stage1.max_steps": 2, "stage2.max_steps": 2})
+    first = run_stages(cfg, progress=False)
+    s1 = first[1].checkpoint_dir
+    weights = s1 / "model.safetensors"
+    assert first[1].metrics["weights"] == file_digests(s1) and set(file_digests(s1)) == {"model.safetensors"}
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    # loading names the folder instead of a bare SafetensorError traceback
+    with pytest.raises(ModelSpecError, match=f"model folder '{s1}' cannot be loaded"):
+        load_model_and_tokenizer(str(s1))
+    assert load_stage_result(s1) is None
+    common = ["--preset", "smoke", "--runs-dir", str(tmp_path), "--run-name", "damaged", "--no-progress"]
+    assert main(["train", "--stage", "2", *common]) == 1  # stage 2 never starts from a damaged stage 1
+    with caplog.at_level("WARNING"):
+        again = run_stages(cfg, progress=False)
+    assert "do not match the SHA-256 recorded in its metrics.json" in caplog.text and str(s1) in caplog.text
+    assert not again[1].reused and again[1].metrics["weights"] == first[1].metrics["weights"]  # retrained
+    assert again[2].reused  # the same stage-1 weights (deterministic on the CPU): stage 2 still holds
+    assert load_model_and_tokenizer(str(s1))[0] is not None
+
+
+def test_a_diverged_stage_is_not_marked_finished(tmp_path):
+    from prosocial_lib.train.checkpoints import TrainingDivergedError
+
+    cfg = tiny_cfg(tmp_path, name="nan", **{"stage1.max_steps": 3, "stage1.learning_rate": 1e30})  # finite, huge
+    with pytest.raises(TrainingDivergedError, match=r"stage 1 .*not finite: "):
+        run_stage(cfg, 1, progress=False)
+    out = cfg.run_dir / "stage1"
+    assert not (out / METRICS).exists() and load_stage_result(out) is None
+
+
+def test_torch_load_is_always_weights_only(tmp_path):
+    """Every torch.load of the library goes through load_state_dict (weights_only=True, whatever the version's
+    default): a file holding more than tensors is refused with its name."""
+    import fractions
+    import pathlib
+    import re
+
+    from prosocial_lib.modeling.loading import load_state_dict
+    from prosocial_lib.modeling.runtime import ModelSpecError
+
+    lib = pathlib.Path(__file__).resolve().parents[1] / "prosocial_lib"
+    calls = [(p.name, line.strip()) for p in lib.rglob("*.py") for line in p.read_text().splitlines()
+             if re.search(r"torch\.load\(", line)]
+    assert calls and all("weights_only=True" in line for _, line in calls), calls
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert load_state_dict(tmp_path / "ok.pt")["w"].tolist() == [1.0, 1.0]
+    torch.save({"w": torch.ones(2), "other": fractions.Fraction(1, 3)}, tmp_path / "bad.pt")  # not a tensor
+    with pytest.raises(ModelSpecError, match="bad.pt"):
+        load_state_dict(tmp_path / "bad.pt")

@@ -67,6 +67,28 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_config(args.preset, overrides)
     except ConfigError as e:
         parser.error(str(e))
-    module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run_cli(args, cfg) or 0)
+    return _run(args, cfg)
+
+
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED = 130
+
+
+def _run(args: argparse.Namespace, cfg) -> int:
+    """Run the subcommand. Ctrl-C prints one line (where a rerun resumes) instead of a traceback and exits with
+    :data:`INTERRUPTED`; a folder another live process is writing exits with 1."""
+    from ..runs import RunBusyError
+
+    try:
+        module = importlib.import_module(COMMANDS[args.command][0])
+        return int(module.run_cli(args, cfg) or 0)
+    except KeyboardInterrupt as e:
+        # a StageInterrupted names the checkpoint a rerun resumes from; finished steps of any command are reused
+        message = getattr(e, "message", None) or "interrupted; rerun the same command to continue (finished " \
+                                                  "steps are reused)"
+        print(f"prosocial {args.command}: {message}", file=sys.stderr)
+        return INTERRUPTED
+    except RunBusyError as e:
+        print(f"prosocial {args.command}: error: {e}", file=sys.stderr)
+        return 1
 

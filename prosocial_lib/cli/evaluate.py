@@ -30,6 +30,7 @@ def run_cli(args: argparse.Namespace, cfg: Config) -> int:
     from ..eval.audit import preset_judges
     from ..groups.types import GroupBuildError
     from ..modeling.loading import ModelSpecError
+    from ..train.checkpoints import TrainingDivergedError
     from ..train.collator import TrainingSetupError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -39,7 +40,7 @@ def run_cli(args: argparse.Namespace, cfg: Config) -> int:
         comp = compare(cfg, args.variants, judges=judges, progress=progress)
         ablations = None if args.no_ablations or not cfg.compare.ablations else run_ablations(cfg, progress=progress)
     except (EvaluationError, TrainingSetupError, GroupBuildError, DataFormatError, ModelSpecError,
-            FileNotFoundError) as e:
+            FileNotFoundError, TrainingDivergedError) as e:
         print(f"prosocial evaluate: error: {e}", file=sys.stderr)
         return 1
     with pd.option_context("display.max_columns", None, "display.width", 250, "display.max_colwidth", 60):

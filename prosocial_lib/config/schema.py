@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from .coerce import ConfigError, check, replace_key
@@ -269,31 +270,115 @@ class Config:
         return cfg
 
     def validate(self) -> "Config":
-        """Check every value's range; return the config. Raises :class:`ConfigError` naming the key."""
+        """Check every value's range and that every number is finite; return the config.
+
+        Raises:
+            ConfigError: the first impossible value, naming its key (``stage1.learning_rate = inf is
+                impossible: expected a finite number``). The command line turns it into exit status 2 before any
+                work starts.
+        """
         if self.preset not in PRESET_NAMES:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
-        loss, model = self.loss, self.model
-        check(loss.score in ("likelihood", "embedding"), "loss.score", loss.score, "'likelihood' or 'embedding'")
-        check(loss.effective_tau > 0, "loss.tau", loss.tau, "a positive number")
-        check(loss.npair_weight >= 0, "loss.npair_weight", loss.npair_weight, ">= 0")
-        check(loss.social_alpha >= 0, "loss.social_alpha", loss.social_alpha, ">= 0")
-        check(loss.num_negatives >= 1, "loss.num_negatives", loss.num_negatives, ">= 1")
-        check(model.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype", model.dtype,
-              "auto, float32, bfloat16 or float16")
-        check(model.device in ("auto", "cpu", "cuda", "mps"), "model.device", model.device, "auto, cpu, cuda or mps")
-        check(model.max_length >= 16, "model.max_length", model.max_length, ">= 16")
+        _check_finite(self)
+        check(0 <= self.seed <= 2**32 - 1, "seed", self.seed, "an integer in 0 .. 2**32 - 1")
+        _check_run_name(self.run_name)
+        _optional_at_least(1, data__max_train_examples=self.data.max_train_examples,
+                           data__max_eval_examples=self.data.max_eval_examples)
+        _validate_model(self.model)
+        _validate_loss(self.loss)
         for name in ("stage1", "stage2"):
-            st: StageConfig = getattr(self, name)
-            check(st.batch_size >= 1, f"{name}.batch_size", st.batch_size, ">= 1")
-            check(st.grad_accum >= 1, f"{name}.grad_accum", st.grad_accum, ">= 1")
-            check(st.learning_rate > 0, f"{name}.learning_rate", st.learning_rate, "> 0")
-            check(st.epochs > 0 or st.max_steps > 0, f"{name}.epochs", st.epochs, "> 0 (or max_steps > 0)")
-            check(0 <= st.casual_fraction <= 1, f"{name}.casual_fraction", st.casual_fraction, "in [0, 1]")
-            check(st.save_steps >= 0, f"{name}.save_steps", st.save_steps, ">= 0")
+            _validate_stage(name, getattr(self, name))
+        _validate_generation(self.generation)
+        _validate_judges(self.judges)
+        check(self.stats.bootstrap_samples >= 1, "stats.bootstrap_samples", self.stats.bootstrap_samples, ">= 1")
         check(0 < self.stats.confidence < 1, "stats.confidence", self.stats.confidence, "in (0, 1)")
-        gen = self.generation
-        check(gen.samples_per_context >= 1, "generation.samples_per_context", gen.samples_per_context, ">= 1")
         check(self.audit.num_contexts >= 1, "audit.num_contexts", self.audit.num_contexts, ">= 1")
         for decoding in self.audit.decodings:
             check(decoding in AUDIT_DECODINGS, "audit.decodings", decoding, f"one of {', '.join(AUDIT_DECODINGS)}")
+        _validate_compare(self.compare)
         return self
+
+
+# ---------------------------------------------------------------------- range checks (Config.validate)
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """Every float field of ``obj`` and its sections is finite (no NaN, no infinity)."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{key}.")
+        elif isinstance(value, float):
+            check(math.isfinite(value), key, value, "a finite number")
+
+
+def _check_run_name(run_name: str | None) -> None:
+    """``run_name`` is a folder inside ``runs_dir``: relative, not empty, no ``..``."""
+    if run_name is None:
+        return
+    parts = PurePath(run_name).parts
+    check(bool(parts) and not PurePath(run_name).is_absolute() and ".." not in parts and run_name.strip() != "",
+          "run_name", run_name, "a folder name inside runs_dir (not empty, not absolute, no '..')")
+
+
+def _optional_at_least(low: int, **values: int | None) -> None:
+    """Each value (keyword ``section__field``) is None or at least ``low``."""
+    for key, value in values.items():
+        check(value is None or value >= low, key.replace("__", "."), value, f"None or >= {low}")
+
+
+def _validate_model(model: ModelConfig) -> None:
+    check(model.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype", model.dtype,
+          "auto, float32, bfloat16 or float16")
+    check(model.device in ("auto", "cpu", "cuda", "mps"), "model.device", model.device, "auto, cpu, cuda or mps")
+    check(model.max_length >= 16, "model.max_length", model.max_length, ">= 16")
+    check(model.lora_r >= 1, "model.lora_r", model.lora_r, ">= 1")
+    check(model.lora_alpha >= 1, "model.lora_alpha", model.lora_alpha, ">= 1")
+    _optional_at_least(1, model__threads=model.threads)
+
+
+def _validate_loss(loss: LossConfig) -> None:
+    check(loss.score in ("likelihood", "embedding"), "loss.score", loss.score, "'likelihood' or 'embedding'")
+    check(loss.effective_tau > 0, "loss.tau", loss.tau, "a positive number")
+    check(loss.npair_weight >= 0, "loss.npair_weight", loss.npair_weight, ">= 0")
+    check(loss.social_alpha >= 0, "loss.social_alpha", loss.social_alpha, ">= 0")
+    check(loss.num_negatives >= 1, "loss.num_negatives", loss.num_negatives, ">= 1")
+    _optional_at_least(1, loss__projection_dim=loss.projection_dim)
+
+
+def _validate_stage(name: str, st: StageConfig) -> None:
+    check(st.max_steps == -1 or st.max_steps > 0, f"{name}.max_steps", st.max_steps,
+          "-1 (train epochs) or a positive number of steps")
+    if st.max_steps == -1:
+        check(st.epochs > 0, f"{name}.epochs", st.epochs, "> 0 (or max_steps > 0)")
+    check(st.batch_size >= 1, f"{name}.batch_size", st.batch_size, ">= 1")
+    check(st.grad_accum >= 1, f"{name}.grad_accum", st.grad_accum, ">= 1")
+    check(st.learning_rate > 0, f"{name}.learning_rate", st.learning_rate, "> 0")
+    check(0 <= st.warmup_ratio <= 1, f"{name}.warmup_ratio", st.warmup_ratio, "in [0, 1]")
+    check(st.weight_decay >= 0, f"{name}.weight_decay", st.weight_decay, ">= 0")
+    check(st.logging_steps >= 1, f"{name}.logging_steps", st.logging_steps, ">= 1")
+    check(st.eval_groups >= 1, f"{name}.eval_groups", st.eval_groups, ">= 1")
+    check(0 <= st.casual_fraction <= 1, f"{name}.casual_fraction", st.casual_fraction, "in [0, 1]")
+    check(st.save_steps >= 0, f"{name}.save_steps", st.save_steps, ">= 0")
+    _optional_at_least(1, **{f"{name}__max_groups": st.max_groups})
+
+
+def _validate_generation(gen: GenerationConfig) -> None:
+    check(gen.max_new_tokens >= 1, "generation.max_new_tokens", gen.max_new_tokens, ">= 1")
+    check(gen.batch_size >= 1, "generation.batch_size", gen.batch_size, ">= 1")
+    check(gen.temperature > 0, "generation.temperature", gen.temperature, "> 0")
+    check(0 < gen.top_p <= 1, "generation.top_p", gen.top_p, "in (0, 1]")
+    check(gen.samples_per_context >= 1, "generation.samples_per_context", gen.samples_per_context, ">= 1")
+
+
+def _validate_judges(judges: JudgesConfig) -> None:
+    check(judges.casual_examples >= 0, "judges.casual_examples", judges.casual_examples, ">= 0")
+    check(judges.context_turns >= 1, "judges.context_turns", judges.context_turns, ">= 1")
+    check(judges.C > 0, "judges.C", judges.C, "> 0")
+    check(0 <= judges.threshold <= 1, "judges.threshold", judges.threshold, "in [0, 1]")
+    _optional_at_least(1, judges__max_train_examples=judges.max_train_examples)
+
+
+def _validate_compare(cmp: CompareConfig) -> None:
+    _optional_at_least(1, compare__num_contexts=cmp.num_contexts, compare__max_new_tokens=cmp.max_new_tokens,
+                       compare__max_steps=cmp.max_steps, compare__eval_groups=cmp.eval_groups)
+    check(cmp.dpo_beta > 0, "compare.dpo_beta", cmp.dpo_beta, "> 0")
+    check(cmp.dpo_sft_weight >= 0, "compare.dpo_sft_weight", cmp.dpo_sft_weight, ">= 0")

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..config.presets import parse_set_args
 from ..config.schema import Config, ConfigError
+from ..runs import atomic_path
 from .systems import (
     VARIANTS,
     EvaluationError,
@@ -86,6 +87,6 @@ def run_ablations(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
                      "checkpoint": str(r.checkpoint_dir)})
     df = pd.DataFrame(rows)
     out = cfg.run_dir / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "ablations.csv", index=False)
+    with atomic_path(out / "ablations.csv") as tmp:
+        df.to_csv(tmp, index=False)
     return df

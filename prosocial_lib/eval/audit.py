@@ -212,7 +212,11 @@ def _system_replies(system: AuditSystem, cols: dict[str, list], path: Path, load
         took.update(seconds=round(time.perf_counter() - t0, 2), replies=sum(map(len, replies)))
         return [{"context_id": c, "replies": r} for c, r in zip(cols["context_id"], replies)]
 
-    records, _ = load_or_build(path, generate, read=read_jsonl, write=write_jsonl_atomic)
+    def complete(saved: list[Any]) -> bool:  # one record per context, in order (a file cut at a line end parses)
+        ok = all(isinstance(r, dict) and isinstance(r.get("replies"), list) for r in saved)
+        return ok and [r["context_id"] for r in saved] == list(cols["context_id"])
+
+    records, _ = load_or_build(path, generate, valid=complete, read=read_jsonl, write=write_jsonl_atomic)
     return [rec["replies"] for rec in records], took
 
 

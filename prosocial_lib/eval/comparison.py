@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -45,7 +44,7 @@ from typing import Any
 import pandas as pd
 
 from ..config.schema import Config, ModelConfig, StatsConfig
-from ..runs import fingerprint, load_or_build, write_json_atomic
+from ..runs import atomic_path, fingerprint, load_or_build, write_json_atomic
 from .systems import VARIANTS, EvaluationError, TrainedVariant, Variant, heldout_metrics, train_variant
 
 # ====================================================================== the comparison
@@ -205,16 +204,17 @@ def quality_frame(replies: pd.DataFrame, trained: Sequence[TrainedVariant],
 
 
 def save_comparison(comp: Comparison) -> None:
-    """Write ``table.csv``, ``rates.csv``, ``quality.csv``, ``variants.json`` and ``timing`` into ``out_dir``."""
+    """Write ``table.csv``, ``rates.csv``, ``quality.csv``, ``variants.json`` and ``timing`` into ``out_dir``, each
+    atomically (a reader never sees half a file)."""
     d = comp.out_dir
-    comp.table.to_csv(d / "table.csv", index=False)
-    comp.rates.to_csv(d / "rates.csv", index=False)
-    comp.quality.to_csv(d / "quality.csv", index=False)
-    (d / "variants.json").write_text(json.dumps(
-        [{"key": tv.variant.key, "label": tv.variant.label, "training": tv.variant.describe(), "model": tv.model,
-          "fingerprint": tv.fingerprint, "reused": tv.reused, "train_seconds": tv.train_seconds,
-          "heldout": tv.heldout, "details": tv.details} for tv in comp.trained], indent=1, default=str))
-    (d / "evaluation_seconds.json").write_text(json.dumps(comp.seconds, indent=1))
+    for name, frame in (("table", comp.table), ("rates", comp.rates), ("quality", comp.quality)):
+        with atomic_path(d / f"{name}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+    write_json_atomic(d / "variants.json", [
+        {"key": tv.variant.key, "label": tv.variant.label, "training": tv.variant.describe(), "model": tv.model,
+         "fingerprint": tv.fingerprint, "reused": tv.reused, "train_seconds": tv.train_seconds,
+         "heldout": tv.heldout, "details": tv.details} for tv in comp.trained], indent=1)
+    write_json_atomic(d / "evaluation_seconds.json", comp.seconds, indent=1)
 
 
 def load_comparison_table(out_dir: str | Path) -> pd.DataFrame:

@@ -148,9 +148,31 @@ def _from_folder(folder: str | Path, dtype: torch.dtype):
         if not (folder_path / "config.json").exists():
             raise ModelSpecError(f"model folder {str(folder_path)!r} has no config.json: not a saved model "
                                  f"(contents: {sorted(p.name for p in folder_path.iterdir())[:10]})")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **_dtype_kwarg(dtype))
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    if not folder_path.is_dir():  # a hub id: _from_path_or_hub explains hub errors
+        return AutoModelForCausalLM.from_pretrained(str(folder), **_dtype_kwarg(dtype)), \
+            AutoTokenizer.from_pretrained(str(folder))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **_dtype_kwarg(dtype))
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as e:  # safetensors' SafetensorError, OSError, ValueError, ...: a damaged folder
+        raise ModelSpecError(f"model folder {str(folder_path)!r} cannot be loaded ({type(e).__name__}: {e}); its "
+                             "files are damaged or incomplete: delete the folder and rerun the step that wrote "
+                             "it") from e
     return model, tok
+
+
+def load_state_dict(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A tensor state dict saved with ``torch.save`` (e.g. a projection head), loaded with ``weights_only=True``
+    (no pickled code runs, whatever torch's default), onto ``device``.
+
+    Raises:
+        ModelSpecError: the file is missing, damaged, or holds more than tensors (names the file).
+    """
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, OSError
+        raise ModelSpecError(f"{str(path)!r} cannot be loaded as tensors ({type(e).__name__}: {e}); it is damaged "
+                             "or was not written by this library") from e
 
 
 def _from_adapter_folder(folder: Path, dtype: torch.dtype):

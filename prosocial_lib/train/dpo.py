@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 from ..config.schema import Config
 from ..groups.types import ContrastiveGroup, GroupBuildError, as_groups
-from ..runs import fingerprint, read_json, write_json_atomic
+from ..runs import file_digests, fingerprint, read_json, write_json_atomic
+from .checkpoints import StageInterrupted, require_finite, require_finite_weights, stage_lock, weights_problem
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,14 @@ def _folder_signature(path: str) -> Any:
 
 
 def load_dpo_result(output_dir: str | Path) -> dict[str, Any] | None:
-    """The saved metrics of a finished DPO run in ``output_dir`` (None when there is none)."""
+    """The saved metrics of a finished DPO run in ``output_dir`` (None when there is none, or when its weight
+    files no longer match the SHA-256 the metrics recorded: logged, and the run is trained again)."""
     metrics = read_json(Path(output_dir) / METRICS_FILE)
     if not isinstance(metrics, dict) or not (Path(output_dir) / "config.json").exists():
+        return None
+    problem = weights_problem(output_dir, metrics)
+    if problem:
+        log.warning("DPO: %s: training it again", problem)
         return None
     return metrics
 
@@ -202,6 +208,9 @@ def train_dpo(
     Raises:
         ValueError: a bad ``stage``, ``beta`` <= 0 or ``sft_weight`` < 0.
         DPODataError: malformed groups or no pairs.
+        RunBusyError: another live process is writing ``output_dir`` (names its pid).
+        TrainingDivergedError: a loss that is not finite; nothing is marked finished.
+        StageInterrupted: Ctrl-C (a ``KeyboardInterrupt``); a rerun trains DPO again from the start.
 
     References:
         Rafailov et al., "Direct Preference Optimization", NeurIPS 2023; TRL's ``DPOTrainer``. Chapter 04
@@ -217,36 +226,53 @@ def train_dpo(
     output_dir = Path(output_dir)
     pairs = dpo_pairs(groups, max_negatives_per_group)
     fingerprint = dpo_fingerprint(cfg, pairs, init_from, stage, beta, lr, max_negatives_per_group, sft_weight)
-    previous = load_dpo_result(output_dir)
-    if previous is not None and previous.get("fingerprint") == fingerprint and not force:
-        log.info("DPO: reusing %s (fingerprint %s)", output_dir, fingerprint)
-        return {**previous, "reused": True}
-
-    t0 = time.perf_counter()
     knobs = {"beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "stage": stage, "init_from": init_from,
              "max_negatives_per_group": max_negatives_per_group}
+    with stage_lock(output_dir):
+        previous = load_dpo_result(output_dir)
+        if previous is not None and previous.get("fingerprint") == fingerprint and not force:
+            log.info("DPO: reusing %s (fingerprint %s)", output_dir, fingerprint)
+            return {**previous, "reused": True}
+        try:
+            metrics = _run_dpo(cfg, pairs, len(groups), output_dir, fingerprint, knobs, progress)
+        except KeyboardInterrupt:
+            raise StageInterrupted("dpo", output_dir, None) from None  # DPO keeps no checkpoints
+    return {**metrics, "reused": False}
+
+
+def _run_dpo(cfg: Config, pairs, n_groups: int, output_dir: Path, fp: str, knobs: dict[str, Any],
+             progress: bool) -> dict[str, Any]:
+    """Train, check the loss is finite, save the model and write ``metrics.json`` last (with the weights'
+    SHA-256), under :func:`train_dpo`'s lock."""
+    t0 = time.perf_counter()
+    (output_dir / METRICS_FILE).unlink(missing_ok=True)  # the folder no longer holds a finished run
     trainer, tok, n_pairs, n_shortened, device = _dpo_trainer(cfg, pairs, output_dir, knobs, progress)
     n_kept = len(trainer.train_dataset)
     result = trainer.train()
+    history = [dict(h) for h in trainer.state.log_history]
+    train_loss = float(result.training_loss)
+    summary = _log_summary(history)
+    require_finite(f"DPO ({output_dir})", {"train_loss": train_loss, **summary["last"]})
     final = trainer.model
     if cfg.model.lora:
         final = final.merge_and_unload()
+    require_finite_weights(f"DPO ({output_dir})", final)
     output_dir.mkdir(parents=True, exist_ok=True)
     final.save_pretrained(str(output_dir))
     tok.save_pretrained(str(output_dir))
-
-    history = [dict(h) for h in trainer.state.log_history]
     metrics: dict[str, Any] = {
-        "method": "dpo", "fingerprint": fingerprint, "init_from": init_from or cfg.model.name, "stage": stage,
-        "beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "groups": len(groups), "pairs": n_pairs,
-        "pairs_trained": n_kept, "pairs_dropped_too_long": n_pairs - n_kept, "prompts_shortened": n_shortened,
-        "max_negatives_per_group": max_negatives_per_group, "steps": trainer.state.global_step,
-        "train_loss": float(result.training_loss), "train_seconds": round(time.perf_counter() - t0, 2),
-        **_log_summary(history), "log_history": history, "device": device.type, "preset": cfg.preset,
+        "method": "dpo", "fingerprint": fp, "init_from": knobs["init_from"] or cfg.model.name,
+        "stage": knobs["stage"], "beta": knobs["beta"], "sft_weight": knobs["sft_weight"],
+        "learning_rate": knobs["learning_rate"], "groups": n_groups, "pairs": n_pairs, "pairs_trained": n_kept,
+        "pairs_dropped_too_long": n_pairs - n_kept, "prompts_shortened": n_shortened,
+        "max_negatives_per_group": knobs["max_negatives_per_group"], "steps": trainer.state.global_step,
+        "train_loss": train_loss, "train_seconds": round(time.perf_counter() - t0, 2),
+        **summary, "log_history": history, "device": device.type, "preset": cfg.preset,
+        "weights": file_digests(output_dir),
     }
     write_json_atomic(output_dir / RUN_CONFIG_FILE, {"config": cfg.to_dict(), "dpo": knobs})
     write_json_atomic(output_dir / METRICS_FILE, metrics)  # last: marks completion
-    return {**metrics, "reused": False}
+    return metrics
 
 
 def _dpo_trainer(cfg: Config, pairs, output_dir: Path, knobs: dict[str, Any], progress: bool):

@@ -6,10 +6,12 @@ a ``ContrastiveConfig``) minimises ``CE(positive) + lambda * L_npair`` (``lambda
 negatives not even run), and ``evaluate_groups`` scores held-out groups before and after each stage.
 
 Each stage writes ``<run_dir>/stage<N>/`` with the model, tokenizer, ``run_config.json``, ``metrics.json`` and
-``log_history.json``; a stage whose config fingerprint matches a finished one is reused, an interrupted one
-resumes from the Trainer's last ``checkpoint-*``. The CE term is the mean over groups of each positive's per-token
-negative log-likelihood (every group counts the same, whatever its length), which is also ``-s^+`` of the
-likelihood score. Chapters 02 and 03 run the stages; chapter 04 trains the compared systems with them.
+``log_history.json``; a stage whose config fingerprint and weight hashes match a finished one is reused, an
+interrupted one resumes from the newest complete ``checkpoint-*`` (:mod:`.checkpoints`), and a second process
+writing the same stage folder is refused (:func:`~prosocial_lib.runs.exclusive_run`). The CE term is the mean over
+groups of each positive's per-token negative log-likelihood (every group counts the same, whatever its length),
+which is also ``-s^+`` of the likelihood score. Chapters 02 and 03 run the stages; chapter 04 trains the compared
+systems with them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,19 @@ from transformers import TrainerCallback
 
 from ..config.schema import Config, ModelConfig
 from ..groups.types import BuildReport, ContrastiveGroup, summarize_groups
-from ..runs import fingerprint, read_json, write_json_atomic
+from ..runs import atomic_path, file_digests, fingerprint, read_json, write_json_atomic
+from .checkpoints import (
+    CheckpointKeeper,
+    StageInterrupted,
+    TrainingDivergedError,
+    prepare_trainer_dir,
+    require_finite,
+    require_finite_weights,
+    resume_point,
+    stage_lock,
+    train_metrics,
+    weights_problem,
+)
 from .collator import GroupCollator, TrainingSetupError
 from .config import contrastive_args
 from .losses import ProjectionHead
@@ -156,6 +170,8 @@ def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | No
         finished = read_json(Path(init_from) / METRICS)
         if isinstance(finished, dict):
             start = finished.get("fingerprint", start)
+            if finished.get("weights"):  # the very weights: a retrained stage 1 that differs retrains stage 2
+                start = {"fingerprint": start, "weights": finished["weights"]}
     payload = {"stage": stage, "data": d["data"], "model": model, "loss": d["loss"], "stage_cfg": st,
                "seed": d["seed"], "init_from": start}
     if train_groups is not None:
@@ -164,12 +180,17 @@ def stage_fingerprint(cfg: Config, stage: int, init_from: str | os.PathLike | No
     return fingerprint(payload)
 
 
-def load_stage_result(checkpoint_dir: str | os.PathLike) -> StageResult | None:
+def load_stage_result(checkpoint_dir: str | os.PathLike, *, verify: bool = True) -> StageResult | None:
     """A finished stage's :class:`StageResult` from its folder (``reused`` True), or None when it did not finish
-    (no ``metrics.json`` or no model config)."""
+    (no readable ``metrics.json`` or no model config) or, with ``verify``, when its weight files no longer match
+    the SHA-256 its ``metrics.json`` recorded (logged as a warning naming the folder)."""
     out = Path(checkpoint_dir)
     metrics = read_json(out / METRICS)
     if not isinstance(metrics, dict) or not (out / "config.json").exists():
+        return None
+    problem = weights_problem(out, metrics) if verify else None
+    if problem:
+        log.warning("%s: it does not count as finished", problem)
         return None
     history = read_json(out / LOG_HISTORY) or []
     return StageResult(stage=int(metrics.get("stage", 0)), checkpoint_dir=out, metrics=metrics,
@@ -213,20 +234,36 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
     Raises:
         TrainingSetupError: a bad stage, a missing ``init_from``, no training or held-out groups.
         GroupBuildError: malformed ``train_groups`` (names the file or group and the field).
+        RunBusyError: another live process is writing the stage folder (names its pid); nothing is changed.
+        TrainingDivergedError: the loss or the held-out metrics are not finite; the stage is not marked finished.
+        StageInterrupted: Ctrl-C (a ``KeyboardInterrupt``); it names the checkpoint a rerun resumes from.
 
     Chapters 02 and 03 run it (and chapter 03's exercise passes its own groups).
     """
-    from transformers import set_seed
-
-    from ..modeling.loading import apply_lora
-
     cfg.validate()
     own = None if train_groups is None else own_groups(train_groups)
     out = Path(cfg.run_dir) / f"stage{stage}"
     fp = stage_fingerprint(cfg, stage, init_from, own)
-    done = _reusable(out, stage, fp)
-    if done is not None:
-        return done
+    with stage_lock(out):
+        done = _reusable(out, stage, fp)
+        if done is not None:
+            return done
+        try:
+            return _train_stage(cfg, stage, init_from, out, fp, own, callbacks, progress)
+        except KeyboardInterrupt:
+            raise StageInterrupted.at(stage, out / TRAINER_DIR) from None
+        except TrainingDivergedError as e:
+            if str(e).startswith(f"stage {stage}"):
+                raise
+            raise TrainingDivergedError(f"stage {stage} ({out}), {e}") from None
+
+
+def _train_stage(cfg: Config, stage: int, init_from, out: Path, fp: str, own, callbacks, progress: bool
+                 ) -> StageResult:
+    """Train the stage into ``out`` (its lock held) and save it; :func:`run_stage` without the reuse."""
+    from transformers import set_seed
+
+    from ..modeling.loading import apply_lora
 
     t_start = time.perf_counter()
     train, report, held_out = _stage_data(cfg, stage, own)
@@ -241,7 +278,7 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
     trainer, resume = _trainer(cfg, stage, out, fp, model, tok, head, train, callbacks, mp_dtype, device)
     quiet_trainer(trainer, progress=progress)
     t_train = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=resume)
+    train_out = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     train_seconds = time.perf_counter() - t_train
 
     model = trainer.model
@@ -251,40 +288,41 @@ def run_stage(cfg: Config, stage: int, init_from: str | os.PathLike | None = Non
         model = model.merge_and_unload()
     after = score_heldout(model, tok, held_out, cfg, head=head, progress=progress,
                           desc=f"stage {stage}: held-out after")
+    history = [dict(h) for h in trainer.state.log_history]
     metrics = {
         "stage": stage, "fingerprint": fp, "preset": cfg.preset, "init_from": None if init_from is None
         else str(init_from), "before": before, "after": after,
-        "train": _train_metrics(trainer, train_out, train_seconds, len(train), resume is not None),
+        "train": train_metrics(trainer, train_out, history, train_seconds, len(train), resume is not None),
         "groups": {"train": summarize_groups(train), "eval": summarize_groups(held_out),
                    "train_build": report.to_dict() if report else None},
         "seconds_total": None,
     }
-    history = [dict(h) for h in trainer.state.log_history]
+    require_finite(f"stage {stage} ({out})", {"train_loss": metrics["train"].get("train_loss"),
+                                              **{f"held-out {k}": v for k, v in after.items()}})
+    require_finite_weights(f"stage {stage} ({out})", model)
     if trainer.is_world_process_zero() and _stage_cfg(cfg, stage).save:
-        _save_stage(out, trainer, model, tok, head, cfg, metrics, history, t_start)
+        _save_stage(out, model, tok, head, cfg, metrics, history, t_start)
     trainer.accelerator.wait_for_everyone()
     return StageResult(stage=stage, checkpoint_dir=out, metrics=metrics, log_history=history, reused=False)
 
 
-def _train_metrics(trainer, train_out, seconds: float, n_groups: int, resumed: bool) -> dict[str, Any]:
-    """The Trainer's numeric training metrics plus time, steps, groups, truncations and whether it resumed."""
-    return {**{k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))},
-            "train_seconds": round(seconds, 2), "global_step": trainer.state.global_step, "groups": n_groups,
-            "truncated_sequences": trainer.data_collator.truncated, "resumed": resumed}
-
-
 def _reusable(out: Path, stage: int, fp: str) -> StageResult | None:
-    """The finished stage in ``out`` when its fingerprint is ``fp`` (else None, with a warning when another
-    config's run sits there)."""
-    done = load_stage_result(out)
-    if done is not None and done.metrics.get("fingerprint") == fp:
-        log.warning("stage %d: reusing the finished checkpoint in %s (same config)", stage, out)
-        done.stage = stage
-        return done
-    if done is not None:
+    """The finished stage in ``out`` when its fingerprint is ``fp`` and its weights match their recorded hashes
+    (else None, with a warning when another config's run or damaged weights sit there)."""
+    done = load_stage_result(out, verify=False)
+    if done is None:
+        return None
+    if done.metrics.get("fingerprint") != fp:
         log.warning("stage %d: %s holds a run with another config (fingerprint %s, now %s): training anew",
                     stage, out, done.metrics.get("fingerprint"), fp)
-    return None
+        return None
+    problem = weights_problem(out, done.metrics)
+    if problem:
+        log.warning("stage %d: %s: training it again", stage, problem)
+        return None
+    log.warning("stage %d: reusing the finished checkpoint in %s (same config)", stage, out)
+    done.stage = stage
+    return done
 
 
 def _stage_data(cfg: Config, stage: int, own: list[ContrastiveGroup] | None
@@ -302,49 +340,52 @@ def _stage_data(cfg: Config, stage: int, own: list[ContrastiveGroup] | None
 
 def _load_model(cfg: Config, model_cfg: ModelConfig, init_from, device: torch.device):
     """The model, its tokenizer, and the embedding score's projection head (continued from ``init_from``'s)."""
-    from ..modeling.loading import load_model_and_tokenizer
+    from ..modeling.loading import load_model_and_tokenizer, load_state_dict
     model, tok = load_model_and_tokenizer(model_cfg, seed=cfg.seed)
     head = None
     if cfg.loss.score == "embedding" and cfg.loss.projection_dim:
         head = ProjectionHead(model.config.hidden_size, cfg.loss.projection_dim).to(device)
         if init_from is not None and (Path(init_from) / HEAD_FILE).exists():  # continue the previous stage's head
-            head.load_state_dict(torch.load(Path(init_from) / HEAD_FILE, map_location=device))
+            head.load_state_dict(load_state_dict(Path(init_from) / HEAD_FILE, device))
     return model, tok, head
 
 
 def _trainer(cfg: Config, stage: int, out: Path, fp: str, model, tok, head, train, callbacks, mp_dtype,
-             device) -> tuple[ContrastiveTrainer, bool | None]:
-    """The stage's :class:`ContrastiveTrainer` and whether it resumes an interrupted run of this config; the
-    main process clears what a run of another config left in ``out``."""
+             device) -> tuple[ContrastiveTrainer, Path | None]:
+    """The stage's :class:`ContrastiveTrainer` and the complete checkpoint an interrupted run of this config
+    left (None: start over); the main process drops incomplete checkpoints and what a run of another config left
+    in ``out``."""
     trainer_dir = out / TRAINER_DIR
     args = contrastive_args(cfg.loss, _stage_cfg(cfg, stage), trainer_dir, seed=cfg.seed, device=device,
-                            mp_dtype=mp_dtype, n_groups=len(train))
-    resume = _resume_point(trainer_dir, fp)  # every rank reads before the main process changes anything
+                            mp_dtype=mp_dtype, n_groups=len(train), save_total_limit=None)  # CheckpointKeeper
+    resume = resume_point(trainer_dir, fp)  # every rank reads before the main process changes anything
     with args.main_process_first(desc="preparing the stage folder"):
         if args.process_index == 0:
-            for stale in (METRICS, LOG_HISTORY):  # this folder no longer holds a finished run of another config
+            for stale in (METRICS, LOG_HISTORY):  # this folder no longer holds a finished run
                 (out / stale).unlink(missing_ok=True)
-            if resume is None:
-                _reset_trainer_dir(trainer_dir, fp)
+            prepare_trainer_dir(trainer_dir, fp, resume)  # drops incomplete checkpoints, or starts empty
     collator = GroupCollator(tok, cfg.model.max_length, positives_only=cfg.loss.npair_weight == 0,
                              shared_context=cfg.loss.shared_context)
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=list(train), data_collator=collator,
-                                 processing_class=tok, projection_head=head, callbacks=list(callbacks or []))
+                                 processing_class=tok, projection_head=head,
+                                 callbacks=[CheckpointKeeper(), *(callbacks or [])])
     return trainer, resume
 
 
-def _save_stage(out: Path, trainer, model, tok, head, cfg: Config, metrics: dict[str, Any],
+def _save_stage(out: Path, model, tok, head, cfg: Config, metrics: dict[str, Any],
                 history: list[dict[str, Any]], t_start: float) -> None:
     """Write the model, tokenizer, head, run config and logs, then ``metrics.json`` last (marks the stage
-    finished), and drop the resumable checkpoints."""
+    finished; it records the weights' SHA-256), and drop the resumable checkpoints."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     if head is not None:
-        torch.save(head.state_dict(), out / HEAD_FILE)
+        with atomic_path(out / HEAD_FILE) as tmp:
+            torch.save(head.state_dict(), tmp)
     write_json_atomic(out / RUN_CONFIG, {"fingerprint": metrics["fingerprint"], "stage": metrics["stage"],
                                          "init_from": metrics["init_from"], "config": cfg.to_dict()})
     write_json_atomic(out / LOG_HISTORY, history, indent=1)
+    metrics["weights"] = file_digests(out)
     metrics["seconds_total"] = round(time.perf_counter() - t_start, 2)
     write_json_atomic(out / METRICS, metrics)
     shutil.rmtree(out / TRAINER_DIR, ignore_errors=True)  # finished: the resumable checkpoints are not needed
@@ -368,39 +409,3 @@ def run_stages(cfg: Config, stages: Sequence[int] = (1, 2), init_from: str | os.
         results[s] = run_stage(cfg, s, init_from=start, **kwargs)
         start = results[s].checkpoint_dir
     return results
-
-
-def _resume_point(trainer_dir: Path, fp: str) -> bool | None:
-    """``True`` (resume from the last checkpoint-*) when an interrupted run of this very config left one."""
-    marker = trainer_dir / "fingerprint.txt"
-    if (trainer_dir.exists() and marker.exists() and marker.read_text().strip() == fp
-            and any(p.name.startswith("checkpoint-") for p in trainer_dir.iterdir())):
-        log.warning("resuming the interrupted run in %s", trainer_dir)
-        return True
-    return None
-
-
-def _reset_trainer_dir(trainer_dir: Path, fp: str) -> None:
-    if trainer_dir.exists():
-        shutil.rmtree(trainer_dir)
-    trainer_dir.mkdir(parents=True, exist_ok=True)
-    (trainer_dir / "fingerprint.txt").write_text(fp)
-
-
-def _resolve_init(cfg: Config, stage: int, init: str | None) -> str | None:
-    if stage == 1:
-        if init not in (None, "base"):
-            raise TrainingSetupError("--init-from only applies to --stage 2 (stage 1 starts from model.name)")
-        return None
-    if init == "base":
-        return None
-    if init in (None, "stage1"):
-        s1 = Path(cfg.run_dir) / "stage1"
-        if load_stage_result(s1) is None:
-            raise TrainingSetupError(f"stage 2 starts from this run's stage-1 checkpoint, but {s1} holds no "
-                                     "finished stage 1: run `prosocial train --stage 1` (same preset and --set) "
-                                     "first, or pass --init-from base | PATH")
-        return str(s1)
-    if not Path(init).exists():
-        raise TrainingSetupError(f"--init-from {init!r}: no such folder")
-    return init

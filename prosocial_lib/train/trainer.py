@@ -7,6 +7,7 @@ import os
 import torch
 from transformers import Trainer
 
+from .checkpoints import TrainingDivergedError
 from .config import ContrastiveConfig
 from .losses import combined_loss, npair_loss
 from .scoring import score_groups
@@ -85,6 +86,7 @@ class ContrastiveTrainer(Trainer):
         gs = score_groups(model, inputs, a.score, self.projection_head, a.in_batch_negatives)
         ce = gs.ce.mean()
         if a.npair_weight > 0:
+            self._require_finite_scores(gs.scores, inputs["neg_mask"])
             np_out = npair_loss(gs.scores, inputs["neg_weights"], inputs["neg_mask"], a.effective_tau,
                                 in_batch=a.in_batch_negatives, batch_scores=gs.batch_scores)
             loss = combined_loss(ce, np_out.loss, a.npair_weight)
@@ -93,6 +95,15 @@ class ContrastiveTrainer(Trainer):
             loss = ce
             self._record(ce=ce)
         return (loss, gs) if return_outputs else loss
+
+    def _require_finite_scores(self, scores: torch.Tensor, neg_mask: torch.Tensor) -> None:
+        """A NaN or infinite score of a real reply means the model diverged (``npair_loss`` refuses such scores):
+        stop with :class:`~prosocial_lib.train.checkpoints.TrainingDivergedError`, so nothing is saved as finished."""
+        real = torch.cat([torch.ones_like(neg_mask[:, :1]), neg_mask], dim=1).bool()
+        if not bool(torch.isfinite(scores.detach()[real]).all()):
+            raise TrainingDivergedError(
+                f"training step {self.state.global_step + 1}: not finite: the model's scores of its replies; the run "
+                "diverged and is not saved as finished (lower the learning rate or check the data)")
 
     def _record(self, **values: torch.Tensor) -> None:
         if not self.model.training:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,17 +127,17 @@ class SentenceEncoder:
         """Add the embeddings saved in ``path`` (an ``.npz`` from :meth:`save_cache`) to the in-memory cache.
 
         Args:
-            path: the ``.npz`` file (missing: nothing is added).
+            path: the ``.npz`` file (missing or unreadable: nothing is added; an unreadable one is warned about
+                and rewritten by the next :meth:`save_cache`).
 
         Returns:
             How many embeddings the file holds.
         """
-        path = Path(path)
-        if not path.exists():
+        saved = _read_npz_cache(Path(path))
+        if saved is None:
             return 0
-        with np.load(path) as z:
-            keys, vecs = z["keys"], z["vectors"]
-        for k, v in zip(keys.tolist(), vecs):
+        keys, vecs = saved
+        for k, v in zip(keys, vecs):
             self._cache.setdefault(str(k), v)
         return len(keys)
 
@@ -152,13 +154,32 @@ class SentenceEncoder:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.load_cache(path)
         keys = list(self._cache) if texts is None else list(dict.fromkeys(text_key(str(t)) for t in texts))
-        if path.exists():
-            with np.load(path) as z:
-                keys = list(dict.fromkeys([*z["keys"].tolist(), *keys]))
+        saved = _read_npz_cache(path)
+        if saved is not None:
+            keys = list(dict.fromkeys([*saved[0], *keys]))
         keys = [k for k in keys if k in self._cache]
         vecs = np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
         with atomic_path(path) as tmp:
             np.savez(tmp, keys=np.array(keys), vectors=vecs)
+
+
+def _read_npz_cache(path: Path) -> tuple[list[str], np.ndarray] | None:
+    """``(keys, vectors)`` of an embedding cache, or None when it is missing or cannot be read back (a truncated
+    file: warned, and treated as missing)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            keys, vecs = [str(k) for k in z["keys"].tolist()], np.asarray(z["vectors"])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        warnings.warn(f"{path} cannot be read ({type(e).__name__}: {e}); it is treated as missing and will be "
+                      "rebuilt", stacklevel=3)
+        return None
+    if len(keys) != len(vecs):
+        warnings.warn(f"{path} holds {len(keys)} keys for {len(vecs)} vectors; it is treated as missing",
+                      stacklevel=3)
+        return None
+    return keys, vecs
 
 
 # ====================================================================== features and linear heads

@@ -5,6 +5,7 @@ learn) and ``load_judges`` (load when the fingerprint matches, train and save ot
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def load_judges(settings: JudgesConfig, data: DataConfig, *, runs_root: str | Pa
     if not retrain and (path / "judges.json").exists():
         try:
             return Judges.load(path, encoder)
-        except (JudgeError, OSError, KeyError, ValueError) as e:
+        except (JudgeError, OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # damaged files
             warnings.warn(f"saved judges in {path} could not be read ({e}); retraining them", stacklevel=2)
     cache = root / "embeddings" / f"{encoder.name}.npz"
     encoder.load_cache(cache)
