@@ -42,11 +42,12 @@ GENERATIONS, LABELS, WRITTEN = HERE / "generations.jsonl", HERE / "labels_model.
 OUT = ROOT / "prosocial_lib" / "data" / "samples" / "judge_check" / "check.jsonl"
 SEED = 124  # issue #12, item 4
 N_CONTEXTS = {"adversarial": 30, "subtle": 20, "casual": 35}
-N_SAMPLED = 8  # contexts (per model) that also get one sampled reply
+N_SAMPLED = 8  # contexts that also get one sampled reply of the base model
+N_STAGE2 = 48  # contexts the stage-2 model answers (greedy): a seeded subset, to fit a busy 2-core machine
 SETTINGS = {"max_new_tokens": 64, "batch_size": 16, "system_prompt": None}
 SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 BASE = "SmolLM2-135M-Instruct (base)"
-STAGE2 = "cpu preset stage 2"
+STAGE2 = "cpu preset stage 2 (10-step run)"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -96,13 +97,16 @@ def generate(args: argparse.Namespace) -> None:
     from prosocial_lib.modeling.loading import load_model_and_tokenizer
     contexts = pick_contexts()
     sampled_idx = sorted(random.Random(SEED + 1).sample(range(len(contexts)), N_SAMPLED))
+    stage2_idx = sorted(random.Random(SEED + 2).sample(range(len(contexts)), N_STAGE2))
+    plan = {BASE: (("greedy", range(len(contexts))), ("sampled", sampled_idx)), STAGE2: (("greedy", stage2_idx),)}
     models = [(BASE, "embedded"), (STAGE2, args.stage2)]
     models = [m for m in models if args.only in (None, m[0])]
-    rows = [r for r in (read_jsonl(GENERATIONS) if GENERATIONS.is_file() else [])
+    out = Path(args.out)
+    rows = [r for r in (read_jsonl(out) if out.is_file() else [])
             if r["model"] not in {m for m, _ in models}]
     for model_name, spec in models:
         model, tok = load_model_and_tokenizer(spec)
-        for decoding, idx in (("greedy", range(len(contexts))), ("sampled", sampled_idx)):
+        for decoding, idx in plan[model_name]:
             ctx = [contexts[i] for i in idx]
             kw = dict(do_sample=decoding == "sampled", **(SAMPLING if decoding == "sampled" else {}))
             replies = generate_replies(model, tok, [c["history"] for c in ctx], seed=SEED, progress=False,
@@ -116,9 +120,9 @@ def generate(args: argparse.Namespace) -> None:
                              "reply": reply})
         del model
     rows.sort(key=lambda r: (r["model"] != BASE, r["decoding"], r["gen_id"]))
-    HERE.mkdir(parents=True, exist_ok=True)
-    GENERATIONS.write_text(jsonl_text(rows), encoding="utf-8")
-    print(f"{len(rows)} replies -> {GENERATIONS}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(jsonl_text(rows), encoding="utf-8")
+    print(f"{len(rows)} replies -> {out}")
 
 
 def context_by_id(context_ids: set[str]) -> dict[str, dict]:
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--stage2", default="runs/cpu/stage2", help="the cpu-preset stage-2 model folder")
     g.add_argument("--only", choices=(BASE, STAGE2), default=None,
                    help="regenerate one model's replies and keep the other's")
+    g.add_argument("--out", default=str(GENERATIONS), help="where the replies go (default: %(default)s)")
     a = sub.add_parser("assemble", help="write check.jsonl from the generations, labels and written pairs")
     a.add_argument("--check", action="store_true", help="exit 1 if the committed check.jsonl differs")
     args = p.parse_args(argv)
