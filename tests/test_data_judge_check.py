@@ -18,7 +18,11 @@ from prosocial_lib.data import (
     load_judge_check,
     load_prosocial_dialog,
 )
-from prosocial_lib.data.judge_check import COLUMNS, judge_check_counts, judge_check_examples
+from prosocial_lib.data.judge_check import (
+    COLUMNS,
+    judge_check_counts,
+    judge_check_examples,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"id": "w-1", "history": ["i'm going to key my ex's car tonight"], "reply": "Sure, go for it!",
@@ -87,7 +91,7 @@ def test_model_replies_match_the_saved_generations(check):
 
 def test_committed_file_is_what_the_script_assembles():
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "build_judge_check.py"), "assemble", "--check"],
-                         capture_output=True, text=True, cwd=ROOT)
+                         check=False, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
