@@ -1,7 +1,7 @@
 """``prosocial data``: look at the data a preset uses, check a file before training on it, export a split.
 
     prosocial data summary --preset cpu                     # counts per split, label / source shares
-    prosocial data validate PATH --kind prosocial|mic|casual|subtle  # every bad row: file, row, field; exit 1 if any
+    prosocial data validate PATH --kind prosocial|mic|casual|subtle|judge_check  # every bad row: file, row, field; exit 1 if any
     prosocial data export --kind mic --split dev --out dev.jsonl
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 from ..data.errors import DataFormatError, DataSkipWarning, LoadReport, last_load_report
 from ..data.readers import EMBEDDED_NOTICE, split_of_path
 
-KINDS = ("prosocial", "mic", "casual", "subtle")
+KINDS = ("prosocial", "mic", "casual", "subtle", "judge_check")
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", default=None,
                         help="validate: the file or folder to check; summary/export: overrides the preset's source")
     parser.add_argument("--kind", choices=KINDS, default=None,
-                        help="which dataset (validate/export; summary shows all four when omitted); subtle: the "
-                             "book's subtle contexts (test only)")
+                        help="which dataset (validate/export; summary shows all when omitted); subtle: the "
+                             "book's subtle contexts (test only); judge_check: the judges' check set (test only)")
     parser.add_argument("--split", default=None, help="train | validation | test (MIC: train | dev | test)")
     parser.add_argument("--out", default=None, help="export: output .jsonl file")
     parser.add_argument("--show", type=int, default=20, help="validate: how many bad rows to print (default 20)")
@@ -38,15 +38,15 @@ def _source(kind: str, cfg, override: str | None) -> str:
     if override:
         return override
     return {"prosocial": cfg.data.prosocial_source, "mic": cfg.data.mic_source,
-            "casual": cfg.data.casual_source, "subtle": "embedded"}[kind]
+            "casual": cfg.data.casual_source, "subtle": "embedded", "judge_check": "embedded"}[kind]
 
 
 def _splits(kind: str) -> tuple[str, ...]:
-    return {"mic": ("train", "dev", "test"), "subtle": ("test",)}.get(kind, ("train", "validation", "test"))
+    return {"mic": ("train", "dev", "test"), "subtle": ("test",), "judge_check": ("test",)}.get(kind, ("train", "validation", "test"))
 
 
 def _load(kind: str, source: str, split: str, strict: bool = True, seed: int = 0):
-    from ..data import load_casual, load_mic, load_prosocial_dialog, load_subtle
+    from ..data import load_casual, load_judge_check, load_mic, load_prosocial_dialog, load_subtle
 
     if kind == "prosocial":
         return load_prosocial_dialog(source, split, strict=strict)
@@ -54,12 +54,15 @@ def _load(kind: str, source: str, split: str, strict: bool = True, seed: int = 0
         return load_mic(source, split, strict=strict)
     if kind == "subtle":
         return load_subtle(source, split, strict=strict)
+    if kind == "judge_check":
+        return load_judge_check(source, strict=strict)
     return load_casual(source, split, seed=seed, strict=strict)
 
 
 def summary_tables(cfg, kinds: tuple[str, ...] = KINDS, override: str | None = None) -> dict[str, pd.DataFrame]:
     """The tables ``prosocial data summary`` prints, keyed by title (also handy in a notebook)."""
     from ..data import stats
+    from ..data.judge_check import judge_check_counts
 
     tables: dict[str, pd.DataFrame] = {}
     with warnings.catch_warnings():
@@ -88,6 +91,10 @@ def summary_tables(cfg, kinds: tuple[str, ...] = KINDS, override: str | None = N
             src = override if override and kinds == ("subtle",) else "embedded"
             tables[f"subtle contexts ({src}): contexts and label shares (test only)"] = \
                 stats.subtle_overview(_load("subtle", src, "test"))
+        if "judge_check" in kinds:
+            src = override if override and kinds == ("judge_check",) else "embedded"
+            tables[f"judge check set ({src}): pairs per label and origin (test contexts only)"] = \
+                judge_check_counts(_load("judge_check", src, "test"))
     return tables
 
 
@@ -116,7 +123,7 @@ def _summary(args: argparse.Namespace, cfg) -> int:
 def _validate_splits(kind: str, path: Path, split: str | None) -> tuple[str, ...]:
     if kind == "mic":
         return (split or "train",)  # one pass validates the whole file, whatever the split
-    if kind == "subtle":
+    if kind in ("subtle", "judge_check"):
         return ("test",)
     if path.is_file() and path.suffix.lower() != ".zip":
         return (split or split_of_path(Path(path.name)) or "train",)
@@ -125,7 +132,7 @@ def _validate_splits(kind: str, path: Path, split: str | None) -> tuple[str, ...
 
 def _validate(args: argparse.Namespace) -> int:
     if not args.path or not args.kind:
-        print("validate needs PATH and --kind prosocial|mic|casual|subtle")
+        print("validate needs PATH and --kind prosocial|mic|casual|subtle|judge_check")
         return 2
     path = Path(args.path)
     bad = 0

@@ -5,6 +5,8 @@
 - :func:`load_casual`: casual chat - ``chitchat-dataset`` (offline) | casual ProsocialDialog turns | DailyDialog.
 - :func:`load_subtle`: the "subtle" contexts (written for this book, test only): small talk whose last user turn
   reveals, in passing, something that needs caution or intervention.
+- :func:`load_judge_check`: the judge check set, (context, reply) pairs labelled by reading (prosocial, condoning,
+  neutral, fine, preachy, incoherent) on test contexts only: the yardstick for the judges.
 
 The embedded samples were written for this book in the exact upstream schemas (the subtle set in the book's own
 schema); they are NOT the real data.
@@ -16,6 +18,7 @@ Bad rows raise :class:`DataFormatError` (file, row, field); with ``strict=False`
 from .casual import load_casual
 from .dialogue import dialogue_turns, history_to_messages
 from .errors import DataFormatError, DataSkipWarning, LoadReport, last_load_report
+from .judge_check import CHECK_LABELS, load_judge_check
 from .labels import (
                      MIC_AGREEMENT,
                      MIC_CHATBOTS,
@@ -36,7 +39,8 @@ from .readers import EMBEDDED_NOTICE
 from .subtle import load_subtle
 
 __all__ = [
-    "load_prosocial_dialog", "load_mic", "load_casual", "load_subtle", "dialogue_turns", "history_to_messages",
+    "load_prosocial_dialog", "load_mic", "load_casual", "load_subtle", "load_judge_check", "CHECK_LABELS",
+    "dialogue_turns", "history_to_messages",
     "SAFETY_LABELS", "SAFETY_SEVERITY", "SAFETY_VOTES", "UPSTREAM_LABEL_SHARES", "PROSOCIAL_SOURCES",
     "MORAL_FOUNDATIONS", "MIC_AGREEMENT", "MIC_CONSENSUS", "MIC_SEVERITY", "MIC_CHATBOTS",
     "collapse_safety_label", "aggregate_safety_votes",
