@@ -74,3 +74,63 @@ def validate_each(items: Iterable[tuple[int, Any]], check: Callable[[Any, int], 
                 raise
             report.skip(err)
     return rows
+
+
+def _has_history(obj: dict) -> bool:
+    return "history" in obj and isinstance(obj["history"], list) and all(isinstance(x, str) for x in obj["history"])
+
+
+def read_history_records(path: str | Path, validate_row: Callable[[Any, str, int], dict], *, what: str,
+                         columns: Iterable[str], strict: bool) -> tuple[list[dict], LoadReport]:
+    """The validated rows of a file of records that each carry a ``history`` (the subtle contexts, the judge
+    check set): JSON lines, a records array or a columns object (:func:`~.jsonfiles.read_json`).
+
+    Args:
+        path: the file.
+        validate_row: ``(record, file name, row) -> row`` raising :class:`DataFormatError` for a bad record.
+        what: the set's name in the load report (e.g. "subtle contexts").
+        columns: the expected columns, named in the error for a file in the dialogue-array layout.
+        strict: raise on the first bad row (else skip and count it in the report).
+
+    Returns:
+        ``(rows, report)``.
+
+    Raises:
+        DataFormatError: an unreadable or empty file, the dialogue-array layout, a bad row (``strict``), or an id
+            that appears twice (naming both rows).
+    """
+    from .jsonfiles import read_json
+
+    path = str(path)
+    report = LoadReport(source=f"{what} ({path})", split="test")
+    layout, items = read_json(Path(path), _has_history)
+    if layout == "dialogues":
+        raise DataFormatError(path, None, None, "a JSON array of dialogues; expected one record per row with the "
+                              f"columns {', '.join(columns)}", "unsupported layout")
+    first_row: dict[str, int] = {}
+
+    def check(rec: Any, row: int) -> dict:
+        out = validate_row(rec, path, row)
+        if out["id"] in first_row:
+            raise DataFormatError(path, row, "id", f"duplicate id {out['id']!r} (first at row "
+                                  f"{first_row[out['id']]})", "duplicate id")
+        first_row[out["id"]] = row
+        return out
+
+    rows = validate_each(items, check, report, strict)
+    if not report.rows_read:
+        report.fail_or_note(empty_file_error(path), strict)
+    report.rows_kept = len(rows)
+    return rows, report
+
+
+def record_columns(rec: Any, columns: Iterable[str], file: str, row: int) -> dict:
+    """``rec``'s ``columns`` in order; a record that is not a JSON object or lacks a column raises
+    :class:`DataFormatError` naming ``file``, ``row`` and the first missing column."""
+    columns = tuple(columns)
+    if not isinstance(rec, dict):
+        raise DataFormatError(file, row, None, f"expected a JSON object, got {type(rec).__name__}", "wrong type")
+    missing = [c for c in columns if c not in rec]
+    if missing:
+        raise DataFormatError(file, row, missing[0], f"missing column {missing[0]!r}", "missing column")
+    return {c: rec[c] for c in columns}

@@ -36,9 +36,8 @@ from typing import Any
 import datasets
 import pandas as pd
 
-from .checks import empty_file_error, require_rows, validate_each
+from .checks import read_history_records, record_columns, require_rows
 from .errors import DataFormatError, LoadReport, _set_last_report
-from .jsonfiles import read_json
 from .labels import SAFETY_LABELS
 from .readers import SAMPLES_DIR
 
@@ -74,12 +73,7 @@ def validate_judge_check_row(rec: Any, file: str, row: int) -> dict:
     def fail(field: str | None, problem: str, reason: str) -> DataFormatError:
         return DataFormatError(file, row, field, problem, reason)
 
-    if not isinstance(rec, dict):
-        raise fail(None, f"expected a JSON object, got {type(rec).__name__}", "wrong type")
-    missing = [c for c in COLUMNS if c not in rec]
-    if missing:
-        raise fail(missing[0], f"missing column {missing[0]!r}", "missing column")
-    out = {c: rec[c] for c in COLUMNS}
+    out = record_columns(rec, COLUMNS, file, row)
     for col in COLUMNS:
         if col != "history" and not isinstance(out[col], str):
             raise fail(col, f"expected a string, got {out[col]!r:.60}", "wrong type")
@@ -119,35 +113,10 @@ def validate_judge_check_row(rec: Any, file: str, row: int) -> dict:
     return out
 
 
-def _is_record(obj: dict) -> bool:
-    return "history" in obj and isinstance(obj["history"], list) and all(isinstance(x, str) for x in obj["history"])
-
-
-def _validate(items: Iterable[tuple[int, Any]], name: str, report: LoadReport, strict: bool) -> list[dict]:
-    first_row: dict[str, int] = {}
-
-    def check(rec: Any, row: int) -> dict:
-        out = validate_judge_check_row(rec, name, row)
-        if out["id"] in first_row:
-            raise DataFormatError(name, row, "id", f"duplicate id {out['id']!r} (first at row "
-                                  f"{first_row[out['id']]})", "duplicate id")
-        first_row[out["id"]] = row
-        return out
-
-    return validate_each(items, check, report, strict)
-
-
 @functools.lru_cache(maxsize=8)
 def _read_cached(path: str, _mtime: float, _size: int, strict: bool) -> tuple[tuple[dict, ...], LoadReport]:
-    report = LoadReport(source=f"judge check set ({path})", split="test")
-    layout, items = read_json(Path(path), _is_record)
-    if layout == "dialogues":
-        raise DataFormatError(path, None, None, "a JSON array of dialogues; expected one record per pair with the "
-                              f"columns {', '.join(COLUMNS)}", "unsupported layout")
-    rows = _validate(items, path, report, strict)
-    if not report.rows_read:
-        report.fail_or_note(empty_file_error(path), strict)
-    report.rows_kept = len(rows)
+    rows, report = read_history_records(path, validate_judge_check_row, what="judge check set", columns=COLUMNS,
+                                        strict=strict)
     return tuple(rows), report
 
 
