@@ -14,8 +14,8 @@ comparison, the benchmark, the converted embedded model) follows the same three 
 4. A result too big to rebuild on a whim (a model) records the SHA-256 of its files (:func:`file_digests`) and is
    checked against them before it is reused.
 
-:func:`load_or_build` combines the first three for a result saved in one file (its fingerprint in the file name or in the
-file); :func:`load_or_compute` is the same for a value stored with its key (``{"key": ..., "value": ...}``).
+:func:`load_or_build` combines the first three for a result saved in one file (its fingerprint in the file name, or
+in the file and checked by its ``valid``).
 
 Every chapter's steps use it: the stages of chapters 02-03, the judges and generations of chapter 01, the
 comparison of chapter 04 and the benchmark appendix.
@@ -275,7 +275,7 @@ def load_or_build(path: str | Path, build: Callable[[], T], *, valid: Callable[[
     """The result saved at ``path`` when it reads back (and ``valid`` accepts it), else ``build()`` saved there.
 
     The one "reuse if present" rule of the library: the audit's generations, the comparison's perplexities and
-    held-out scores, the benchmark and :func:`load_or_compute` all go through it.
+    held-out scores and the benchmark all go through it.
 
     Args:
         path: the cache file. Usually its name carries a :func:`fingerprint` of what the result depends on.
@@ -305,33 +305,6 @@ def load_or_build(path: str | Path, build: Callable[[], T], *, valid: Callable[[
         return get()
     with run_lock(path.parent):
         return get()
-
-
-def load_or_compute(path: str | Path, compute: Callable[[], T], *, key: str | None = None,
-                    lock: bool = True) -> T:
-    """The JSON result cached at ``path`` if its key matches, else ``compute()`` written there atomically.
-
-    Args:
-        path: the cache file (JSON). Its content is ``{"key": key, "value": value}``.
-        compute: builds the value (JSON-serialisable) when the cache is missing, unreadable or stale.
-        key: what the value depends on, usually a :func:`fingerprint`; ``None`` accepts any cached value.
-        lock: hold :func:`run_lock` on the parent folder while checking and computing, so concurrent processes
-            compute once.
-
-    Returns:
-        The cached or freshly computed value (as read back from JSON when cached).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> f = pathlib.Path(tempfile.mkdtemp()) / "n.json"
-        >>> load_or_compute(f, lambda: 41 + 1, key="v1"), load_or_compute(f, lambda: 0, key="v1")
-        (42, 42)
-    """
-    def current(saved: Any) -> bool:
-        return isinstance(saved, dict) and "value" in saved and (key is None or saved.get("key") == key)
-
-    record, _ = load_or_build(path, lambda: {"key": key, "value": compute()}, valid=current, lock=lock)
-    return record["value"]
 
 
 def build_folder_atomic(target: str | Path, build: Callable[[Path], T], *,

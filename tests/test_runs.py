@@ -15,7 +15,6 @@ from prosocial_lib.runs import (
     build_folder_atomic,
     fingerprint,
     load_or_build,
-    load_or_compute,
     read_json,
     read_jsonl,
     run_lock,
@@ -71,22 +70,25 @@ def test_unreadable_cache_counts_as_missing_and_is_rebuilt(tmp_path):
     assert read_json(tmp_path / "missing.json") is None and read_jsonl(tmp_path / "missing.jsonl") is None
     calls = []
     with pytest.warns(UserWarning):
-        assert load_or_compute(path, lambda: calls.append(1) or 7, key="k") == 7
+        assert load_or_build(path, lambda: calls.append(1) or {"key": "k", "value": 7}) == ({"key": "k", "value": 7},
+                                                                                           False)
     assert calls == [1] and json.loads(path.read_text()) == {"key": "k", "value": 7}
 
 
-def test_load_or_compute_reuses_and_recomputes_on_key_change(tmp_path):
+def test_load_or_build_reuses_and_rebuilds_on_key_change(tmp_path):
     path = tmp_path / "v.json"
     calls = []
 
-    def compute():
-        calls.append(1)
-        return {"n": len(calls)}
+    def get(key):
+        def build():
+            calls.append(1)
+            return {"key": key, "n": len(calls)}
+        return load_or_build(path, build, valid=lambda saved: key is None or saved.get("key") == key)[0]["n"]
 
-    assert load_or_compute(path, compute, key="a") == {"n": 1}
-    assert load_or_compute(path, compute, key="a") == {"n": 1}
-    assert load_or_compute(path, compute, key="b") == {"n": 2}
-    assert load_or_compute(path, compute, key=None) == {"n": 2}  # None accepts what is there
+    assert get("a") == 1
+    assert get("a") == 1
+    assert get("b") == 2
+    assert get(None) == 2  # no key: whatever is there is accepted
     assert len(calls) == 2
 
 
