@@ -1,6 +1,7 @@
 """Run state (prosocial_lib.runs): atomic writes leave no temporary file, an unreadable cache counts as missing and
 is rebuilt, a changed key recomputes, and a folder lock keeps a second process out."""
 
+import contextlib
 import json
 import multiprocessing
 import time
@@ -131,20 +132,27 @@ def _hold_lock(folder, started, seconds):
         time.sleep(seconds)
 
 
-def test_the_lock_keeps_a_second_process_out(tmp_path):
-    from filelock import Timeout
-
+@contextlib.contextmanager
+def _lock_held_by_another_process(folder, seconds=3.0):
+    """A spawned process holds ``run_lock(folder)`` for ``seconds`` while the body runs; joined afterwards."""
     ctx = multiprocessing.get_context("spawn")
     started = ctx.Event()
-    proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), started, 3.0))
+    proc = ctx.Process(target=_hold_lock, args=(str(folder), started, seconds))
     proc.start()
     try:
         assert started.wait(60), "the other process never took the lock"
+        yield
+    finally:
+        proc.join(60)
+
+
+def test_the_lock_keeps_a_second_process_out(tmp_path):
+    from filelock import Timeout
+
+    with _lock_held_by_another_process(tmp_path):
         with pytest.raises(Timeout):
             with run_lock(tmp_path, timeout=0.2):
                 pass
-    finally:
-        proc.join(60)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with run_lock(tmp_path, timeout=5):  # released when the other process is done
@@ -224,17 +232,10 @@ def test_exclusive_run_refuses_a_second_writer_naming_the_pid(tmp_path):
 
     from prosocial_lib.runs import OWNER_NAME, RunBusyError, exclusive_run
 
-    ctx = multiprocessing.get_context("spawn")
-    started = ctx.Event()
-    proc = ctx.Process(target=_hold_lock, args=(str(tmp_path), started, 3.0))
-    proc.start()
-    try:
-        assert started.wait(60)
+    with _lock_held_by_another_process(tmp_path):
         with pytest.raises(RunBusyError, match=rf"another training process is writing {tmp_path}; wait"):
             with exclusive_run(tmp_path, "training process", "wait for it"):  # run_lock writes no pid file
                 pass
-    finally:
-        proc.join(60)
     with exclusive_run(tmp_path) as folder:
         assert (folder / OWNER_NAME).read_text().strip() == str(os.getpid())
         with pytest.raises(RunBusyError, match=rf"another process \(pid {os.getpid()}\) is writing"):
