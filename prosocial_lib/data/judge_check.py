@@ -1,5 +1,5 @@
 """The judge check set: (context, reply) pairs labelled by reading, that no judge trains on - the yardstick the
-judges are measured against (issue #12, item 4).
+judges are measured against.
 
 :func:`load_judge_check` returns one row per pair with these columns (the book's own schema):
 
