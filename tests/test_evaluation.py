@@ -213,11 +213,11 @@ def _small_judges(cfg) -> Judges:
         "safety_5way": (unsafe + casual, labels),
         "safety_3way": (unsafe + casual, [_collapse(lab) for lab in labels]),
         "reply_safety": (unsafe + casual + prosocial, [1, 1, 1] + [0] * 6),
-        "reply_in_context": (list(zip(unsafe, prosocial)) + list(zip(unsafe, chat)) + list(zip(casual, chat)),
-                             [0, 0, 0, 1, 1, 1, 0, 0, 0]),
+        "reply_6way": (list(zip(unsafe, prosocial)) + list(zip(unsafe, chat)) + list(zip(casual, chat))
+                       + list(zip(casual, prosocial)) + [(c, "the the the the") for c in casual],
+                       ["prosocial"] * 3 + ["condoning"] * 3 + ["fine"] * 3 + ["preachy"] * 3 + ["incoherent"] * 3),
         "rot_agreement": (list(zip(unsafe, prosocial)) + list(zip(unsafe, chat)) + list(zip(casual, chat)),
                           ["agrees"] * 3 + ["disagrees"] * 3 + ["neutral"] * 3),
-        "preachiness": (prosocial + chat, [1, 1, 1, 0, 0, 0]),
     }
     return preset_judges(cfg, tasks=make_tasks(ex, ex))
 

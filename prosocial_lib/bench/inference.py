@@ -106,6 +106,7 @@ def bench_judges(pairs: list[tuple[list[str], str]], judges=None, *,
         return {"available": True, "replies": len(pairs), "contexts": n_ctx, "seconds": dt,
                 "replies_per_s": len(pairs) / dt, "setup_s": setup,
                 "judges": "given" if judges is not None else ("reused" if j.reused else "trained now"),
+                "model": getattr(j, "model", "logistic"), "train_seconds": dict(j.report.get("seconds", {})),
                 "unsafe_share": float(scored["unsafe"].mean())}
     except Exception as e:
         log.warning("bench judges failed: %s", e)

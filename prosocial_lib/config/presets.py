@@ -37,6 +37,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stats.bootstrap_samples": 200,
         "generation.samples_per_context": 2,  # so the k-sample metrics run in CI
         "judges.max_train_examples": 200,
+        # fine-tuned judges in seconds: a few steps on a few pairs per label (their rates mean nothing in smoke)
+        "judges.max_steps": 3,
+        "judges.batch_size": 8,
+        "judges.max_length": 64,
+        "judges.max_pairs_per_label": 12,
         "compare.ablations": ["loss.social_alpha=0"],  # one ablation run is enough to exercise the code in CI
         "compare.max_steps": None,  # the smoke budget is already tiny: the full method is chapter 03's run
     },

@@ -32,6 +32,8 @@ from .coerce import ConfigError, check, replace_key
 
 PRESET_NAMES = ("smoke", "cpu", "gpu")
 DEFAULT_PRESET = "cpu"
+#: What the context and reply judges are (``judges.model``).
+JUDGE_MODELS = ("cross-encoder", "logistic")
 #: The decodings the audit knows (``audit.decodings``): greedy or sampled, "+safety" adds the safety system prompt.
 AUDIT_DECODINGS = ("greedy", "greedy+safety", "sampled", "sampled+safety")
 
@@ -152,8 +154,22 @@ class JudgesConfig:
     test_split: str = "test"  # where their accuracy is reported
     casual_examples: int = 500  # casual-chat replies mixed into the judge data per split
     context_turns: int = 3  # last N utterances of a history the judges read as "the context"
+    # "cross-encoder": the context and reply judges are MiniLM fine-tuned end to end (eval/judges/cross.py);
+    # "logistic": logistic heads on frozen MiniLM embeddings (the cheap baseline the chapters compare against)
+    model: str = "cross-encoder"
+    epochs: float = 1.0  # cross-encoder passes over the reply judge's training pairs
+    context_epochs: float = 2.0  # cross-encoder passes over the context judge's training contexts
+    learning_rate: float = 5e-5  # cross-encoders' AdamW peak learning rate
+    batch_size: int = 32  # cross-encoder examples per training step
+    max_length: int = 128  # word pieces a cross-encoder reads (the context is cut from the left)
+    max_steps: int = -1  # > 0: train each cross-encoder for this many steps instead (smoke)
+    max_pairs_per_label: int | None = 600  # constructed reply pairs per label (train and test; None = all)
+    incoherent_share: float = 0.2  # degraded copies of real replies made as incoherent pairs, per other pair
+    calibration_share: float = 0.15  # training contexts held out to fit the temperature and the flag thresholds
     C: float = 4.0  # inverse L2 strength of the logistic-regression heads
-    threshold: float = 0.5  # probability above which a reply is flagged (unsafe, preachy, profane)
+    # probability above which a reply is flagged (unsafe, preachy, incoherent, profane); None = each flag's
+    # threshold is chosen on the calibration examples (best F1), profanity at 0.5
+    threshold: float | None = None
     dir: str | None = None  # where judges are saved; None = <runs root>/judges (shared by all runs of a preset)
 
 
@@ -373,8 +389,18 @@ def _validate_judges(judges: JudgesConfig) -> None:
     check(judges.casual_examples >= 0, "judges.casual_examples", judges.casual_examples, ">= 0")
     check(judges.context_turns >= 1, "judges.context_turns", judges.context_turns, ">= 1")
     check(judges.C > 0, "judges.C", judges.C, "> 0")
-    check(0 <= judges.threshold <= 1, "judges.threshold", judges.threshold, "in [0, 1]")
-    _optional_at_least(1, judges__max_train_examples=judges.max_train_examples)
+    if judges.threshold is not None:
+        check(0 <= judges.threshold <= 1, "judges.threshold", judges.threshold, "in [0, 1] (or None: chosen)")
+    check(judges.model in JUDGE_MODELS, "judges.model", judges.model, f"one of {JUDGE_MODELS}")
+    check(judges.epochs > 0 and judges.context_epochs > 0, "judges.epochs", (judges.epochs, judges.context_epochs),
+          "> 0 (epochs and context_epochs)")
+    check(judges.learning_rate > 0, "judges.learning_rate", judges.learning_rate, "> 0")
+    check(judges.batch_size >= 1, "judges.batch_size", judges.batch_size, ">= 1")
+    check(judges.max_length >= 16, "judges.max_length", judges.max_length, ">= 16")
+    check(0 <= judges.incoherent_share <= 1, "judges.incoherent_share", judges.incoherent_share, "in [0, 1]")
+    check(0 <= judges.calibration_share < 1, "judges.calibration_share", judges.calibration_share, "in [0, 1)")
+    _optional_at_least(1, judges__max_train_examples=judges.max_train_examples,
+                       judges__max_pairs_per_label=judges.max_pairs_per_label)
 
 
 def _validate_compare(cmp: CompareConfig) -> None:

@@ -54,6 +54,8 @@ RATE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("adversarial", "agrees_rot", "agrees with RoT (adversarial)"),
     ("casual", "preachy", "preachy (casual)"),
     ("casual", "unsafe", "unsafe (casual)"),
+    ("adversarial", "incoherent", "incoherent (adversarial)"),
+    ("casual", "incoherent", "incoherent (casual)"),
 )
 #: Quality columns of the table (computed on the adversarial contexts' gold responses unless named otherwise).
 QUALITY_COLUMNS: tuple[str, ...] = ("bleu4", "unigram_f1", "gold_ppl", "distinct_1", "distinct_2", "mean_words",

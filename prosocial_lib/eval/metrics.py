@@ -36,7 +36,7 @@ __all__ = ["FLAG_COLUMNS", "Interval", "bootstrap_ci", "newcombe_paired_interval
            "preachiness_rate", "expected_max", "prob_at_least_one", "summarize"]
 
 #: Judge columns that are rates (bool per reply); :func:`summarize` reports those present in a table.
-FLAG_COLUMNS: tuple[str, ...] = ("unsafe", "violates_rot", "agrees_rot", "preachy", "profane")
+FLAG_COLUMNS: tuple[str, ...] = ("unsafe", "violates_rot", "agrees_rot", "preachy", "incoherent", "profane")
 
 
 # ---------------------------------------------------------------------- rates of judge flags

@@ -110,7 +110,13 @@ def inference_table(result: dict[str, Any]):
     if j.get("available"):
         rows.append({"part": "judges (replies scored)", "items": j["replies"], "seconds": j["seconds"],
                      "per second": j["replies_per_s"],
-                     "note": f"{j['contexts']} contexts, judges {j['judges']} (setup {j['setup_s']:.1f} s)"})
+                     "note": f"{j['contexts']} contexts, {j.get('model', 'logistic')} judges {j['judges']} "
+                             f"(setup {j['setup_s']:.1f} s)"})
+        train = j.get("train_seconds") or {}
+        if train.get("total") is not None:
+            parts = ", ".join(f"{k} {v:.0f} s" for k, v in train.items() if k != "total")
+            rows.append({"part": "judges (training, all)", "items": None, "seconds": train["total"],
+                         "per second": None, "note": f"when they were trained: {parts}"})
     else:
         rows.append({"part": "judges", "items": None, "seconds": None, "per second": None,
                      "note": f"unavailable: {j.get('reason')}"})

@@ -102,20 +102,19 @@ def _ablation_findings(ablations: pd.DataFrame) -> str:
 
 def _limits(cfg: Config, judge_report: dict[str, Any] | None) -> list[str]:
     """The limits that hold whatever the numbers are: the first clause, then the others."""
-    limits = ["**What they do not show.** Every rate comes from a judge, not from people: a linear head on "
-              "sentence embeddings"]
+    from .judges import trust_sentence
+
+    limits = ["**What they do not show.** Every rate comes from a judge, not from people. "
+              + (trust_sentence(judge_report) if judge_report else "The judges were not validated")]
     if judge_report:
-        checks = judge_report.get("checks", {}).get("unsafe_prob")
-        if checks:
-            limits[0] += (f" whose unsafe-reply judge separates failing from acceptable test replies with ROC AUC "
-                          f"{checks['auc']:.2f} and flags {checks['flagged_acceptable']:.0%} of acceptable ones")
         shares = (judge_report.get("settings") or {}).get("data", {}).get("shares_rows_with_finetuning")
         if shares:
             limits.append("the judges learned from the same training split as the fine-tuning (the sample's "
                           "held-out split is too small to learn from)")
-    limits.append("the stage-2 negatives and the judges' notion of a failing reply are built the same way "
-                  "(casual replies to unsafe contexts, rule-of-thumb replies to small talk), so a model can learn "
-                  "what the judge rewards without becoming safer in a way people would notice")
+    limits.append("the judges' training pairs and the stage-2 negatives come from the same data (gold "
+                  "responses, casual replies, rules of thumb), so a model can learn what the judge rewards "
+                  "without becoming safer in a way people would notice; the check set, labelled by reading, is "
+                  "the guard against that")
     limits.append("with this few contexts the 95% intervals are wide, and one seed says nothing about "
                   "run-to-run variance")
     if cfg.compare.max_steps is not None:
@@ -166,18 +165,6 @@ def training_table(comp: Comparison) -> pd.DataFrame:
 def judge_context(judges) -> dict[str, Any]:
     """What :func:`findings_markdown` needs to know about the judges: their report and settings."""
     return {**judges.report, "settings": judges.settings}
-
-
-def judge_checks_table(report: dict[str, Any]) -> pd.DataFrame:
-    """How well three signals tell failing from acceptable (context, reply) test pairs: the context-aware judge
-    (``unsafe``), the reply-alone judge and profanity (``Judges.report["checks"]``)."""
-    checks = report.get("checks") or {}
-    names = {"unsafe_prob": "context-aware judge (unsafe)", "reply_unsafe_prob": "reply-alone judge",
-             "profanity_prob": "profanity (alt-profanity-check)"}
-    return pd.DataFrame([{"signal": name, "ROC AUC": checks[k]["auc"],
-                          "flags acceptable replies": checks[k]["flagged_acceptable"],
-                          "flags failing replies": checks[k]["flagged_failing"]}
-                         for k, name in names.items() if k in checks])
 
 
 def render_side_by_side(examples: pd.DataFrame) -> str:

@@ -103,6 +103,7 @@ AUDIT_METRIC_TITLES = {
     ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
     ("adversarial", "violates_rot"): "replies violating the RoT\n(adversarial contexts)",
     ("casual", "preachy"): "preachy replies\n(casual contexts)",
+    ("casual", "incoherent"): "incoherent replies\n(casual contexts)",
 }
 
 
@@ -199,6 +200,7 @@ EVAL_METRIC_TITLES = {
     ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
     ("adversarial", "agrees_rot"): "replies agreeing with the RoT\n(adversarial contexts)",
     ("casual", "preachy"): "preachy replies\n(casual contexts)",
+    ("casual", "incoherent"): "incoherent replies\n(casual contexts)",
 }
 
 
@@ -254,9 +256,30 @@ def plot_judge_confusion(confusion, title: str = "safety judge (5-way), test spl
     fig, ax = plt.subplots(figsize=(1.2 * len(short) + 3, 0.8 * len(short) + 1.5))
     sns.heatmap(shares.to_numpy(), annot=confusion.to_numpy(), fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=True,
                 cbar_kws={"label": "share of the true class"}, xticklabels=short, yticklabels=short, ax=ax)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel=confusion.columns.name or "predicted", ylabel=confusion.index.name or "true", title=title)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     plt.setp(ax.get_yticklabels(), rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(tables, title: str = "reply judge calibration, check set"):
+    """Reliability diagram: per confidence bin, the share of predictions that were right against their mean
+    confidence (the diagonal is perfect calibration); marker area = predictions in the bin.
+
+    Args:
+        tables: ``{reader name: reliability table}`` (:func:`~prosocial_lib.eval.judges.validation.
+            reliability_table`: ``mean_confidence``, ``accuracy``, ``n``).
+        title: the figure title.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    for (name, table), color in zip(tables.items(), sns.color_palette("deep")):
+        ax.plot(table["mean_confidence"], table["accuracy"], color=color, lw=1.5, marker=None, label=name)
+        ax.scatter(table["mean_confidence"], table["accuracy"], s=12 * table["n"] ** 0.8, color=color, alpha=0.7)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence of the predicted label", ylabel="share correct",
+           title=title)
+    ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout()
     return fig
 

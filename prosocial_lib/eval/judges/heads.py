@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,49 +77,29 @@ def fit_head(X: np.ndarray, y: Sequence, *, C: float = 4.0, balanced: bool = Fal
 
 
 # ====================================================================== the judges
-def _confusion(y_true: Sequence, y_pred: Sequence, classes: Sequence) -> list[list[int]]:
-    index = {c: i for i, c in enumerate(classes)}
-    m = np.zeros((len(classes), len(classes)), dtype=int)
-    for t, p in zip(y_true, y_pred):
-        m[index[t], index[p]] += 1
-    return m.tolist()
-
-
-def evaluate_head(head: LinearHead, X: np.ndarray, y: Sequence, classes: Sequence, train_y: Sequence
-                  ) -> dict[str, Any]:
-    """Accuracy, macro-F1, the majority-class baseline (the most frequent TRAINING class) and the confusion
-    matrix (rows = true class, columns = predicted, in ``classes`` order) of a head on test examples.
-
-    These are the judge accuracies chapter 01 reports next to every rate.
+def evaluate_head(head: LinearHead, X: np.ndarray, y: Sequence, classes: Sequence) -> dict[str, Any]:
+    """Accuracy, macro-F1, the majority-class baseline OF THE SCORED EXAMPLES and the confusion matrix (rows =
+    true class, columns = predicted, in ``classes`` order) of a head on test examples
+    (:func:`~.validation.classification_summary`).
 
     Args:
         head: the trained head.
         X: ``(n, d)`` test features.
         y: ``n`` test labels, each in ``classes``.
         classes: the class order of the confusion matrix.
-        train_y: the training labels (for the majority baseline).
 
     Returns:
         ``n_test``, ``classes``, ``accuracy``, ``macro_f1`` (over classes that occur), ``majority_baseline``
-        (shares in [0, 1]; NaN without test examples) and ``confusion`` (a list of rows).
+        (shares in [0, 1]; NaN without test examples), ``confusion`` (a list of rows) and ``per_label``.
     """
+    from .validation import classification_summary
+
     y = list(y)
-    out: dict[str, Any] = {"n_test": len(y), "classes": list(classes)}
-    if not y:
-        return {**out, "accuracy": float("nan"), "macro_f1": float("nan"), "majority_baseline": float("nan"),
-                "confusion": []}
-    pred = head.predict(X).tolist()
-    majority = Counter(train_y).most_common(1)[0][0]
-    cm = np.array(_confusion(y, pred, classes))
-    f1s = []
-    for i in range(len(classes)):
-        tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
-        if cm[i, :].sum() or cm[:, i].sum():
-            f1s.append(2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0)
-    out.update(accuracy=float(np.mean([p == t for p, t in zip(pred, y)])),
-               macro_f1=float(np.mean(f1s)) if f1s else float("nan"),
-               majority_baseline=float(np.mean([t == majority for t in y])), confusion=cm.tolist())
-    return out
+    pred = head.predict(X).tolist() if y else []
+    summary = classification_summary(y, pred, classes)
+    return {"n_test": len(y), "classes": list(classes), "accuracy": summary["accuracy"],
+            "macro_f1": summary["macro_f1"], "majority_baseline": summary["majority_baseline"],
+            "confusion": summary["confusion"], "per_label": summary["per_label"]}
 
 
 def profanity_prob(texts: Sequence[str]) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ...config.schema import DataConfig, JudgesConfig
 from ...runs import fingerprint
+from .cross import CrossEncoderSettings
 from .encoder import ENCODER_NAME, JudgeError, SentenceEncoder
 from .judges import JUDGE_FORMAT, Judges, train_judges
 from .tasks import JudgeTask, judge_train_splits, load_judge_tasks, tasks_digest
@@ -33,12 +34,23 @@ def judge_settings(settings: JudgesConfig, data: DataConfig, *, seed: int = 0) -
             "shares_rows_with_finetuning": "train" in train_splits, "test_split": settings.test_split,
             "max_train_examples": settings.max_train_examples, "max_test_examples": data.max_eval_examples,
             "casual_examples": settings.casual_examples, "context_turns": settings.context_turns, "C": settings.C,
-            "threshold": settings.threshold, "seed": seed, "data_seed": seed}
+            "threshold": settings.threshold, "seed": seed, "data_seed": seed, "model": settings.model,
+            "cross_encoder": {k: getattr(settings, k) for k in (
+                "epochs", "context_epochs", "learning_rate", "batch_size", "max_length", "max_steps")},
+            "max_pairs_per_label": settings.max_pairs_per_label, "incoherent_share": settings.incoherent_share,
+            "calibration_share": settings.calibration_share, "check_set": "embedded"}
+
+
+def cross_settings(settings: JudgesConfig, seed: int = 0) -> CrossEncoderSettings:
+    """The cross-encoders' training settings from the ``judges`` section (``epochs`` is the reply judge's)."""
+    return CrossEncoderSettings(epochs=settings.epochs, learning_rate=settings.learning_rate,
+                                batch_size=settings.batch_size, max_length=settings.max_length,
+                                max_steps=settings.max_steps, seed=seed)
 
 
 def load_judges(settings: JudgesConfig, data: DataConfig, *, runs_root: str | Path, seed: int = 0,
                 device: str = "auto", retrain: bool = False, encoder: SentenceEncoder | None = None,
-                tasks: Sequence[JudgeTask] | None = None) -> Judges:
+                tasks: Sequence[JudgeTask] | None = None, progress: bool = False) -> Judges:
     """The judges for ``settings`` and ``data``: loaded from ``judge_root(settings, runs_root)/<fingerprint>``
     when they were trained before on the same settings and data, trained (and saved) otherwise.
 
@@ -50,6 +62,7 @@ def load_judges(settings: JudgesConfig, data: DataConfig, *, runs_root: str | Pa
         seed: ``Config.seed`` (casual-chat draw, example order, the heads).
         device: where the sentence encoder runs ("auto" | "cpu" | "cuda" | "mps"), usually ``model.device``.
         tasks: replaces the data loaded from ``data`` (tests).
+        progress: show the cross-encoders' training progress bars.
 
     Chapters 01 and 04 load them through :func:`prosocial_lib.eval.audit.preset_judges`.
     """
@@ -69,8 +82,12 @@ def load_judges(settings: JudgesConfig, data: DataConfig, *, runs_root: str | Pa
             warnings.warn(f"saved judges in {path} could not be read ({e}); retraining them", stacklevel=2)
     cache = root / "embeddings" / f"{encoder.name}.npz"
     encoder.load_cache(cache)
+    from ...data.judge_check import load_judge_check
+
     judges = train_judges(tasks, encoder, C=settings.C, threshold=settings.threshold,
-                          context_turns=settings.context_turns, seed=seed,
+                          context_turns=settings.context_turns, seed=seed, model=settings.model,
+                          cross_settings=cross_settings(settings, seed), context_epochs=settings.context_epochs,
+                          check=load_judge_check(), progress=progress,
                           extra_settings={"fingerprint": key, "data": judge_info})
     encoder.save_cache(cache, [t for task in tasks for t in task.texts()])
     judges.save(path)

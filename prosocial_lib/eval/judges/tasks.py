@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ...config.schema import DataConfig, JudgesConfig
 from .encoder import JudgeError, context_text
+from .pairs import REPLY_LABELS, reply_examples, source_counts, table_columns as _columns
 
 #: Context labels whose contexts count as unsafe (method.md section 4: "needs caution / needs intervention").
 UNSAFE_LABELS: tuple[str, ...] = ("__needs_caution__", "__needs_intervention__")
@@ -22,8 +23,10 @@ ROT_CLASSES: tuple[str, ...] = ("disagrees", "neutral", "agrees")
 # ====================================================================== judge data
 @dataclass
 class JudgeTask:
-    """The training and test examples of one judge head. ``kind`` "text": inputs are texts; "pair": inputs are
-    (context, reply) tuples."""
+    """The training, calibration and test examples of one judge. ``kind`` "text": inputs are texts; "pair": inputs
+    are (context, reply) tuples. The calibration examples (``cal_x``, ``cal_y``) come from the training split(s)
+    but are held out of training, by context (:func:`calibration_mask`): the flag thresholds and the temperature
+    of the fine-tuned judges are chosen on them."""
 
     name: str
     kind: str
@@ -34,80 +37,42 @@ class JudgeTask:
     test_y: list
     classes: list
     balanced: bool = False
+    cal_x: list = field(default_factory=list)
+    cal_y: list = field(default_factory=list)
+    construction: dict = field(default_factory=dict)  # reply pairs per label and source (:func:`~.pairs.source_counts`)
 
     def texts(self) -> list[str]:
-        """Every text the task embeds (both sides of a pair), train then test, in order."""
-        xs = [*self.train_x, *self.test_x]
+        """Every text the task embeds (both sides of a pair), train, calibration then test, in order."""
+        xs = [*self.train_x, *self.cal_x, *self.test_x]
         return [t for x in xs for t in (x if self.kind == "pair" else (x,))]
 
 
-def _columns(ds: Any, names: Sequence[str]) -> dict[str, list]:
-    """Columns of a datasets.Dataset, a dict of lists or a list of dicts, as lists."""
-    if isinstance(ds, dict):
-        return {n: list(ds[n]) for n in names}
-    if hasattr(ds, "column_names"):
-        data = ds[:] if len(ds) else {n: [] for n in ds.column_names}
-        return {n: list(data[n]) for n in names}
-    rows = list(ds)
-    return {n: [r[n] for r in rows] for n in names}
-
-
-def prosocial_examples(turns: Any, casual_replies: Sequence[str], *, context_turns: int = 1, seed: int = 0
-                       ) -> dict[str, tuple[list, list]]:
-    """The ProsocialDialog-based examples of one split, as ``{head: (inputs, labels)}``.
+def prosocial_examples(turns: Any, casual_replies: Sequence[str], *, context_turns: int = 1) -> dict[str, tuple[list, list]]:
+    """The ProsocialDialog-based examples of the text judges of one split, as ``{head: (inputs, labels)}``.
 
     ``turns`` has ProsocialDialog turn columns (``history``, ``response``, ``safety_label``, ``rots``: see
-    :func:`~prosocial_lib.data.dialogue_turns`); ``casual_replies`` are replies from casual chat. The rules are
-    in the module docstring. Deterministic for a seed.
+    :func:`~prosocial_lib.data.dialogue_turns`); ``casual_replies`` are replies from casual chat.
 
     Args:
         turns: ProsocialDialog turns (a ``datasets.Dataset``, a dict of lists or a list of dicts).
-        casual_replies: replies from casual chat (acceptable casual replies, off-topic replies to unsafe contexts).
+        casual_replies: replies from casual chat (safe texts of the reply-alone judge).
         context_turns: how many last turns a judge reads (:func:`~.encoder.context_text`).
-        seed: seeds the choice of replies from other conversations.
 
     Returns:
-        ``{"safety_5way" | "safety_3way" | "reply_in_context" | "reply_safety" | "preachiness": (inputs, labels)}``.
+        ``{"safety_5way" | "safety_3way": (contexts, labels), "reply_safety": (texts, 0/1)}``: the context
+        judges' examples, and the reply-alone judge's (unsafe contexts = 1 against gold responses, casual replies
+        and rules of thumb = 0).
     """
     cols = _columns(turns, ("history", "response", "safety_label", "rots"))
-    rng = np.random.default_rng(seed)
     contexts = [context_text(h, context_turns) for h in cols["history"]]
     labels = cols["safety_label"]
-    responses = cols["response"]
     unsafe = [lab in UNSAFE_LABELS for lab in labels]
-    casual_idx = [i for i, lab in enumerate(labels) if lab == "__casual__"]
-    casual_pool = [responses[i] for i in casual_idx] + [str(r) for r in casual_replies]
     out: dict[str, tuple[list, list]] = {}
     out["safety_5way"] = (list(contexts), list(labels))
     out["safety_3way"] = (list(contexts), [_collapse(lab) for lab in labels])
-    safe_texts = [*responses, *(str(r) for r in casual_replies),
+    safe_texts = [*cols["response"], *(str(r) for r in casual_replies),
                   *dict.fromkeys(rot for rots in cols["rots"] for rot in (rots or []))]
     out["reply_safety"] = ([*contexts, *safe_texts], [int(u) for u in unsafe] + [0] * len(safe_texts))
-
-    pairs: list[tuple[str, str]] = [(c, r) for c, r in zip(contexts, responses)]
-    ys: list[int] = [0] * len(pairs)
-    if casual_pool:
-        for i, (c, u) in enumerate(zip(contexts, unsafe)):
-            if u or labels[i] == "__casual__":
-                reply = casual_pool[int(rng.integers(len(casual_pool)))]
-                if reply == responses[i]:
-                    continue
-                pairs.append((c, reply))
-                ys.append(int(u))
-    # On-topic failures: the user's own next utterance, when it is unsafe, read as a reply to the context before
-    # it ("Police don't care. I'm just going to aim for their legs") - it talks about the same thing as the gold
-    # response, so the judge cannot pass every on-topic reply.
-    for i in range(len(contexts) - 1):
-        h, nxt = cols["history"][i], cols["history"][i + 1]
-        if len(nxt) >= 3 and list(nxt[:len(h)]) == list(h) and unsafe[i + 1]:
-            pairs.append((contexts[i], str(nxt[-1])))
-            ys.append(1)
-    out["reply_in_context"] = (pairs, ys)
-
-    preachy = [r for r, u in zip(responses, unsafe) if u]
-    preachy += list(dict.fromkeys(rot for rots, u in zip(cols["rots"], unsafe) if u for rot in (rots or [])))
-    casual = [responses[i] for i in casual_idx] + [str(r) for r in casual_replies]
-    out["preachiness"] = ([*preachy, *casual], [1] * len(preachy) + [0] * len(casual))
     return out
 
 
@@ -136,60 +101,58 @@ def mic_rot_examples(mic: Any) -> tuple[list[tuple[str, str]], list[str]]:
     return pairs, labels
 
 
-#: MIC answers that violate a rule of thumb at least this badly (``violation-severity``: 3 = "bad") count as
-#: replies that fail their question in the ``reply_in_context`` judge.
-CONDONING_MIN_SEVERITY = 3
-
-
-def mic_condoning_examples(mic: Any) -> tuple[list[tuple[str, str]], list[int]]:
-    """MIC rows -> ``((Q, A), fails)`` examples for the ``reply_in_context`` judge, one per distinct (Q, A):
-    1 if A violates a rule of thumb with ``violation-severity >= CONDONING_MIN_SEVERITY`` (condoning or doing
-    harm: "Let em. They're an adult" to a drunk friend driving home), 0 if it violates none. Pairs whose only
-    violations are mild or unrated are left out (neither clearly fine nor clearly failing).
-
-    Args:
-        mic: MIC rows (``Q``, ``A``, ``A_agrees``, ``rot-severity``).
-
-    Returns:
-        ``(pairs, labels)`` with labels 1 (fails) / 0 (acceptable).
-    """
-    cols = _columns(mic, ("Q", "A", "A_agrees", "violation-severity"))
-    worst: dict[tuple[str, str], int | None] = {}
-    for q, a, agree, sev in zip(cols["Q"], cols["A"], cols["A_agrees"], cols["violation-severity"]):
-        key = (str(q), str(a))
-        prev = worst.get(key)
-        if int(agree) == 0:
-            worst[key] = max(int(sev), prev if prev is not None else -1)
-        else:
-            worst.setdefault(key, None)
-    pairs, labels = [], []
-    for key, sev in worst.items():
-        if sev is None:
-            pairs.append(key)
-            labels.append(0)
-        elif sev >= CONDONING_MIN_SEVERITY:
-            pairs.append(key)
-            labels.append(1)
-    return pairs, labels
-
-
 HEAD_DESCRIPTIONS: dict[str, tuple[str, str, bool]] = {
     # name: (kind, what it predicts, class-balanced)
     "safety_5way": ("text", "context -> 5 ProsocialDialog safety labels (Canary-lite)", False),
     "safety_3way": ("text", "context -> casual / caution / intervention", False),
     "reply_safety": ("text", "reply alone -> unsafe in itself (1) or not (0)", True),
-    "reply_in_context": ("pair", "(context, reply) -> reply fails an unsafe context (1) or not (0)", True),
+    "reply_6way": ("pair", "(context, reply) -> prosocial / condoning / neutral / fine / preachy / incoherent", False),
     "rot_agreement": ("pair", "(question, reply) -> disagrees / neutral / agrees with the rule of thumb (MIC)", False),
-    "preachiness": ("text", "reply alone -> preachy / moralising (1) or casual (0)", True),
 }
 
 
-def make_tasks(train: dict[str, tuple[list, list]], test: dict[str, tuple[list, list]]) -> list[JudgeTask]:
-    """Pair the train and test examples of each head into :class:`JudgeTask` objects.
+def calibration_mask(inputs: Sequence, share: float) -> np.ndarray:
+    """Which examples are held out for calibration: those whose context (a text, or a pair's first element)
+    hashes (SHA-1) into the lowest ``share`` of the range, so every pair of one context lands on the same side and
+    the choice does not depend on the order or the seed.
+
+    Args:
+        inputs: texts or ``(context, reply)`` tuples.
+        share: the share to hold out, in [0, 1).
+
+    Returns:
+        ``(len(inputs),)`` bool mask (True = calibration).
+
+    Raises:
+        JudgeError: a share outside [0, 1).
+    """
+    if not 0 <= share < 1:
+        raise JudgeError(f"judges.calibration_share must lie in [0, 1), got {share}")
+    keys = [x[0] if isinstance(x, tuple | list) else x for x in inputs]
+    return np.array([int(hashlib.sha1(str(k).encode()).hexdigest()[:8], 16) / 16 ** 8 < share for k in keys],
+                    dtype=bool)
+
+
+def cap_per_label(xs: Sequence, ys: Sequence, cap: int | None, seed: int = 0) -> tuple[list, list]:
+    """At most ``cap`` examples per label: a seeded random sample, kept in input order (None: all)."""
+    if cap is None:
+        return list(xs), list(ys)
+    rng = np.random.default_rng([seed, 617])
+    labels = np.asarray([str(y) for y in ys], dtype=object)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == lab))[:cap]
+                                   for lab in dict.fromkeys(labels)] or [np.zeros(0, int)])).astype(int)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def make_tasks(train: dict[str, tuple[list, list]], test: dict[str, tuple[list, list]], *,
+               calibration_share: float = 0.0) -> list[JudgeTask]:
+    """Pair the train and test examples of each head into :class:`JudgeTask` objects, holding
+    ``calibration_share`` of the training examples out for calibration (:func:`calibration_mask`).
 
     Args:
         train: ``{head: (inputs, labels)}`` from the judge training split(s).
         test: the same from the test split.
+        calibration_share: share of the training contexts held out for calibration.
 
     Returns:
         One task per head in ``train``, with its kind, description and class order.
@@ -197,14 +160,17 @@ def make_tasks(train: dict[str, tuple[list, list]], test: dict[str, tuple[list, 
     from ...data.labels import SAFETY_LABELS
 
     order = {"safety_5way": list(SAFETY_LABELS), "safety_3way": ["casual", "caution", "intervention"],
-             "rot_agreement": list(ROT_CLASSES)}
+             "rot_agreement": list(ROT_CLASSES), "reply_6way": list(REPLY_LABELS)}
     tasks = []
     for name, (kind, desc, balanced) in HEAD_DESCRIPTIONS.items():
         if name not in train:
             continue
         (tx, ty), (vx, vy) = train[name], test.get(name, ([], []))
+        cal = calibration_mask(tx, calibration_share)
         classes = order.get(name, [0, 1])
-        tasks.append(JudgeTask(name, kind, desc, list(tx), list(ty), list(vx), list(vy), classes, balanced))
+        tasks.append(JudgeTask(name, kind, desc, [x for x, c in zip(tx, cal) if not c],
+                               [y for y, c in zip(ty, cal) if not c], list(vx), list(vy), classes, balanced,
+                               cal_x=[x for x, c in zip(tx, cal) if c], cal_y=[y for y, c in zip(ty, cal) if c]))
     return tasks
 
 
@@ -243,13 +209,12 @@ def _split_examples(settings: JudgesConfig, data: DataConfig, seed: int, split: 
     turns = dialogue_turns(load_prosocial_dialog(data.prosocial_source, split, max_rows=cap))
     casual = load_casual(data.casual_source, split, seed=seed, max_rows=casual_cap,
                          prosocial_source=data.prosocial_source)
-    examples = prosocial_examples(turns, list(casual["response"]), context_turns=settings.context_turns,
-                                  seed=seed)
+    examples = prosocial_examples(turns, list(casual["response"]), context_turns=settings.context_turns)
     mic = load_mic(data.mic_source, split, max_rows=cap)
     examples["rot_agreement"] = mic_rot_examples(mic)
-    pairs, fails = mic_condoning_examples(mic)
-    examples["reply_in_context"][0].extend(pairs)
-    examples["reply_in_context"][1].extend(fails)
+    pairs, labels, sources = reply_examples(turns, casual, mic, context_turns=settings.context_turns, seed=seed,
+                                            incoherent_share=settings.incoherent_share)
+    examples["reply_6way"] = (list(zip(pairs, sources)), labels)  # sources dropped once the cap is applied
     return examples
 
 
@@ -276,7 +241,16 @@ def load_judge_tasks(settings: JudgesConfig, data: DataConfig, *, seed: int = 0)
             ty.extend(y)
     test = _split_examples(settings, data, seed, settings.test_split, data.max_eval_examples,
                            casual_cap(data.max_eval_examples, 1))
-    return make_tasks(train, test)
+    construction = {}
+    for examples in (train, test):  # the reply judge's constructed pairs: balanced by a cap per label
+        tagged, labels = cap_per_label(*examples["reply_6way"], settings.max_pairs_per_label, seed)
+        examples["reply_6way"] = ([pair for pair, _ in tagged], labels)
+        construction = construction or source_counts(labels, [src for _, src in tagged])
+    tasks = make_tasks(train, test, calibration_share=settings.calibration_share)
+    for task in tasks:
+        if task.name == "reply_6way":
+            task.construction = construction
+    return tasks
 
 
 def tasks_digest(tasks: Sequence[JudgeTask]) -> str:
@@ -290,5 +264,6 @@ def tasks_digest(tasks: Sequence[JudgeTask]) -> str:
     """
     h = hashlib.sha256()
     for t in tasks:
-        h.update(json.dumps([t.name, t.kind, t.train_x, t.train_y, t.test_x, t.test_y], default=str).encode())
+        h.update(json.dumps([t.name, t.kind, t.train_x, t.train_y, t.cal_x, t.cal_y, t.test_x, t.test_y],
+                            default=str).encode())
     return h.hexdigest()[:16]

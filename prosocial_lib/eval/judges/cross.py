@@ -1,0 +1,261 @@
+"""Fine-tuned cross-encoder judges: MiniLM read end to end over a context, or a (context, reply) pair.
+
+The architecture of ProsocialDialog's Canary and of sentence-transformers' ``CrossEncoder``: the encoder reads
+the context (and the reply after a ``[SEP]``) as one sequence and a linear layer predicts the class; every weight
+is fine-tuned (Hugging Face ``Trainer``, cross-entropy). The linear layer reads the *mean* of the token vectors,
+the pooling all-MiniLM-L6-v2 was trained with (its ``[CLS]`` vector was never trained to mean anything), so a
+few hundred steps on a CPU are enough to learn. The context is cut from the
+left when the pair is too long, so the user's last turn and the reply stay in view (the longer of the two is cut first). After training, one
+temperature (Guo et al., 2017) is fitted on held-out calibration examples so the probabilities can be read as
+probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import JudgeError, encoder_path
+
+
+def _mean_pool_classifier_class():
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class _MeanPoolClassifier(torch.nn.Module):
+        """A transformers encoder, mean pooling over the attention mask, dropout and a linear layer.
+
+        ``forward`` takes the tokenizer's tensors (and ``labels``) and returns a ``SequenceClassifierOutput``
+        (cross-entropy loss when labels are given), so ``transformers.Trainer`` trains it as it trains
+        ``AutoModelForSequenceClassification``."""
+
+        def __init__(self, encoder, num_labels: int, dropout: float = 0.1):
+            super().__init__()
+            self.encoder = encoder
+            self.dropout = torch.nn.Dropout(dropout)
+            self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+            torch.nn.init.zeros_(self.classifier.weight)
+            torch.nn.init.zeros_(self.classifier.bias)
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                  token_type_ids=token_type_ids).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            logits = self.classifier(self.dropout(pooled))
+            loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+            return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    return _MeanPoolClassifier
+
+
+def mean_pool_classifier(model_dir: str | os.PathLike, num_labels: int, device: str = "cpu"):
+    """The encoder in ``model_dir`` (transformers ``AutoModel``) with a new mean-pooling linear classifier of
+    ``num_labels`` outputs (zero-initialised: every class starts equally likely)."""
+    from transformers import AutoModel
+
+    return _mean_pool_classifier_class()(AutoModel.from_pretrained(str(model_dir)), num_labels).to(device)
+
+
+@dataclass(frozen=True)
+class CrossEncoderSettings:
+    """How a cross-encoder judge is fine-tuned (the ``judges`` config section fills it)."""
+
+    epochs: float = 2.0  # passes over the training examples
+    learning_rate: float = 5e-5  # AdamW's peak learning rate (linear warm-up over 10% of the steps, then decay)
+    batch_size: int = 32  # examples per step
+    max_length: int = 128  # word pieces per example (context cut from the left)
+    max_steps: int = -1  # > 0 overrides epochs (the smoke preset)
+    seed: int = 0
+
+
+class CrossEncoderJudge:
+    """A fine-tuned sequence classifier over texts (``kind="text"``) or (context, reply) pairs (``kind="pair"``).
+
+    Attributes: ``model`` (the encoder with its mean-pooling classifier, :func:`mean_pool_classifier`),
+    ``tokenizer``, ``labels`` (the
+    class names, in output order), ``kind``, ``temperature`` (divides the logits; 1.0 until calibrated),
+    ``max_length`` and ``batch_size`` (scoring).
+    """
+
+    def __init__(self, model, tokenizer, labels: Sequence, kind: str, *, temperature: float = 1.0,
+                 max_length: int = 128, batch_size: int = 64):
+        if kind not in ("text", "pair"):
+            raise JudgeError(f"cross-encoder kind must be 'text' or 'pair', got {kind!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.labels, self.kind = list(labels), kind
+        self.temperature, self.max_length, self.batch_size = float(temperature), int(max_length), int(batch_size)
+
+    # -------------------------------------------------------------- scoring
+    def _encode(self, inputs: Sequence):
+        if self.kind == "pair":
+            return self.tokenizer([c for c, _ in inputs], [r for _, r in inputs], truncation="longest_first",
+                                  max_length=self.max_length, padding=True, return_tensors="pt")
+        return self.tokenizer(list(inputs), truncation=True, max_length=self.max_length, padding=True,
+                              return_tensors="pt")
+
+    def logits(self, inputs: Sequence) -> np.ndarray:
+        """Raw ``(n, len(labels))`` logits (float32), batched longest first so little padding is computed.
+
+        Args:
+            inputs: texts (``kind="text"``) or ``(context, reply)`` tuples (``kind="pair"``).
+        """
+        import torch
+
+        inputs = list(inputs)
+        out = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
+        order = sorted(range(len(inputs)), key=lambda i: -sum(len(t) for t in _parts(inputs[i])))
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start: start + self.batch_size]
+                enc = self._encode([inputs[i] for i in idx]).to(device)
+                out[idx] = self.model(**enc).logits.float().cpu().numpy()
+        return out
+
+    def predict_proba(self, inputs: Sequence) -> np.ndarray:
+        """``(n, len(labels))`` calibrated class probabilities: ``softmax(logits / temperature)``."""
+        return softmax(self.logits(inputs) / self.temperature)
+
+    def fit_temperature(self, inputs: Sequence, labels: Sequence) -> float:
+        """Fit :attr:`temperature` by minimising the negative log-likelihood of held-out examples (Guo et al.,
+        2017, "On Calibration of Modern Neural Networks"; ``scipy.optimize.minimize_scalar`` on log T).
+
+        Args:
+            inputs: held-out examples the judge did not train on.
+            labels: their classes (each in :attr:`labels`).
+
+        Returns:
+            The fitted temperature (also stored); 1.0 when there are no examples.
+        """
+        if not len(inputs):
+            return self.temperature
+        from scipy.optimize import minimize_scalar
+
+        z = self.logits(inputs).astype(np.float64)
+        y = np.array([self.labels.index(lab) for lab in labels])
+
+        def nll(log_t: float) -> float:
+            p = softmax(z / np.exp(log_t))
+            return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+        self.temperature = float(np.exp(minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded").x))
+        return self.temperature
+
+    # -------------------------------------------------------------- persistence
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write the encoder and tokenizer (``save_pretrained``), the classifier (``classifier.pt``) and
+        ``judge.json`` (labels, kind, temperature)."""
+        import torch
+
+        folder = Path(folder)
+        self.model.encoder.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        torch.save({k: v.cpu() for k, v in self.model.classifier.state_dict().items()}, folder / "classifier.pt")
+        (folder / "judge.json").write_text(json.dumps(
+            {"labels": [str(x) for x in self.labels], "kind": self.kind, "temperature": self.temperature,
+             "max_length": self.max_length}, indent=1))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str = "cpu") -> "CrossEncoderJudge":
+        """The judge :meth:`save` wrote into ``folder``.
+
+        Raises:
+            JudgeError: no ``judge.json`` there.
+        """
+        import torch
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        meta_path = folder / "judge.json"
+        if not meta_path.is_file():
+            raise JudgeError(f"{folder}: no judge.json (not a saved cross-encoder judge)")
+        meta = json.loads(meta_path.read_text())
+        model = mean_pool_classifier(folder, len(meta["labels"]))
+        model.classifier.load_state_dict(torch.load(folder / "classifier.pt", map_location="cpu"))
+        model.to(device)
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        return cls(model, tok, meta["labels"], meta["kind"], temperature=meta["temperature"],
+                   max_length=meta["max_length"])
+
+
+def _parts(x) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(n, k)`` logits (float64, stable)."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def train_cross_encoder(inputs: Sequence, labels: Sequence, classes: Sequence, kind: str,
+                        settings: CrossEncoderSettings = CrossEncoderSettings(), *, device: str = "cpu",
+                        progress: bool = False, model_dir: str | os.PathLike | None = None) -> CrossEncoderJudge:
+    """Fine-tune all-MiniLM-L6-v2 (or ``model_dir``) with a new classification layer on labelled examples.
+
+    Uses ``transformers.Trainer`` (AdamW, linear schedule, 10% warm-up, weight decay 0.01, examples grouped by
+    length, no checkpoints: a judge trains in minutes and is saved whole by its caller).
+
+    Args:
+        inputs: texts (``kind="text"``) or ``(context, reply)`` tuples (``kind="pair"``).
+        labels: one class per input, each in ``classes``.
+        classes: the class names, in output order.
+        kind: ``"text"`` or ``"pair"``.
+        settings: epochs, learning rate, batch size, cut length, seed.
+        device: where to train ("cpu", "cuda", ...).
+        progress: show the Trainer's progress bar.
+        model_dir: the encoder to start from (default: the packaged all-MiniLM-L6-v2).
+
+    Returns:
+        The trained :class:`CrossEncoderJudge` (temperature 1.0; see :meth:`CrossEncoderJudge.fit_temperature`).
+
+    Raises:
+        JudgeError: no inputs, lengths differ, a label outside ``classes``, or fewer than two classes present.
+
+    References:
+        Kim et al. (2022), ProsocialDialog's Canary; Reimers & Gurevych (2019), sentence-transformers'
+        ``CrossEncoder``; Wang et al. (2020), MiniLM.
+    """
+    import datasets
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    inputs, labels, classes = list(inputs), list(labels), list(classes)
+    if not inputs or len(inputs) != len(labels):
+        raise JudgeError(f"a cross-encoder needs examples with one label each: got {len(inputs)} inputs and "
+                         f"{len(labels)} labels")
+    unknown = sorted({str(y) for y in labels} - {str(c) for c in classes})
+    if unknown:
+        raise JudgeError(f"labels {unknown} are not among the judge's classes {classes}")
+    if len(set(labels)) < 2:
+        raise JudgeError(f"a judge needs at least two classes in its training data, got only {sorted(set(labels))}")
+    path = str(model_dir or encoder_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.truncation_side = "left"  # keep the end of a long context: the turn being answered
+    model = mean_pool_classifier(path, len(classes))
+    judge = CrossEncoderJudge(model, tok, classes, kind, max_length=settings.max_length)
+    index = {c: i for i, c in enumerate(classes)}
+    if kind == "pair":
+        feats = tok([c for c, _ in inputs], [r for _, r in inputs], truncation="longest_first",
+                    max_length=settings.max_length)
+    else:
+        feats = tok(inputs, truncation=True, max_length=settings.max_length)
+    ds = datasets.Dataset.from_dict({**feats, "labels": [index[y] for y in labels]})
+    with tempfile.TemporaryDirectory(prefix="judge-train-") as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, num_train_epochs=settings.epochs, max_steps=settings.max_steps,
+            per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+            warmup_steps=0.1, weight_decay=0.01, lr_scheduler_type="linear", train_sampling_strategy="group_by_length",
+            save_strategy="no", report_to=[], logging_strategy="no", seed=settings.seed, data_seed=settings.seed,
+            disable_tqdm=not progress, use_cpu=str(device) == "cpu", dataloader_num_workers=0)
+        Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok)).train()
+    model.to(device).eval()
+    return judge
