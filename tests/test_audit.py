@@ -186,7 +186,7 @@ def test_run_audit_table_schema_files_and_reuse(cfg, tmp_path, monkeypatch):
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == ["system", "context_set", "metric", "rate", "ci_low", "ci_high", "n",
                                      "n_clusters", "method", "estimable"]
-    assert set(summary.metric) == {"unsafe", "violates_rot", "agrees_rot", "preachy", "profane"}
+    assert set(summary.metric) == {"unsafe", "violates_rot", "agrees_rot", "preachy", "incoherent", "profane"}
 
     # a second run reuses every saved generation: no model is loaded
     def no_loading(*a, **k):
@@ -254,7 +254,7 @@ def test_summary_and_headline_table(table, cfg):
 
 
 def test_k_sample_table_hand_computed(table, cfg):
-    k = k_sample_table(table, cfg.stats, seed=cfg.seed, threshold=cfg.judges.threshold)
+    k = k_sample_table(table, cfg.stats, seed=cfg.seed, threshold=0.5)
     assert list(k.system) == ["B", "B"]  # A has one sample per context
     row = k.iloc[0]
     # B's maxima over its 2 samples: 0.7 and 0.2 -> expected max 0.45; >= 0.5 at least once: 1 of 2 contexts

@@ -208,8 +208,10 @@ def test_tables_figure_and_reuse(smoke_run):
     cfg, result = smoke_run
     table = training_table(result)
     assert len(table) == 8 and table["x plain CE"].iloc[0] == 1.0
-    assert list(inference_table(result)["part"]) == ["generation, batch 4", "generation, batch 1",
-                                                          "judges (replies scored)"]
+    inference = inference_table(result)
+    assert list(inference["part"]) == ["generation, batch 4", "generation, batch 1", "judges (replies scored)",
+                                       "judges (training, all)"]
+    assert inference["seconds"].iloc[-1] > 0  # training all judges, as measured when they were trained
     text = format_bench(result)
     assert "torch threads 1" in text and "shared-context K=3 step" in text
     fig = plot_bench_cost_vs_k(result)
