@@ -13,7 +13,7 @@ import hashlib
 import os
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +169,57 @@ class SentenceEncoder:
         vecs = np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
         with atomic_path(path) as tmp:
             np.savez(tmp, keys=np.array(keys), vectors=vecs)
+
+
+_SHARED: dict[str, SentenceEncoder] = {}
+
+
+def shared_encoder(device: str = "cpu") -> SentenceEncoder:
+    """One :class:`SentenceEncoder` per device for the whole process (no progress bars), so repeated group builds
+    load the weights once and keep what they embedded in memory.
+
+    Args:
+        device: "cpu" | "cuda" | "mps" (a resolved device, not "auto").
+
+    Raises:
+        SentenceEncoderError: the encoder's package is missing (:func:`encoder_path`).
+    """
+    if device not in _SHARED:
+        _SHARED[device] = SentenceEncoder(device=device, progress=False)
+    return _SHARED[device]
+
+
+def cached_embedder(cache_path: str | os.PathLike, encoder: SentenceEncoder | None = None, *,
+                    device: str = "cpu") -> Callable[[Sequence[str]], np.ndarray]:
+    """A function ``texts -> (len(texts), 384)`` float32 unit vectors backed by the ``.npz`` cache ``cache_path``.
+
+    The cache file is read on the first call; texts it lacks are embedded and added to it (atomically,
+    :meth:`SentenceEncoder.save_cache`), so a second build of the same data, even in a new process, embeds nothing.
+
+    Args:
+        cache_path: the ``.npz`` file (created when missing; an unreadable one is warned about and rewritten).
+        encoder: the encoder (default: :func:`shared_encoder` on ``device``).
+        device: where the default encoder runs ("cpu" | "cuda" | "mps").
+
+    Raises:
+        SentenceEncoderError: on the first call that has to embed, when the encoder's package is missing.
+    """
+    path = Path(cache_path)
+    state = {"loaded": False}
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        enc = encoder if encoder is not None else shared_encoder(device)
+        if not state["loaded"]:
+            enc.load_cache(path)
+            state["loaded"] = True
+        texts = [str(t) for t in texts]
+        missing = any(text_key(t) not in enc._cache for t in texts)
+        vecs = enc.encode(texts)
+        if missing:
+            enc.save_cache(path, texts)
+        return vecs
+
+    return embed
 
 
 def _read_npz_cache(path: Path) -> tuple[list[str], np.ndarray] | None:
