@@ -247,6 +247,15 @@ def test_report_counts_the_mix_and_the_chapter_table_shows_it():
     assert table[table.source == "preachy"]["mean cosine"].isna().all()
 
 
+def test_switching_the_unsafe_sources_leaves_the_casual_groups_alone():
+    over = {"stage2.casual_fraction": 0.5}
+    a, _ = build(["near_topic", "preachy"], k=2, over=over)
+    b, _ = build(["casual_reply", "preachy"], k=2, over=over)
+    casual = [(g.positive, g.negatives) for g in a if g.kind == "casual"]
+    assert casual and casual == [(g.positive, g.negatives) for g in b if g.kind == "casual"]
+    assert [g.positive for g in a] == [g.positive for g in b]  # the same contexts, in the same order
+
+
 def test_determinism_for_a_seed():
     a, ra = build(["near_topic", "casual_reply", "preachy"], k=3, over={"stage2.casual_fraction": 0.5})
     b, rb = build(["near_topic", "casual_reply", "preachy"], k=3, over={"stage2.casual_fraction": 0.5})

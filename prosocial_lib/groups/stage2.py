@@ -122,8 +122,8 @@ def build_stage2_groups(prosocial_ds, casual_ds, loss: LossConfig, stage: StageC
         casual_ds: rows ``(history: list[str], response, source)``, or None.
         loss: the ``loss`` section: ``num_negatives`` (K) and ``social_alpha``.
         stage: the ``stage2`` section: ``max_groups``, ``casual_fraction`` and ``negative_sources``.
-        seed: the root seed (``Config.seed``); contexts and random negatives are drawn with it (the near-topic
-            ones are the nearest, no draw).
+        seed: the root seed (``Config.seed``); contexts and random negatives are drawn with it, each random source
+            from a stream of its own (the near-topic ones are the nearest, no draw).
         max_groups: cap on groups (default -1 = ``stage.max_groups``; None = every unsafe turn plus casual
             ones in proportion); ``casual_fraction`` of them come from casual contexts.
         where: names the data in error messages.
@@ -172,6 +172,8 @@ def build_stage2_groups(prosocial_ds, casual_ds, loss: LossConfig, stage: StageC
     pick_casual = rng.permutation(len(casual))[:n_casual]
     picked = [("unsafe", unsafe[j]) for j in pick_unsafe] + [("casual", casual[j]) for j in pick_casual]
     picked = [picked[j] for j in rng.permutation(len(picked))]
+    # each random source draws from a stream of its own: switching one source never changes another's negatives
+    draws = {s: _rng(seed, 2, 1 + i) for i, s in enumerate(NEGATIVE_SOURCES)}
     near = _NearTopic.build([s for s in sources if s in NEAR_TOPIC_SOURCES and pools[s]], pools,
                             [c for kind, c in picked if kind == "unsafe"], embed, where)
 
@@ -180,7 +182,7 @@ def build_stage2_groups(prosocial_ds, casual_ds, loss: LossConfig, stage: StageC
         wanted = [s for s in sources if s in (UNSAFE_SOURCES if kind == "unsafe" else CASUAL_SOURCES)]
         mine = extra.get(context_key(ctx["history"]), [])
         extra_used += bool(mine)
-        feeds = [(s, _feed(s, pools[s], ctx, k, rng, kind, near)) for s in wanted]
+        feeds = [(s, _feed(s, pools[s], ctx, k, draws[s], kind, near)) for s in wanted]
         chosen = _fill(k, ctx, [(extra_origin, iter([(r, ctx["severity"], None) for r in mine]))], feeds)
         if len(chosen) < k and (wanted or mine):
             report.skipped["negative slots left empty (reply pool too small)"] += k - len(chosen)
