@@ -53,7 +53,10 @@ def mic_ds():
 
 
 def cfg(**over):
-    return get_config("smoke", {"stage1.max_groups": None, "stage2.max_groups": None, **over})
+    """Stage-2 tests here pin the first version's negative sources (casual replies for unsafe contexts, preachy
+    ones for casual contexts); the near-topic sources are tested in test_negatives.py."""
+    return get_config("smoke", {"stage1.max_groups": None, "stage2.max_groups": None,
+                                "stage2.negative_sources": ["casual_reply", "preachy"], **over})
 
 
 def s1(c):

@@ -108,6 +108,8 @@ RECONSTRUCTED: dict[str, str] = {
     "stage1.rot_in_context": "whether the rule of thumb is shown to the model in stage 1",
     "stage2.casual_fraction": "how much casual chat is mixed into stage 2",
     "stage1.fill_negatives": "whether prompts with fewer than K violating answers borrow other prompts' ones",
+    "stage2.negative_sources": "where stage-2 negatives come from: near-topic condoning replies (ProsocialDialog "
+                               "follow-ups, MIC violations), unrelated casual replies, preachy replies",
 }
 
 

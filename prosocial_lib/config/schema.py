@@ -37,6 +37,13 @@ JUDGE_MODELS = ("cross-encoder", "logistic")
 #: The decodings the audit knows (``audit.decodings``): greedy or sampled, "+safety" adds the safety system prompt.
 AUDIT_DECODINGS = ("greedy", "greedy+safety", "sampled", "sampled+safety")
 
+#: Where stage-2 negatives come from (``stage2.negative_sources``; reconstructed, see method.md section 3):
+#: ``near_topic`` and ``near_topic_mic`` go along with a *similar* unsafe context (the user's own next unsafe turn in
+#: the nearest ProsocialDialog contexts; MIC answers that violate their rule of thumb, of the nearest MIC questions);
+#: ``casual_reply`` chats along from an unrelated casual conversation; ``preachy`` is a gold reply written for an
+#: unsafe context, the negative of a casual context (:mod:`prosocial_lib.groups.stage2`).
+NEGATIVE_SOURCES: tuple[str, ...] = ("near_topic", "near_topic_mic", "casual_reply", "preachy")
+
 #: The fields of the old catch-all ``eval`` section (before it was split into sections) -> their keys now.
 _OLD_EVAL_FIELDS: dict[str, str] = {
     "num_contexts": "audit.num_contexts", "safety_system_prompt": "audit.safety_system_prompt",
@@ -122,6 +129,9 @@ class StageConfig:
     rot_in_context: bool = False  # stage 1 only: prefix the rule of thumb to the context (reconstructed switch)
     casual_fraction: float = 0.3  # stage 2 only: share of groups built from casual chat
     fill_negatives: bool = True  # stage 1: pad prompts with < K violating answers with other prompts' ones
+    # stage 2 only: the sources of the negatives (NEGATIVE_SOURCES), sharing an unsafe group's K slots in this order;
+    # ["casual_reply", "preachy"] gives the topic-only negatives of the first version
+    negative_sources: list[str] = field(default_factory=lambda: ["near_topic", "near_topic_mic", "preachy"])
     save_steps: int = 50  # write a resumable Trainer checkpoint every N steps (0 = none; resume starts over)
     save: bool = True  # keep the finished stage's model
 
@@ -374,6 +384,10 @@ def _validate_stage(name: str, st: StageConfig) -> None:
     check(st.eval_groups >= 1, f"{name}.eval_groups", st.eval_groups, ">= 1")
     check(0 <= st.casual_fraction <= 1, f"{name}.casual_fraction", st.casual_fraction, "in [0, 1]")
     check(st.save_steps >= 0, f"{name}.save_steps", st.save_steps, ">= 0")
+    for source in st.negative_sources:
+        check(source in NEGATIVE_SOURCES, f"{name}.negative_sources", source, f"one of {', '.join(NEGATIVE_SOURCES)}")
+    check(len(set(st.negative_sources)) == len(st.negative_sources), f"{name}.negative_sources",
+          st.negative_sources, "each source at most once")
     _optional_at_least(1, **{f"{name}__max_groups": st.max_groups})
 
 

@@ -6,8 +6,8 @@ Layer: above ``config`` and ``data``; below ``train``.
 
 from .io import read_groups, write_groups
 from .stage1 import build_stage1_groups
-from .stage2 import build_stage2_groups
+from .stage2 import build_stage2_groups, context_key
 from .types import BuildReport, ContrastiveGroup, GroupBuildError, make_group, social_weight
 
 __all__ = ["BuildReport", "ContrastiveGroup", "GroupBuildError", "build_stage1_groups", "build_stage2_groups",
-           "make_group", "read_groups", "social_weight", "write_groups"]
+           "context_key", "make_group", "read_groups", "social_weight", "write_groups"]

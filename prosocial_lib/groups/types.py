@@ -29,15 +29,23 @@ of their own cannot form a contrast and are skipped; the :class:`BuildReport` ea
 **Stage 2 (ProsocialDialog + casual chat).** One group per dialogue turn; the context is the dialogue history up
 to that turn and the positive is the gold reply. What counts as a bad reply depends on the context:
 
-- *unsafe* context (any label but ``__casual__``): negatives are replies that ignore or condone the problem -
-  casual replies taken from casual contexts (casual ProsocialDialog turns without rules of thumb and the
-  casual-chat source; a casual turn that keeps its rules of thumb has a RoT-grounded reply, which is kept out of
-  this pool and counted in ``BuildReport.excluded``). Their
-  severity is the context's safety-label severity (``SAFETY_SEVERITY``: casual 0 .. needs intervention 1): the
-  more the context needs intervention, the worse it is to chat along.
+- *unsafe* context (any label but ``__casual__``): negatives are replies that go along with or ignore the problem,
+  from the sources in ``stage2.negative_sources`` (:mod:`prosocial_lib.groups.stage2`; reconstructed). By
+  default they go along with a *similar* unsafe context, so they differ from the positive in stance rather than
+  topic: the user's own next unsafe turn in the nearest ProsocialDialog contexts (``near_topic``) and MIC answers
+  that violate their rule of thumb, of the nearest MIC questions (``near_topic_mic``). The first version's source,
+  casual replies taken from casual contexts (``casual_reply``: casual ProsocialDialog turns without rules of
+  thumb and the casual-chat source; a casual turn that keeps its rules of thumb has a RoT-grounded reply, which is
+  kept out of this pool and counted in ``BuildReport.excluded``), is a switch for the ablation. Their severity is
+  the context's safety-label severity (``SAFETY_SEVERITY``: casual 0 .. needs intervention 1): the more the
+  context needs intervention, the worse it is to go along.
 - *casual* context (casual ProsocialDialog turns and casual-chat turns, ``stage2.casual_fraction`` of the groups):
-  negatives are preachy, rule-of-thumb replies - gold replies of unsafe contexts. Their severity is the label
-  severity of the context they were written for: an intervention reply is the most out of place in small talk.
+  negatives are preachy, rule-of-thumb replies - gold replies of unsafe contexts (``preachy``). Their severity is
+  the label severity of the context they were written for: an intervention reply is the most out of place in
+  small talk.
+
+The caller may add negatives of its own per context (``extra_negatives``, e.g. the model's replies that a judge
+flagged); :class:`BuildReport` counts the negatives of each source.
 
 ``alpha = 0`` (``loss.social_alpha``) makes every weight 1. Everything is deterministic given the seed.
 """
@@ -194,22 +202,34 @@ class BuildReport:
     warnings: list[str] = field(default_factory=list)  # the data gave less than asked for: logged as warnings
     # replies kept out of a pool of negatives by reason (their turn may still be a context): by design, logged as info
     excluded: Counter = field(default_factory=Counter)
+    # stage 2: the configured negative sources (and the caller's extra ones), the negatives each gave per kind of
+    # context ({"unsafe": Counter({"near_topic": 86, ...}), "casual": ...}) and the mean cosine between a context and
+    # the anchor of its near-topic negatives, per source
+    negative_sources: list[str] = field(default_factory=list)
+    negatives: dict[str, Counter] = field(default_factory=dict)
+    similarity: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: groups made, candidates seen, the skips and the replies kept out of a negative pool, by
-        reason, most frequent first."""
+        reason, most frequent first, and (stage 2) the negatives per kind of context and source."""
         head = f"stage {self.stage}: {self.groups} groups from {self.candidates} candidates"
         if self.skipped:
             head += ", skipped " + "; ".join(f"{n} x {why}" for why, n in self.skipped.most_common())
         if self.excluded:
             head += ", kept out of the negatives " + "; ".join(f"{n} x {why}" for why, n in self.excluded.most_common())
+        if self.negatives:
+            head += "; negatives " + "; ".join(
+                f"{kind}: " + ", ".join(f"{n} {source}" for source, n in counts.most_common())
+                for kind, counts in self.negatives.items())
         return head
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict."""
         return {"stage": self.stage, "candidates": self.candidates, "groups": self.groups,
                 "skipped": dict(self.skipped), "excluded": dict(self.excluded), "notes": list(self.notes),
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "negative_sources": list(self.negative_sources),
+                "negatives": {kind: dict(c) for kind, c in self.negatives.items()},
+                "similarity": dict(self.similarity)}
 
 
 def _finish(report: BuildReport) -> BuildReport:

@@ -56,7 +56,7 @@ def loss_settings_table(cfg: Config):
     rows = []
     for key in ("loss.score", "loss.tau", "loss.npair_weight", "loss.social_alpha", "loss.num_negatives",
                 "loss.in_batch_negatives", "stage1.rot_in_context", "stage1.fill_negatives",
-                "stage2.casual_fraction"):
+                "stage2.casual_fraction", "stage2.negative_sources"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if key == "loss.tau" and value is None:
@@ -103,6 +103,8 @@ def describe_stage(cfg: Config, stage: int) -> str:
         data += f" from `{src}`"
     if stage == 2:
         data += f", plus casual chat from `{cfg.data.casual_source}`"
+        data += (f" (negatives from {', '.join(f'`{s}`' for s in st.negative_sources)})" if st.negative_sources
+                 else " (no negatives: CE only)")
     length = f"{st.max_steps} steps" if st.max_steps > 0 else f"{st.epochs:g} epoch(s)"
     cap = "all" if st.max_groups is None else f"at most {st.max_groups}"
     lam = ("plain cross-entropy (lambda = 0)" if lc.npair_weight == 0 else

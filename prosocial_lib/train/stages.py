@@ -81,7 +81,7 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> tuple[list[Co
     Chapters 02 and 03 show these groups.
     """
     from ..groups.stage1 import build_stage1_groups
-    from ..groups.stage2 import build_stage2_groups
+    from ..groups.stage2 import build_stage2_groups, stage2_negative_inputs
     st = _stage_cfg(cfg, stage)
     train = split == "train"
     max_rows = cfg.data.max_train_examples if train else cfg.data.max_eval_examples
@@ -97,8 +97,10 @@ def stage_groups(cfg: Config, stage: int, split: str = "train") -> tuple[list[Co
     pd = load_prosocial_dialog(cfg.data.prosocial_source, split=split, max_rows=max_rows)
     casual_rows = max_rows if max_rows is not None else (4 * max_groups if max_groups else None)
     casual = load_casual(cfg.data.casual_source, split=split, seed=cfg.seed, max_rows=casual_rows)
+    negatives = stage2_negative_inputs(cfg.stage2, mic_source=cfg.data.mic_source, split=split, max_rows=max_rows,
+                                       cache_dir=Path(cfg.run_dir).parent / "embeddings", device=cfg.model.device)
     return build_stage2_groups(pd, casual, cfg.loss, cfg.stage2, max_groups=max_groups, seed=seed,
-                               where=f"ProsocialDialog ({cfg.data.prosocial_source}, {split})")
+                               where=f"ProsocialDialog ({cfg.data.prosocial_source}, {split})", **negatives)
 
 
 def score_heldout(model, tokenizer, groups: Sequence[ContrastiveGroup], cfg: Config, **kwargs: Any) -> dict[str, Any]:
