@@ -145,7 +145,13 @@ def test_reply_examples_construct_each_label_from_its_source():
     lectures = set(TURNS["response"][:2]) | {"It's wrong to damage property.", "Revenge is bad."}
     preachy = [(c, r) for (c, r), lab, _ in got if lab == "preachy"]
     assert {c for c, _ in preachy} == {ctx[2], "Any plans for the weekend?", "I just adopted a kitten!"}
-    assert {r for _, r in preachy} <= lectures
+    for (c, r), lab, src in got:
+        if src == "lecture":
+            assert r in lectures
+        elif src == "tacked-on lecture":  # the context's own casual reply, then a lecture's first sentence
+            own = dict(zip([h[-1] for h in CASUAL["history"]], CASUAL["response"])) | {ctx[2]: TURNS["response"][2]}
+            assert r.startswith(own[c] + " ") and any(lec.startswith(r[len(own[c]) + 1:]) for lec in lectures)
+    assert {src for _, lab, src in got if lab == "preachy"} <= {"lecture", "tacked-on lecture"}
     # MIC: severity >= 3 violation -> condoning; all-neutral answers -> neutral; mild or unrated -> left out
     assert (("q1", "a1"), "condoning", "MIC violation") in got
     assert (("q1", "a2"), "neutral", "MIC neutral") in got and (("q2", "b"), "neutral", "MIC neutral") in got

@@ -83,6 +83,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "generation.max_new_tokens": 64,
         "generation.batch_size": 32,
         "generation.samples_per_context": 5,
+        # the real data has thousands of pairs per label: more of them, two passes (minutes on a GPU)
+        "judges.max_pairs_per_label": 5000,
+        "judges.epochs": 2.0,
         "compare.num_contexts": None,  # chapter 04 compares the systems on all audit.num_contexts contexts
         "compare.max_new_tokens": None,
         "compare.max_steps": None,  # every system gets the chapter-03 budget; the full method is its run

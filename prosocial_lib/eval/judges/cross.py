@@ -68,7 +68,9 @@ class CrossEncoderSettings:
     """How a cross-encoder judge is fine-tuned (the ``judges`` config section fills it)."""
 
     epochs: float = 2.0  # passes over the training examples
-    learning_rate: float = 5e-5  # AdamW's peak learning rate (linear warm-up over 10% of the steps, then decay)
+    learning_rate: float = 5e-5  # the encoder's AdamW peak learning rate (linear warm-up over 10% of the steps)
+    head_learning_rate: float = 5e-4  # the classifier's (it starts from the linear probe, see train_cross_encoder)
+    probe_C: float = 1.0  # inverse L2 strength of the linear probe that initialises the classifier
     batch_size: int = 32  # examples per step
     max_length: int = 128  # word pieces per example (context cut from the left)
     max_steps: int = -1  # > 0 overrides epochs (the smoke preset)
@@ -185,6 +187,37 @@ class CrossEncoderJudge:
                    max_length=meta["max_length"])
 
 
+def _linear_probe_init(model, judge: "CrossEncoderJudge", inputs: list, targets: list[int], C: float, seed: int
+                       ) -> None:
+    """Set the classifier to a logistic regression (scikit-learn, lbfgs) on the frozen mean-pooled vectors."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    pooled = np.zeros((len(inputs), model.classifier.in_features), dtype=np.float32)
+    order = sorted(range(len(inputs)), key=lambda i: -sum(len(t) for t in _parts(inputs[i])))
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), judge.batch_size):
+            idx = order[start: start + judge.batch_size]
+            enc = judge._encode([inputs[i] for i in idx]).to(device)
+            hidden = model.encoder(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu().numpy()
+    probe = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(pooled, targets)
+    coef = np.zeros((model.classifier.out_features, pooled.shape[1]), dtype=np.float32)
+    bias = np.full(model.classifier.out_features, -10.0, dtype=np.float32)  # a class absent from the data
+    rows = probe.coef_ if len(probe.classes_) > 2 else np.vstack([-probe.coef_[0] / 2, probe.coef_[0] / 2])
+    icpt = probe.intercept_ if len(probe.classes_) > 2 else np.array([-probe.intercept_[0] / 2,
+                                                                      probe.intercept_[0] / 2])
+    for k, cls in enumerate(probe.classes_):
+        coef[int(cls)], bias[int(cls)] = rows[k], icpt[k]
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(coef))
+        model.classifier.bias.copy_(torch.from_numpy(bias))
+    model.train()
+
+
 def _parts(x) -> tuple:
     return x if isinstance(x, tuple) else (x,)
 
@@ -203,7 +236,11 @@ def train_cross_encoder(inputs: Sequence, labels: Sequence, classes: Sequence, k
     """Fine-tune all-MiniLM-L6-v2 (or ``model_dir``) with a new classification layer on labelled examples.
 
     Uses ``transformers.Trainer`` (AdamW, linear schedule, 10% warm-up, weight decay 0.01, examples grouped by
-    length, no checkpoints: a judge trains in minutes and is saved whole by its caller).
+    length, no checkpoints: a judge trains in minutes and is saved whole by its caller). The new classifier
+    starts as a *linear probe* - a logistic regression fitted on the frozen encoder's mean-pooled vectors of the
+    training examples - and everything is then fine-tuned ("LP-FT", Kumar et al. 2022): a few hundred steps on a
+    CPU start from the frozen-embedding baseline instead of from chance. The classifier learns at
+    ``head_learning_rate``, the pretrained encoder at ``learning_rate``.
 
     Args:
         inputs: texts (``kind="text"``) or ``(context, reply)`` tuples (``kind="pair"``).
@@ -226,6 +263,7 @@ def train_cross_encoder(inputs: Sequence, labels: Sequence, classes: Sequence, k
         ``CrossEncoder``; Wang et al. (2020), MiniLM.
     """
     import datasets
+    import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
     inputs, labels, classes = list(inputs), list(labels), list(classes)
@@ -240,7 +278,7 @@ def train_cross_encoder(inputs: Sequence, labels: Sequence, classes: Sequence, k
     path = str(model_dir or encoder_path())
     tok = AutoTokenizer.from_pretrained(path)
     tok.truncation_side = "left"  # keep the end of a long context: the turn being answered
-    model = mean_pool_classifier(path, len(classes))
+    model = mean_pool_classifier(path, len(classes), device=device)
     judge = CrossEncoderJudge(model, tok, classes, kind, max_length=settings.max_length)
     index = {c: i for i, c in enumerate(classes)}
     if kind == "pair":
@@ -248,14 +286,23 @@ def train_cross_encoder(inputs: Sequence, labels: Sequence, classes: Sequence, k
                     max_length=settings.max_length)
     else:
         feats = tok(inputs, truncation=True, max_length=settings.max_length)
-    ds = datasets.Dataset.from_dict({**feats, "labels": [index[y] for y in labels]})
+    targets = [index[y] for y in labels]
+    _linear_probe_init(model, judge, inputs, targets, settings.probe_C, settings.seed)
+    ds = datasets.Dataset.from_dict({**feats, "labels": targets})
     with tempfile.TemporaryDirectory(prefix="judge-train-") as tmp:
         args = TrainingArguments(
             output_dir=tmp, num_train_epochs=settings.epochs, max_steps=settings.max_steps,
             per_device_train_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
             warmup_steps=0.1, weight_decay=0.01, lr_scheduler_type="linear", train_sampling_strategy="group_by_length",
-            save_strategy="no", report_to=[], logging_strategy="no", seed=settings.seed, data_seed=settings.seed,
+            save_strategy="no", report_to=[], logging_strategy="steps" if progress else "no", logging_steps=10,
+            seed=settings.seed, data_seed=settings.seed,
             disable_tqdm=not progress, use_cpu=str(device) == "cpu", dataloader_num_workers=0)
-        Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok)).train()
+        head = list(model.classifier.parameters())
+        optimizer = torch.optim.AdamW(
+            [{"params": [p for n, p in model.named_parameters() if not n.startswith("classifier.")],
+              "lr": settings.learning_rate},
+             {"params": head, "lr": settings.head_learning_rate}], weight_decay=0.01)
+        Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
+                optimizers=(optimizer, None)).train()
     model.to(device).eval()
     return judge

@@ -21,7 +21,8 @@ training pairs are *constructed* from what the data does say (every source below
     ``gold casual``: a casual context with its own reply (ProsocialDialog casual turns and casual chat).
 ``preachy``
     ``lecture``: a casual context answered by a gold response or a rule of thumb written for an *unsafe* context
-    - a lecture where small talk was wanted.
+    - a lecture where small talk was wanted; ``tacked-on lecture`` (every other casual context instead): its own
+    casual reply followed by the first sentence of such a lecture.
 ``incoherent``
     ``cut``, ``loop``, ``echo``: a real reply cut after a few words, a real reply whose first sentence (or
     phrase) repeats, or the user's own last turn echoed back (:func:`degrade`) - the failure modes of small chat
@@ -128,8 +129,7 @@ def _prosocial_dialog_pairs(out: dict[str, list], turns: dict[str, list], casual
                 _add(out, ctx, small_talk[int(rng.integers(len(small_talk)))], "neutral", "small talk")
         elif labels[i] == "__casual__":
             _add(out, ctx, r, "fine", "gold casual")
-            if lectures:
-                _add(out, ctx, lectures[int(rng.integers(len(lectures)))], "preachy", "lecture")
+            _add_lecture(out, ctx, r, lectures, rng)
         if i + 1 < len(histories) and unsafe[i + 1]:
             nxt = histories[i + 1]
             if len(nxt) >= len(h) + 2 and list(nxt[:len(h)]) == list(h):
@@ -137,8 +137,21 @@ def _prosocial_dialog_pairs(out: dict[str, list], turns: dict[str, list], casual
     for h, r in zip(casual["history"], casual["response"]):
         ctx = context_text(h, context_turns)
         _add(out, ctx, str(r), "fine", "gold casual")
-        if lectures:
-            _add(out, ctx, lectures[int(rng.integers(len(lectures)))], "preachy", "lecture")
+        _add_lecture(out, ctx, str(r), lectures, rng)
+
+
+def _add_lecture(out: dict[str, list], context: str, reply: str, lectures: list[str], rng: np.random.Generator
+                 ) -> None:
+    """A preachy pair for a casual context: a lecture alone, or (every other time) the casual reply with the first
+    sentence of a lecture tacked on - small talk that turns into a lesson."""
+    if not lectures:
+        return
+    lecture = lectures[int(rng.integers(len(lectures)))]
+    if rng.random() < 0.5:
+        _add(out, context, lecture, "preachy", "lecture")
+    else:
+        first = _SENTENCE_END.split(lecture.strip())[0]
+        _add(out, context, f"{reply.rstrip()} {first}", "preachy", "tacked-on lecture")
 
 
 def _mic_pairs(out: dict[str, list], mic: dict[str, list]) -> None:
@@ -156,7 +169,7 @@ def _incoherent_pairs(out: dict[str, list], rng: np.random.Generator, share: flo
     n = int(round(share * len(out["pairs"])))
     if not n or not out["pairs"]:
         return
-    kinds = ("cut", "loop", "loop", "echo")  # loops are the commonest failure of small models
+    kinds = ("cut", "loop", "loop", "loop", "echo")  # loops are the commonest failure of small models
     for j in rng.choice(len(out["pairs"]), size=min(n, len(out["pairs"])), replace=False):
         ctx, reply = out["pairs"][int(j)]
         kind = kinds[int(rng.integers(len(kinds)))]
