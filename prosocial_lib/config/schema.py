@@ -170,10 +170,10 @@ class JudgesConfig:
     epochs: float = 1.0  # cross-encoder passes over the reply judge's training pairs
     context_epochs: float = 2.0  # cross-encoder passes over the context judge's training contexts
     learning_rate: float = 5e-5  # cross-encoders' AdamW peak learning rate
-    batch_size: int = 32  # cross-encoder examples per training step
-    max_length: int = 128  # word pieces a cross-encoder reads (the context is cut from the left)
+    batch_size: int = 16  # cross-encoder examples per training step
+    max_length: int = 96  # word pieces a cross-encoder reads (the longer of context and reply is cut first)
     max_steps: int = -1  # > 0: train each cross-encoder for this many steps instead (smoke)
-    max_pairs_per_label: int | None = 600  # constructed reply pairs per label (train and test; None = all)
+    max_pairs_per_label: int | None = 400  # constructed reply pairs per label (train and test; None = all)
     incoherent_share: float = 0.2  # degraded copies of real replies made as incoherent pairs, per other pair
     calibration_share: float = 0.15  # training contexts held out to fit the temperature and the flag thresholds
     C: float = 4.0  # inverse L2 strength of the logistic-regression heads
