@@ -48,15 +48,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.lora_alpha": 32,
         "model.lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         "model.max_length": 160,
-        "stage1.max_groups": None,  # the embedded sample's 128 training questions, twice
-        "stage1.epochs": 2.0,
+        # Every stage (chapters 02, 03 and each compared system of 04) trains to convergence: at most a few passes
+        # over all its groups, stopped once the held-out validation loss has not improved for 3 evaluations
+        "stage1.max_groups": None,  # the embedded sample's 128 training questions: 32 steps an epoch
+        "stage1.epochs": 4.0,
         "stage1.learning_rate": 5e-4,
         "stage1.logging_steps": 8,
         "stage1.eval_groups": 32,
-        "stage2.max_groups": 64,
+        "stage1.eval_steps": 8,
+        "stage1.early_stopping_patience": 3,
+        "stage2.max_groups": 64,  # 16 steps an epoch
+        "stage2.epochs": 4.0,
         "stage2.learning_rate": 1e-3,
         "stage2.logging_steps": 4,
         "stage2.eval_groups": 24,
+        "stage2.eval_steps": 4,
+        "stage2.early_stopping_patience": 3,
+        "compare.max_steps": None,  # every system under the chapter-03 rule; the full method is its run
     },
     "gpu": {
         "data.prosocial_source": "allenai/prosocial-dialog",
@@ -69,11 +77,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage1.grad_accum": 2,
         "stage1.logging_steps": 20,
         "stage1.eval_groups": 500,
+        "stage1.epochs": 3.0,  # at most; early stopping on 500 held-out groups every 200 steps
+        "stage1.eval_steps": 200,
+        "stage1.early_stopping_patience": 3,
         "stage2.max_groups": 40000,
         "stage2.batch_size": 8,
         "stage2.grad_accum": 2,
         "stage2.logging_steps": 20,
         "stage2.eval_groups": 500,
+        "stage2.epochs": 3.0,
+        "stage2.eval_steps": 200,
+        "stage2.early_stopping_patience": 3,
         "audit.num_contexts": 500,
         "generation.max_new_tokens": 64,
         "generation.batch_size": 32,

@@ -217,12 +217,13 @@ class CompareConfig:
     max_new_tokens: int | None = 32  # None = generation.max_new_tokens (which also caps it)
     # each "key=value[;key=value]": one stage-2 retraining per entry (cpu: two; the gpu preset adds tau = 2)
     ablations: list[str] = field(default_factory=lambda: ["loss.social_alpha=0", "loss.tau=0.5"])
-    # None = every trained system and ablation gets the chapter-03 budget (stage1/stage2 settings) and the full
-    # method IS the chapter-03 run; N = all of them (the full method too, in its own run) train N steps per stage
-    # (cpu: six systems and the ablations at the chapter-03 budget would take hours on two cores)
-    max_steps: int | None = 4
-    # held-out groups each run trained here scores for its own before/after log (None = the stage's eval_groups);
-    # the comparison itself scores every system once on the chapter-03 held-out groups
+    # None = every trained system and ablation gets the chapter-03 budget (stage1/stage2 settings: at most
+    # `epochs`, early stopping on the held-out loss when eval_steps > 0) and the full method IS the chapter-03 run;
+    # N = all of them (the full method too, in its own run) train at most N steps per stage, under the same rule
+    max_steps: int | None = None
+    # held-out groups each run trained here scores for its own before/after log (None = the stage's eval_groups;
+    # a stage with early stopping keeps its eval_groups, the groups it stops on); the comparison itself scores
+    # every system once on the chapter-03 held-out groups
     eval_groups: int | None = 4
     dpo_beta: float = 0.1  # DPO's KL strength (TRL's default)
     dpo_sft_weight: float = 1.0  # NLL on the chosen reply next to DPO, as CE sits next to the n-pair term

@@ -13,9 +13,12 @@ Six systems answer the same held-out contexts (method.md section 3, "baselines a
 
 Each trained variant is its own run (``run_name = "<run>-<key>"``, so ``runs/cpu-ce-stage2/stage2/`` ...) with the
 same data, model and optimisation budget as the chapter-03 run; a finished checkpoint with the same config is
-reused. ``compare.max_steps`` = N shortens every trained variant to N steps per stage where the full budget
-does not fit; the full method is then retrained with the same N steps in its own run (``<run>-npair-both``), so no
-system gets more training than another.
+reused. The budget is one rule for every system: each stage trains on all its groups for at most
+``stageN.epochs`` (or ``max_steps``) and, with ``stageN.eval_steps`` > 0, stops early once its held-out
+validation objective stops improving and keeps its best checkpoint (the n-pair and CE runs on their own
+objective, DPO on its own loss, all on the same validation groups). ``compare.max_steps`` = N caps every stage of
+every trained variant at N steps where even that does not fit; the full method is then retrained with the same
+cap in its own run (``<run>-npair-both``), so no system gets more training than another.
 
 :func:`compare` generates greedy replies to ``compare.num_contexts`` adversarial and casual test contexts with
 every system (the audit's machinery: :func:`prosocial_lib.audit.run_audit`), judges them

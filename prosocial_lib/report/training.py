@@ -104,6 +104,10 @@ def describe_stage(cfg: Config, stage: int) -> str:
     if stage == 2:
         data += f", plus casual chat from `{cfg.data.casual_source}`"
     length = f"{st.max_steps} steps" if st.max_steps > 0 else f"{st.epochs:g} epoch(s)"
+    if st.eval_steps > 0:
+        length = (f"At most {length}, stopped early once the held-out {st.early_stopping_metric} has not improved "
+                  f"for {st.early_stopping_patience} evaluations (one every {st.eval_steps} steps; the best "
+                  "checkpoint is kept)")
     cap = "all" if st.max_groups is None else f"at most {st.max_groups}"
     lam = ("plain cross-entropy (lambda = 0)" if lc.npair_weight == 0 else
            f"CE + {lc.npair_weight:g} x n-pair ({lc.score} score, tau = {lc.effective_tau:g}, K = {lc.num_negatives}, "
