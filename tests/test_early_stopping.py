@@ -48,6 +48,13 @@ def test_training_stops_when_the_held_out_loss_stops_improving(tmp_path):
     assert e["eval_loss"] == pytest.approx(e["eval_ce"] + e["eval_npair"], abs=1e-4)
     assert e["eval_ce"] == pytest.approx(r.metrics["before"]["ce"], abs=1e-3)  # the same groups, the same model
     assert not (r.checkpoint_dir / "trainer").exists()  # finished: the checkpoints are gone
+    # the chapters' training curves show the held-out loss beside the training loss
+    from prosocial_lib.report.plots import plot_training_curves
+    from prosocial_lib.report.training import log_frame
+    logs = log_frame(r.log_history)
+    assert logs[logs.metric == "eval_loss"]["step"].tolist() == [1, 2, 3]
+    fig = plot_training_curves(logs)
+    assert "held-out loss" in " ".join(ax.get_title() for ax in fig.axes if ax.get_visible())
 
 
 def _scripted_losses(monkeypatch, losses):

@@ -1,5 +1,7 @@
-"""Lists of texts: the one tokenizer and the one distinct-n of the book, and the guard every metric over a list of
-replies uses so that a bare ``str`` is refused instead of being scored character by character.
+"""Lists of texts: the one tokenizer and the one distinct-n of the book, the guard every metric over a list of
+replies uses so that a bare ``str`` is refused instead of being scored character by character, and where a
+sentence ends (generation trims replies cut by the token limit; the quality tables count replies that end
+mid-sentence).
 
 The data chapter (variety table, quality gates), its exercise and the evaluation's quality table
 (:mod:`prosocial_lib.eval.quality`) all compute distinct-n here. Layer: data.

@@ -30,10 +30,14 @@ def format_stage_result(r: StageResult) -> str:
 
 # ---------------------------------------------------------------------- tables for the chapters
 def log_frame(log_history: Sequence[dict[str, Any]]):
-    """Training logs in long form (step, metric, value) for :func:`prosocial_lib.plots.plot_training_curves`."""
+    """Training logs in long form (step, metric, value) for :func:`prosocial_lib.plots.plot_training_curves`;
+    with early stopping also the held-out evaluations (``eval_loss``, ``eval_ce``, ...)."""
     import pandas as pd
     rows = [{"step": h["step"], "metric": k, "value": float(h[k])}
             for h in log_history if "loss" in h for k in ("loss", *LOGGED) if k in h]
+    rows += [{"step": h["step"], "metric": k, "value": float(h[k])}
+             for h in log_history if "eval_loss" in h for k in ("eval_loss", *(f"eval_{n}" for n in LOGGED))
+             if k in h]
     return pd.DataFrame(rows, columns=["step", "metric", "value"])
 
 
