@@ -214,7 +214,8 @@ class CompareConfig:
     systems: list[str] = field(default_factory=lambda: [  # keys of eval.systems.VARIANTS
         "base", "ce-stage2", "npair-stage2", "ce-both", "npair-both", "dpo"])
     num_contexts: int | None = 16  # contexts per set (None = audit.num_contexts, which also caps it)
-    max_new_tokens: int | None = 32  # None = generation.max_new_tokens (which also caps it)
+    # None = generation.max_new_tokens (which also caps it): the systems reply at the audit's length
+    max_new_tokens: int | None = None
     # each "key=value[;key=value]": one stage-2 retraining per entry (cpu: two; the gpu preset adds tau = 2)
     ablations: list[str] = field(default_factory=lambda: ["loss.social_alpha=0", "loss.tau=0.5"])
     # None = every trained system and ablation gets the chapter-03 budget (stage1/stage2 settings: at most
