@@ -50,9 +50,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.max_length": 160,
         # Every stage (chapters 02, 03 and each compared system of 04) trains on all its groups until the held-out
         # validation loss stops improving, within a cap that keeps chapter 04 (a stage 1, five stage-2 runs and
-        # DPO) inside the cpu book's time. One held-out evaluation of the 32 MIC groups cost about 1.5 training
-        # steps (measured on 2 shared cores), so evaluating every 8 (stage 1) / 4 (stage 2) steps costs a fifth
-        # to a third more than training alone
+        # DPO) inside the cpu book's time. One held-out evaluation of the 32 MIC groups cost 1.5 to 5 training
+        # steps of 4 groups (two measurements on 2 heavily shared cores), so evaluating every 8 (stage 1) / 4
+        # (stage 2) steps adds a fifth to a half to the training time
         "stage1.max_groups": None,  # the embedded sample's 128 training questions: 328 groups, 82 steps an epoch
         "stage1.epochs": 2.0,  # at most 164 steps
         "stage1.learning_rate": 5e-4,

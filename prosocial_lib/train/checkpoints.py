@@ -165,8 +165,20 @@ class CheckpointKeeper(TrainerCallback):
         best = f"checkpoint-{state.best_global_step}" if getattr(state, "best_global_step", None) else None
         for p in checkpoints(args.output_dir):
             if p != current and p.name != best:
-                shutil.rmtree(p, ignore_errors=True)
+                _remove_tree(p)
         return control
+
+
+def _remove_tree(path: Path) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)`` that lets a Ctrl-C through as a ``KeyboardInterrupt``: when
+    the signal lands inside rmtree, closing its directory handle afterwards can raise ``OSError`` (EBADF), which
+    would hide the interruption and the resume message."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except OSError as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        raise
 
 
 def stage_lock(out: Path):

@@ -259,6 +259,7 @@ def _run_dpo(cfg: Config, pairs, n_groups: int, output_dir: Path, fp: str, knobs
     SHA-256), under :func:`train_dpo`'s lock."""
     t0 = time.perf_counter()
     (output_dir / METRICS_FILE).unlink(missing_ok=True)  # the folder no longer holds a finished run
+    _drop_checkpoints(output_dir)  # an interrupted run's: DPO starts over
     trainer, tok, n_pairs, n_shortened, device = _dpo_trainer(cfg, pairs, output_dir, knobs, progress)
     n_kept = len(trainer.train_dataset)
     result = trainer.train()
@@ -288,12 +289,17 @@ def _run_dpo(cfg: Config, pairs, n_groups: int, output_dir: Path, fp: str, knobs
         metrics.update(max_steps=st.max_steps, best_step=getattr(st, "best_global_step", None),
                        best_metric=st.best_metric, stopped_early=st.global_step < st.max_steps,
                        evaluations=sum(1 for h in history if "eval_loss" in h))
-    for folder in output_dir.glob("checkpoint-*"):  # early stopping's checkpoints: the best one is loaded
-        shutil.rmtree(folder, ignore_errors=True)
+    _drop_checkpoints(output_dir)  # early stopping's checkpoints: the best one is loaded already
     write_json_atomic(output_dir / RUN_CONFIG_FILE, {"config": cfg.to_dict(),
                                                      "dpo": {k: v for k, v in knobs.items() if k != "eval_pairs"}})
     write_json_atomic(output_dir / METRICS_FILE, metrics)  # last: marks completion
     return metrics
+
+
+def _drop_checkpoints(output_dir: Path) -> None:
+    """Delete the Trainer's ``checkpoint-*`` folders in ``output_dir`` (early stopping writes them)."""
+    for folder in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _dpo_trainer(cfg: Config, pairs, output_dir: Path, knobs: dict[str, Any], progress: bool):
