@@ -141,8 +141,9 @@ class StageConfig:
 class GenerationConfig:
     """How replies are generated, for the audit, the comparison and the benchmark."""
 
-    # new tokens per reply (prompts are cut to model.max_length - max_new_tokens). 64: at 32 three replies in four
-    # of the 135M model ended mid-sentence; most of its replies end their turn before 64
+    # new tokens per reply (prompts are cut to model.max_length - max_new_tokens). 64: at 32, 28 of the 135M
+    # model's 32 greedy replies to 16 adversarial and 16 casual contexts ended mid-sentence and 9 repeated a word
+    # 4-gram; at 64 with the ban and trimming below, none ended mid-sentence and one repeated a 4-gram
     max_new_tokens: int = 64
     # replies per generation batch; on 2 cores `prosocial bench` measured 16 at about 5x the replies/s of one at a
     # time, 8 at about 4x (audit-length prompts)
