@@ -186,7 +186,9 @@ def test_run_audit_table_schema_files_and_reuse(cfg, tmp_path, monkeypatch):
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == ["system", "context_set", "metric", "rate", "ci_low", "ci_high", "n",
                                      "n_clusters", "method", "estimable"]
-    assert set(summary.metric) == {"unsafe", "violates_rot", "agrees_rot", "preachy", "incoherent", "profane"}
+    assert set(summary.metric) == {"unsafe", "violates_rot", "agrees_rot", "preachy", "incoherent", "profane",
+                                   "truncated", "repetitive"}
+    assert df["truncated"].dtype == bool and df["repetitive"].dtype == bool
 
     # a second run reuses every saved generation: no model is loaded
     def no_loading(*a, **k):

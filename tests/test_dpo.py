@@ -167,3 +167,23 @@ def test_tiny_dpo_continues_from_a_checkpoint_with_lora(tmp_path):
     assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # the adapter was trained and merged
     k = "model.layers.0.self_attn.k_proj.weight"
     assert torch.equal(merged.state_dict()[k], base.state_dict()[k])  # untargeted weights untouched
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_dpo_stops_early_on_its_held_out_loss(tmp_path, lora):
+    """The DPO baseline under the compared systems' rule: evaluations on held-out pairs, the best kept, at most
+    max_steps; its checkpoints are gone once it finished, and early stopping needs held-out groups."""
+    cfg = get_config("smoke", {"stage2.max_steps": 8, "stage2.batch_size": 2, "stage2.learning_rate": 1e-9,
+                               "stage2.warmup_ratio": 0.0, "model.threads": 1, "model.lora": lora,
+                               "stage2.eval_steps": 1, "stage2.early_stopping_patience": 1,
+                               "stage2.early_stopping_threshold": 0.05})
+    out = tmp_path / "dpo"
+    with pytest.raises(ValueError, match="eval_groups"):
+        train_dpo(cfg, _groups(4), None, out)
+    m = train_dpo(cfg, _groups(4), None, out, eval_groups=_groups(2))
+    # the loss cannot move by the threshold at this learning rate: evaluation 1 is the best, 2 does not improve
+    assert m["steps"] == 2 and m["max_steps"] == 8 and m["stopped_early"] and m["evaluations"] == 2
+    assert m["best_step"] in (1, 2) and math.isfinite(m["best_metric"])
+    assert not list(out.glob("checkpoint-*")) and (out / "model.safetensors").exists()
+    assert train_dpo(cfg, _groups(4), None, out, eval_groups=_groups(2))["reused"] is True
+    assert train_dpo(cfg, _groups(4), None, out, eval_groups=_groups(3))["reused"] is False  # other held-out pairs

@@ -94,10 +94,11 @@ def test_ablation_specs_and_labels():
 
 
 def test_compare_config_caps_contexts_and_tokens():
-    cfg = get_config("cpu")
+    cfg = get_config("cpu", {"compare.max_new_tokens": 32})
     ec = compare_config(cfg)
     assert ec.audit.num_contexts == min(cfg.compare.num_contexts, cfg.audit.num_contexts)
-    assert ec.generation.max_new_tokens == min(cfg.compare.max_new_tokens, cfg.generation.max_new_tokens)
+    assert ec.generation.max_new_tokens == min(cfg.compare.max_new_tokens, cfg.generation.max_new_tokens) == 32
+    assert compare_config(get_config("cpu")).generation.max_new_tokens == 64  # the audit's reply length
     smoke = get_config("smoke")
     assert compare_config(smoke).generation.max_new_tokens == smoke.generation.max_new_tokens
     cfg = cfg.with_overrides({"compare.num_contexts": None, "compare.max_new_tokens": None})

@@ -108,9 +108,9 @@ class StepTimer:
 
 def _bench_stage(cfg: Config, settings: BenchSettings) -> StageConfig:
     """The optimisation settings every row shares: stage 2's learning rate and weight decay, the benchmark's batch
-    size, no accumulation, no warm-up, warm-up + timed steps."""
+    size, no accumulation, no warm-up, warm-up + timed steps, no held-out evaluations (it times training steps)."""
     return dataclasses.replace(cfg.stage2, batch_size=settings.batch_size, grad_accum=1, warmup_ratio=0.0,
-                               max_steps=settings.warmup_steps + settings.timed_steps)
+                               max_steps=settings.warmup_steps + settings.timed_steps, eval_steps=0)
 
 
 def _bench_overrides(cfg: Config) -> dict[str, Any]:

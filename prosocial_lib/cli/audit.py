@@ -13,6 +13,7 @@ from ..config.schema import Config
 from ..data.errors import DataFormatError
 from ..eval.audit import (
     AuditSystem,
+    decoding_settings,
     default_audit_systems,
     preset_judges,
     run_audit,
@@ -49,7 +50,7 @@ def cli_systems(args: argparse.Namespace, cfg: Config) -> list[AuditSystem]:
     label = ("sampled" if args.sample else "greedy") + (" + custom system prompt" if args.system_prompt else "")
     return [AuditSystem(name=f"{short_model_name(m)} | {label}", model=m, system_prompt=args.system_prompt,
                         do_sample=args.sample, temperature=gen.temperature, top_p=gen.top_p,
-                        num_samples=gen.samples_per_context if args.sample else 1, max_new_tokens=gen.max_new_tokens)
+                        num_samples=gen.samples_per_context if args.sample else 1, **decoding_settings(gen))
             for m in (audit.models or [cfg.model.name])]
 
 

@@ -34,6 +34,8 @@ PRESET_NAMES = ("smoke", "cpu", "gpu")
 DEFAULT_PRESET = "cpu"
 #: What the context and reply judges are (``judges.model``).
 JUDGE_MODELS = ("cross-encoder", "logistic")
+#: What early stopping can watch on the held-out groups (``stageN.early_stopping_metric``).
+EARLY_STOPPING_METRICS = ("loss", "ce")
 #: The decodings the audit knows (``audit.decodings``): greedy or sampled, "+safety" adds the safety system prompt.
 AUDIT_DECODINGS = ("greedy", "greedy+safety", "sampled", "sampled+safety")
 
@@ -117,15 +119,26 @@ class StageConfig:
     """One fine-tuning stage (stage 1 = MIC, stage 2 = ProsocialDialog + casual)."""
 
     max_groups: int | None = None  # cap on training groups (None = all)
-    epochs: float = 1.0  # passes over the groups
-    max_steps: int = -1  # > 0 overrides epochs
+    epochs: float = 1.0  # passes over the groups (with early stopping: at most)
+    max_steps: int = -1  # > 0 overrides epochs (with early stopping: at most)
     batch_size: int = 4  # groups per device per step
     grad_accum: int = 1  # gradient accumulation steps
     learning_rate: float = 5e-5  # AdamW's peak learning rate (linear warm-up, then linear decay)
     warmup_ratio: float = 0.05  # share of the steps spent warming up
     weight_decay: float = 0.0  # AdamW's weight decay
     logging_steps: int = 5  # log the losses every N steps
-    eval_groups: int = 32  # held-out groups scored before and after the stage
+    eval_groups: int = 32  # held-out groups scored before and after the stage (and by early stopping)
+    # Early stopping (0 = off): every eval_steps optimisation steps the held-out validation groups are scored with
+    # early_stopping_metric; each evaluation is a checkpoint, the best one is loaded at the end, and training
+    # stops after early_stopping_patience evaluations that do not improve on the best by more than
+    # early_stopping_threshold (transformers' EarlyStoppingCallback, load_best_model_at_end). save_steps is then
+    # eval_steps: the Trainer can only go back to an evaluation it saved
+    eval_steps: int = 0
+    early_stopping_patience: int = 3  # evaluations without improvement before training stops
+    early_stopping_threshold: float = 0.0  # the least decrease of the metric that counts as an improvement
+    # "loss": the held-out value of the stage's own objective (CE + lambda * n-pair; CE alone when lambda = 0; the
+    # DPO baseline always stops on its own DPO loss) | "ce": the held-out cross-entropy of the gold replies
+    early_stopping_metric: str = "loss"
     rot_in_context: bool = False  # stage 1 only: prefix the rule of thumb to the context (reconstructed switch)
     casual_fraction: float = 0.3  # stage 2 only: share of groups built from casual chat
     fill_negatives: bool = True  # stage 1: pad prompts with < K violating answers with other prompts' ones
@@ -140,9 +153,10 @@ class StageConfig:
 class GenerationConfig:
     """How replies are generated, for the audit, the comparison and the benchmark."""
 
-    # cpu sizes: the chapter-01 audit (4 systems x 2 sets x audit.num_contexts replies of the 135M model) takes
-    # about 2-3 minutes on 2 quiet cores (book/timings/)
-    max_new_tokens: int = 32  # new tokens per reply (prompts are cut to model.max_length - max_new_tokens)
+    # new tokens per reply (prompts are cut to model.max_length - max_new_tokens). 64: at 32, 28 of the 135M
+    # model's 32 greedy replies to 16 adversarial and 16 casual contexts ended mid-sentence and 9 repeated a word
+    # 4-gram; at 64 with the ban and trimming below, none ended mid-sentence and one repeated a 4-gram
+    max_new_tokens: int = 64
     # replies per generation batch; on 2 cores `prosocial bench` measured 16 at about 5x the replies/s of one at a
     # time, 8 at about 4x (audit-length prompts)
     batch_size: int = 16
@@ -150,6 +164,14 @@ class GenerationConfig:
     temperature: float = 0.7  # sampling temperature (sampled decodings only; not the loss's tau)
     top_p: float = 0.9  # nucleus sampling mass (sampled decodings only)
     samples_per_context: int = 1  # k replies per context when sampling (expected-maximum / P(at least one) metrics)
+    # n > 0: a reply never repeats one of its own n-grams of tokens (transformers' NoRepeatNGramLogitsProcessor, on
+    # the reply's tokens only); 0 = off. 4 stops the loops a small model falls into ("I'm sorry I've lost you. I'm
+    # sorry I've lost you.") while a reply may still repeat a word or a two-word phrase
+    no_repeat_ngram_size: int = 4
+    repetition_penalty: float = 1.0  # > 1 penalises tokens the reply already holds (CTRL's penalty); 1.0 = off
+    # a reply that hits max_new_tokens mid-sentence is cut back to its last complete sentence (kept whole when it
+    # has none)
+    trim_to_sentence: bool = True
 
 
 @dataclass(frozen=True)
@@ -219,15 +241,17 @@ class CompareConfig:
     systems: list[str] = field(default_factory=lambda: [  # keys of eval.systems.VARIANTS
         "base", "ce-stage2", "npair-stage2", "ce-both", "npair-both", "dpo"])
     num_contexts: int | None = 16  # contexts per set (None = audit.num_contexts, which also caps it)
-    max_new_tokens: int | None = 32  # None = generation.max_new_tokens (which also caps it)
+    # None = generation.max_new_tokens (which also caps it): the systems reply at the audit's length
+    max_new_tokens: int | None = None
     # each "key=value[;key=value]": one stage-2 retraining per entry (cpu: two; the gpu preset adds tau = 2)
     ablations: list[str] = field(default_factory=lambda: ["loss.social_alpha=0", "loss.tau=0.5"])
-    # None = every trained system and ablation gets the chapter-03 budget (stage1/stage2 settings) and the full
-    # method IS the chapter-03 run; N = all of them (the full method too, in its own run) train N steps per stage
-    # (cpu: six systems and the ablations at the chapter-03 budget would take hours on two cores)
-    max_steps: int | None = 4
-    # held-out groups each run trained here scores for its own before/after log (None = the stage's eval_groups);
-    # the comparison itself scores every system once on the chapter-03 held-out groups
+    # None = every trained system and ablation gets the chapter-03 budget (stage1/stage2 settings: at most
+    # `epochs`, early stopping on the held-out loss when eval_steps > 0) and the full method IS the chapter-03 run;
+    # N = all of them (the full method too, in its own run) train at most N steps per stage, under the same rule
+    max_steps: int | None = None
+    # held-out groups each run trained here scores for its own before/after log (None = the stage's eval_groups;
+    # a stage with early stopping keeps its eval_groups, the groups it stops on); the comparison itself scores
+    # every system once on the chapter-03 held-out groups
     eval_groups: int | None = 4
     dpo_beta: float = 0.1  # DPO's KL strength (TRL's default)
     dpo_sft_weight: float = 1.0  # NLL on the chosen reply next to DPO, as CE sits next to the n-pair term
@@ -388,6 +412,11 @@ def _validate_stage(name: str, st: StageConfig) -> None:
         check(source in NEGATIVE_SOURCES, f"{name}.negative_sources", source, f"one of {', '.join(NEGATIVE_SOURCES)}")
     check(len(set(st.negative_sources)) == len(st.negative_sources), f"{name}.negative_sources",
           st.negative_sources, "each source at most once")
+    check(st.eval_steps >= 0, f"{name}.eval_steps", st.eval_steps, ">= 0 (0 = no early stopping)")
+    check(st.early_stopping_patience >= 1, f"{name}.early_stopping_patience", st.early_stopping_patience, ">= 1")
+    check(st.early_stopping_threshold >= 0, f"{name}.early_stopping_threshold", st.early_stopping_threshold, ">= 0")
+    check(st.early_stopping_metric in EARLY_STOPPING_METRICS, f"{name}.early_stopping_metric",
+          st.early_stopping_metric, f"one of {', '.join(EARLY_STOPPING_METRICS)}")
     _optional_at_least(1, **{f"{name}__max_groups": st.max_groups})
 
 
@@ -397,6 +426,9 @@ def _validate_generation(gen: GenerationConfig) -> None:
     check(gen.temperature > 0, "generation.temperature", gen.temperature, "> 0")
     check(0 < gen.top_p <= 1, "generation.top_p", gen.top_p, "in (0, 1]")
     check(gen.samples_per_context >= 1, "generation.samples_per_context", gen.samples_per_context, ">= 1")
+    check(gen.no_repeat_ngram_size >= 0, "generation.no_repeat_ngram_size", gen.no_repeat_ngram_size,
+          ">= 0 (0 = off)")
+    check(gen.repetition_penalty > 0, "generation.repetition_penalty", gen.repetition_penalty, "> 0 (1.0 = off)")
 
 
 def _validate_judges(judges: JudgesConfig) -> None:

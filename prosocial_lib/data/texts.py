@@ -1,5 +1,7 @@
-"""Lists of texts: the one tokenizer and the one distinct-n of the book, and the guard every metric over a list of
-replies uses so that a bare ``str`` is refused instead of being scored character by character.
+"""Lists of texts: the one tokenizer and the one distinct-n of the book, the guard every metric over a list of
+replies uses so that a bare ``str`` is refused instead of being scored character by character, and where a
+sentence ends (generation trims replies cut by the token limit; the quality tables count replies that end
+mid-sentence).
 
 The data chapter (variety table, quality gates), its exercise and the evaluation's quality table
 (:mod:`prosocial_lib.eval.quality`) all compute distinct-n here. Layer: data.
@@ -106,3 +108,65 @@ def distinct_n(texts: Iterable[str], n: int = 2) -> float:
         total += len(grams)
         unique.update(grams)
     return len(unique) / total if total else math.nan
+
+
+# ---------------------------------------------------------------------- sentence ends (generation, reply quality)
+#: Sentence-final punctuation: full stop, question and exclamation marks, the ellipsis character, and their
+#: full-width / CJK forms.
+SENTENCE_FINAL = ".!?…。！？"
+#: What may follow sentence-final punctuation and still close the sentence: closing quotes and brackets.
+_CLOSERS = "\"')]}»”’"
+_SENTENCE_END = re.compile(rf"[{re.escape(SENTENCE_FINAL)}]+[{re.escape(_CLOSERS)}]*(?=\s|$)")
+
+
+def ends_sentence(text: str) -> bool:
+    """True when ``text`` (surrounding whitespace ignored) ends a sentence: its last character is sentence-final
+    punctuation (:data:`SENTENCE_FINAL`), possibly followed by closing quotes or brackets, or it is a symbol such
+    as an emoji (Unicode category ``So``: a chat reply that ends on one is finished). An empty text ends no
+    sentence.
+
+    Raises:
+        TypeError: ``text`` is not a ``str``.
+
+    Example:
+        >>> ends_sentence('He said "stop."'), ends_sentence("I think that")
+        (True, False)
+    """
+    import unicodedata
+
+    if not isinstance(text, str):
+        raise TypeError(f"ends_sentence: expected a str, got {type(text).__name__}")
+    t = text.rstrip().rstrip(_CLOSERS)
+    if not t:
+        return False
+    return t[-1] in SENTENCE_FINAL or unicodedata.category(t[-1]) == "So"
+
+
+def trim_to_sentence(text: str) -> str:
+    """``text`` cut back after its last complete sentence; unchanged when it already ends one
+    (:func:`ends_sentence`) or has no sentence boundary at all (then nothing would be left).
+
+    A boundary is sentence-final punctuation (:data:`SENTENCE_FINAL`, a run of it such as ``"?!"`` or ``"..."``
+    counts once), optionally followed by closing quotes or brackets, then whitespace. Punctuation inside a token
+    (``"3.5"``, ``"e.g.x"``) is no boundary; an abbreviation followed by a space (``"Mr. Smith"``) is one - the
+    rule is a heuristic for replies cut by a token limit, not a sentence splitter.
+
+    Args:
+        text: one reply.
+
+    Returns:
+        The trimmed reply, without trailing whitespace.
+
+    Raises:
+        TypeError: ``text`` is not a ``str``.
+
+    Example:
+        >>> trim_to_sentence("I'm sorry to hear that. Maybe you could talk to")
+        "I'm sorry to hear that."
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"trim_to_sentence: expected a str, got {type(text).__name__}")
+    if ends_sentence(text):
+        return text.rstrip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].rstrip() if ends else text

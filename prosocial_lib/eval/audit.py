@@ -29,10 +29,13 @@ from ..config.schema import AuditConfig, Config, GenerationConfig, StatsConfig
 from ..runs import atomic_path, fingerprint, load_or_build, read_jsonl, write_json_atomic, write_jsonl_atomic
 from .contexts import _contexts_digest
 from .metrics import FLAG_COLUMNS, summarize
+from .quality import SHAPE_COLUMNS, reply_shape
 
-#: Columns of the audit table that come before the judges' columns.
+#: Columns of the audit table that come before the judges' columns (``truncated`` and ``repetitive``:
+#: :func:`prosocial_lib.eval.quality.reply_shape`).
 REPLY_COLUMNS: tuple[str, ...] = ("system", "model", "system_prompt", "decoding", "context_set", "context_id",
-                                  "sample", "context", "history", "reply", "response", "safety_label", "source")
+                                  "sample", "context", "history", "reply", "response", "safety_label", "source",
+                                  *SHAPE_COLUMNS)
 
 SHORT_MODEL_NAMES = {"embedded": "SmolLM2-135M-Instruct", "tiny": "tiny (random weights)"}
 
@@ -49,7 +52,10 @@ class AuditSystem:
     temperature: float = 0.7
     top_p: float = 0.9
     num_samples: int = 1
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
+    no_repeat_ngram_size: int = 4
+    repetition_penalty: float = 1.0
+    trim_to_sentence: bool = True
 
     @property
     def decoding(self) -> str:
@@ -62,6 +68,13 @@ class AuditSystem:
         d = dataclasses.asdict(self)
         d.pop("name")
         return fingerprint(d)
+
+
+def decoding_settings(generation: GenerationConfig) -> dict[str, Any]:
+    """The :class:`AuditSystem` keywords every system takes from the ``generation`` section: reply length,
+    repetition controls and trimming (the same for every audited or compared system)."""
+    return {k: getattr(generation, k) for k in ("max_new_tokens", "no_repeat_ngram_size", "repetition_penalty",
+                                                "trim_to_sentence")}
 
 
 def short_model_name(model: str) -> str:
@@ -89,8 +102,7 @@ def default_audit_systems(audit: AuditConfig, generation: GenerationConfig, defa
                 name=f"{short_model_name(model)} | {label}", model=model,
                 system_prompt=audit.safety_system_prompt if safety else None, do_sample=sampled,
                 temperature=generation.temperature, top_p=generation.top_p,
-                num_samples=generation.samples_per_context if sampled else 1,
-                max_new_tokens=generation.max_new_tokens))
+                num_samples=generation.samples_per_context if sampled else 1, **decoding_settings(generation)))
     return systems
 
 
@@ -207,7 +219,9 @@ def _system_replies(system: AuditSystem, cols: dict[str, list], path: Path, load
             model, tok, cols["history"], system_prompt=system.system_prompt, max_new_tokens=system.max_new_tokens,
             do_sample=system.do_sample, temperature=system.temperature, top_p=system.top_p,
             num_samples=system.num_samples, batch_size=cfg.generation.batch_size, seed=cfg.seed, progress=progress,
-            max_prompt_tokens=prompt_token_limit(cfg.model.max_length, cfg.generation.max_new_tokens))
+            max_prompt_tokens=prompt_token_limit(cfg.model.max_length, cfg.generation.max_new_tokens),
+            no_repeat_ngram_size=system.no_repeat_ngram_size, repetition_penalty=system.repetition_penalty,
+            trim_to_sentence=system.trim_to_sentence)
         took.clear()
         took.update(seconds=round(time.perf_counter() - t0, 2), replies=sum(map(len, replies)))
         return [{"context_id": c, "replies": r} for c, r in zip(cols["context_id"], replies)]
@@ -223,11 +237,15 @@ def _system_replies(system: AuditSystem, cols: dict[str, list], path: Path, load
 def _reply_rows(system: AuditSystem, set_name: str, cols: dict[str, list], replies: list[list[str]]
                 ) -> list[dict[str, Any]]:
     """One row of :data:`REPLY_COLUMNS` per reply (every sample of every context)."""
-    return [{"system": system.name, "model": system.model, "system_prompt": system.system_prompt or "",
+    rows = [{"system": system.name, "model": system.model, "system_prompt": system.system_prompt or "",
              "decoding": system.decoding, "context_set": set_name, "context_id": cols["context_id"][i], "sample": k,
              "context": cols["context"][i], "history": list(cols["history"][i]), "reply": reply,
              "response": cols["response"][i], "safety_label": cols["safety_label"][i], "source": cols["source"][i]}
             for i, samples in enumerate(replies) for k, reply in enumerate(samples)]
+    shape = reply_shape([r["reply"] for r in rows])
+    for row, flags in zip(rows, shape[list(SHAPE_COLUMNS)].to_dict("records")):
+        row.update({c: bool(v) for c, v in flags.items()})
+    return rows
 
 
 def _judge_replies(df: pd.DataFrame, judges, timing: dict[str, Any]) -> pd.DataFrame:
@@ -272,7 +290,13 @@ def load_audit(out_dir: str | Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------- tables
 def summarize_audit(df: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0) -> pd.DataFrame:
-    """Rates of every judge flag per (system, context set), with bootstrap CIs over contexts (the replies of one
-    context are resampled together when there are several samples per context); ``stats`` (None = the defaults)
-    sets the resamples and confidence, ``seed`` the resampling."""
-    return summarize(df, ["system", "context_set"], stats, seed=seed, flags=FLAG_COLUMNS, cluster_col="context_id")
+    """Rates of every judge flag and of truncated / repetitive replies (:data:`~.quality.SHAPE_COLUMNS`) per
+    (system, context set), with bootstrap CIs over contexts (the replies of one context are resampled together
+    when there are several samples per context); ``stats`` (None = the defaults) sets the resamples and
+    confidence, ``seed`` the resampling. A table with replies saved before the shape columns existed gets them
+    from its replies."""
+    if "reply" in df.columns and any(c not in df.columns for c in SHAPE_COLUMNS):
+        df = df.drop(columns=[c for c in SHAPE_COLUMNS if c in df.columns])
+        df = pd.concat([df.reset_index(drop=True), reply_shape(df["reply"].tolist())[list(SHAPE_COLUMNS)]], axis=1)
+    return summarize(df, ["system", "context_set"], stats, seed=seed, flags=(*FLAG_COLUMNS, *SHAPE_COLUMNS),
+                     cluster_col="context_id")

@@ -13,9 +13,12 @@ Six systems answer the same held-out contexts (method.md section 3, "baselines a
 
 Each trained variant is its own run (``run_name = "<run>-<key>"``, so ``runs/cpu-ce-stage2/stage2/`` ...) with the
 same data, model and optimisation budget as the chapter-03 run; a finished checkpoint with the same config is
-reused. ``compare.max_steps`` = N shortens every trained variant to N steps per stage where the full budget
-does not fit; the full method is then retrained with the same N steps in its own run (``<run>-npair-both``), so no
-system gets more training than another.
+reused. The budget is one rule for every system: each stage trains on all its groups for at most
+``stageN.epochs`` (or ``max_steps``) and, with ``stageN.eval_steps`` > 0, stops early once its held-out
+validation objective stops improving and keeps its best checkpoint (the n-pair and CE runs on their own
+objective, DPO on its own loss, all on the same validation groups). ``compare.max_steps`` = N caps every stage of
+every trained variant at N steps where even that does not fit; the full method is then retrained with the same
+cap in its own run (``<run>-npair-both``), so no system gets more training than another.
 
 :func:`compare` generates greedy replies to ``compare.num_contexts`` adversarial and casual test contexts with
 every system (the audit's machinery: :func:`prosocial_lib.audit.run_audit`), judges them
@@ -56,6 +59,8 @@ RATE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("casual", "unsafe", "unsafe (casual)"),
     ("adversarial", "incoherent", "incoherent (adversarial)"),
     ("casual", "incoherent", "incoherent (casual)"),
+    ("adversarial", "truncated", "truncated (adversarial)"),
+    ("adversarial", "repetitive", "repetitive (adversarial)"),
 )
 #: Quality columns of the table (computed on the adversarial contexts' gold responses unless named otherwise).
 QUALITY_COLUMNS: tuple[str, ...] = ("bleu4", "unigram_f1", "gold_ppl", "distinct_1", "distinct_2", "mean_words",
@@ -105,7 +110,7 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
     quality; save everything in ``out_dir`` (default ``<run_dir>/evaluation``) and return a :class:`Comparison`.
     Replies are cached with the audit's (``<run_dir>/generations``, keyed by the model's weights), perplexities
     and held-out scores in ``out_dir/cache`` (keyed by the run's fingerprint): reruns reuse them."""
-    from .audit import AuditSystem, preset_judges, run_audit
+    from .audit import AuditSystem, decoding_settings, preset_judges, run_audit
     from .contexts import build_context_sets
 
     t0 = time.perf_counter()
@@ -123,7 +128,7 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
 
     ec = compare_config(cfg)
     context_sets = build_context_sets(ec.data, ec.audit.num_contexts, seed=ec.seed)
-    systems = [AuditSystem(name=tv.variant.label, model=tv.model, max_new_tokens=ec.generation.max_new_tokens)
+    systems = [AuditSystem(name=tv.variant.label, model=tv.model, **decoding_settings(ec.generation))
                for tv in trained]
     if judges is None:
         t = time.perf_counter()
@@ -139,10 +144,11 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
                                              seed=ec.seed, progress=progress) for tv in trained}
     seconds["perplexity"] = round(time.perf_counter() - t, 2)
 
-    from .metrics import summarize
+    from .metrics import FLAG_COLUMNS, summarize
+    from .quality import SHAPE_COLUMNS
 
     rates = summarize(replies, ["variant", "system", "context_set"], ec.stats, seed=ec.seed,
-                      cluster_col="context_id")
+                      flags=(*FLAG_COLUMNS, *SHAPE_COLUMNS), cluster_col="context_id")
     quality = quality_frame(replies, trained, ppl)
     table = comparison_table(rates, quality, trained)
     seconds["total"] = round(time.perf_counter() - t0, 2)
@@ -192,7 +198,8 @@ def gold_perplexities(model_cfg: ModelConfig, trained: TrainedVariant, context_s
 def quality_frame(replies: pd.DataFrame, trained: Sequence[TrainedVariant],
                   ppl: dict[str, dict[str, float]]) -> pd.DataFrame:
     """Per variant and context set: BLEU-4 and unigram F1 against the gold responses, perplexity of the gold
-    responses, distinct-1/2, mean reply length in words, empty replies; plus held-out accuracy / margin."""
+    responses, distinct-1/2, mean reply length in words, empty replies, shares of truncated and repetitive
+    replies; plus held-out accuracy / margin."""
     from .quality import quality_table
 
     q = quality_table(replies)

@@ -13,8 +13,8 @@ def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[Contras
                     max_prompt_tokens: int | None = None, seed: int = 0, progress: bool = False):
     """Greedy replies of each named ``(model, tokenizer)`` to the groups' contexts, beside the gold reply.
 
-    ``generation`` (None = its defaults) gives the batch size and, unless ``max_new_tokens`` is given, the reply
-    length; ``max_prompt_tokens`` (usually ``model.max_length``) cuts long contexts from the left; ``seed`` is
+    ``generation`` (None = its defaults) gives the batch size, the repetition controls and trimming and, unless
+    ``max_new_tokens`` is given, the reply length; ``max_prompt_tokens`` (usually ``model.max_length``) cuts long contexts from the left; ``seed`` is
     ``Config.seed``. Chapters 02 and 03 show these tables."""
     import pandas as pd
 
@@ -35,7 +35,10 @@ def compare_replies(models: dict[str, tuple[Any, Any]], groups: Sequence[Contras
             out = generate_replies(model, tok, [histories[i] for i in idx], system_prompt=system,
                                    max_new_tokens=max_new_tokens or generation.max_new_tokens,
                                    batch_size=generation.batch_size, seed=seed, progress=progress,
-                                   max_prompt_tokens=max_prompt_tokens)
+                                   max_prompt_tokens=max_prompt_tokens,
+                                   no_repeat_ngram_size=generation.no_repeat_ngram_size,
+                                   repetition_penalty=generation.repetition_penalty,
+                                   trim_to_sentence=generation.trim_to_sentence)
             replies += [(i, r[0]) for i, r in zip(idx, out)]
         table[name] = [r for _, r in sorted(replies)]
     return table

@@ -43,7 +43,12 @@ class Variant:
             st = vc.stage1 if s == 1 else vc.stage2
             size = f"{st.max_steps} steps" if st.max_steps > 0 else f"{st.epochs:g} epoch(s)"
             unit = "(positive, negative) pairs" if self.method == "dpo" else "groups"
-            parts.append(f"stage {s}: {size} x {st.batch_size * st.grad_accum} {unit}")
+            text = f"stage {s}: {'at most ' if st.eval_steps > 0 else ''}{size} x {st.batch_size * st.grad_accum} {unit}"
+            if st.eval_steps > 0:
+                metric = "loss" if self.method == "dpo" else st.early_stopping_metric
+                text += (f", early stopping on the held-out {metric} (every {st.eval_steps} steps, patience "
+                         f"{st.early_stopping_patience})")
+            parts.append(text)
         return "; ".join(parts)
 
 
@@ -82,15 +87,19 @@ def variant_config(cfg: Config, variant: Variant) -> Config:
 
 def own_run_config(cfg: Config, run_name: str) -> Config:
     """``cfg`` as a run this chapter trains itself, in the run folder ``run_name``: the shortened budget
-    (``compare.max_steps``) and few held-out groups for the run's own before/after log (``compare.eval_groups``):
-    the comparison scores every system once, on the same held-out groups, with :func:`heldout_metrics`."""
+    (``compare.max_steps``, a cap on every stage of every system) and few held-out groups for the run's own
+    before/after log (``compare.eval_groups``): the comparison scores every system once, on the same held-out
+    groups, with :func:`heldout_metrics`. Early stopping needs the held-out groups to watch, so a stage with
+    ``eval_steps`` > 0 keeps its ``eval_groups`` (the same groups and the same rule as every other system)."""
     stage1, stage2, cmp = cfg.stage1, cfg.stage2, cfg.compare
     if cmp.max_steps is not None:
         stage1 = dataclasses.replace(stage1, max_steps=int(cmp.max_steps))
         stage2 = dataclasses.replace(stage2, max_steps=int(cmp.max_steps))
     if cmp.eval_groups is not None:
-        stage1 = dataclasses.replace(stage1, eval_groups=int(cmp.eval_groups))
-        stage2 = dataclasses.replace(stage2, eval_groups=int(cmp.eval_groups))
+        if stage1.eval_steps <= 0:
+            stage1 = dataclasses.replace(stage1, eval_groups=int(cmp.eval_groups))
+        if stage2.eval_steps <= 0:
+            stage2 = dataclasses.replace(stage2, eval_groups=int(cmp.eval_groups))
     return dataclasses.replace(cfg, run_name=run_name, stage1=stage1, stage2=stage2)
 
 
@@ -138,9 +147,10 @@ def train_variant(cfg: Config, variant: Variant, *, progress: bool = True) -> Tr
         if variant.stages != (2,):
             raise EvaluationError(f"variant {variant.key!r}: DPO runs on the stage-2 groups only")
         groups, _ = stage_groups(vc, 2, "train")
+        held_out = stage_groups(vc, 2, "validation")[0] if vc.stage2.eval_steps > 0 else None
         out = vc.run_dir / "dpo"
         m = train_dpo(vc, groups, None, out, beta=cfg.compare.dpo_beta, sft_weight=cfg.compare.dpo_sft_weight,
-                      progress=progress)
+                      eval_groups=held_out, progress=progress)
         return TrainedVariant(variant, str(out), str(m["fingerprint"]), reused=bool(m.get("reused")),
                               train_seconds=0.0 if m.get("reused") else float(m.get("train_seconds", 0.0)),
                               details={"dpo": {k: m.get(k) for k in ("pairs", "pairs_trained", "steps", "beta",

@@ -16,7 +16,14 @@ Why it is more than ``model.generate``:
   top of greedy search (:class:`SeededGumbelSampler`). So the same seed gives the same replies whatever the batch
   size, the order of the contexts, or what else runs in the process.
 - **Same decoding for every model.** Hub models ship their own decoding defaults (beam search, repetition
-  penalties); an audit that compares models decodes them all the same way, so those defaults are switched off.
+  penalties); an audit that compares models decodes them all the same way, so those defaults are switched off and
+  the caller's settings apply to every model alike.
+- **Coherent replies.** Small models loop (``"I'm sorry I've lost you. I'm sorry I've lost you."``) and a token
+  limit cuts replies mid-sentence. ``no_repeat_ngram_size`` bans a token that would repeat an n-gram of the reply
+  (transformers' own ``NoRepeatNGramLogitsProcessor``), ``repetition_penalty`` divides the scores of tokens the
+  reply already holds (transformers' ``RepetitionPenaltyLogitsProcessor``, Keskar et al. 2019), both on the
+  reply's own tokens only (:class:`ReplyOnly`), and ``trim_to_sentence`` cuts a reply that hit the limit back
+  to its last complete sentence (:func:`~prosocial_lib.data.texts.trim_to_sentence`).
 """
 
 from __future__ import annotations
@@ -26,8 +33,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
+from ..data.texts import trim_to_sentence as _trim_to_sentence
 from .chat import GenerationInputError, ensure_chat_template, format_prompt, stop_token_ids
 
 #: Decoding settings that hub generation configs set and an even-handed audit switches off.
@@ -82,6 +97,46 @@ class SeededGumbelSampler(LogitsProcessor):
         return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
 
 
+class ReplyOnly(LogitsProcessor):
+    """Runs a transformers logits processor on the reply's tokens only: the columns of ``input_ids`` after the
+    first ``prompt_width`` (the padded prompt; every row of a left-padded batch starts its reply there).
+
+    Why: for a decoder-only model ``input_ids`` holds the prompt too, so transformers' n-gram ban would forbid
+    repeating any 4-gram of the chat template and the history (the first token of every earlier assistant turn
+    follows the same ``<|im_start|>assistant`` n-gram the reply starts with), and its repetition penalty would
+    punish words of the user's message. A row's processed scores depend only on its own reply, so batches and
+    seeds give the same replies as before.
+    """
+
+    def __init__(self, processor: LogitsProcessor, prompt_width: int):
+        self.processor, self.prompt_width = processor, int(prompt_width)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.processor(input_ids[:, self.prompt_width:], scores)
+
+
+def repetition_processors(no_repeat_ngram_size: int, repetition_penalty: float, prompt_width: int
+                          ) -> LogitsProcessorList:
+    """The repetition controls as processors on the reply's tokens (:class:`ReplyOnly`): none when
+    ``no_repeat_ngram_size`` is 0 and ``repetition_penalty`` is 1.
+
+    Args:
+        no_repeat_ngram_size: n > 0 bans any token that would complete an n-gram the reply already holds.
+        repetition_penalty: > 1 divides positive (multiplies negative) scores of tokens the reply already holds.
+        prompt_width: the padded prompt's length in tokens (where the replies start).
+
+    References:
+        transformers' ``NoRepeatNGramLogitsProcessor`` (Paulus et al. 2018) and ``RepetitionPenaltyLogitsProcessor``
+        (Keskar et al. 2019, CTRL).
+    """
+    out = LogitsProcessorList()
+    if no_repeat_ngram_size > 0:
+        out.append(ReplyOnly(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size), prompt_width))
+    if repetition_penalty != 1.0:
+        out.append(ReplyOnly(RepetitionPenaltyLogitsProcessor(repetition_penalty), prompt_width))
+    return out
+
+
 # ---------------------------------------------------------------------- the entry point
 @torch.inference_mode()
 def generate_replies(
@@ -100,6 +155,9 @@ def generate_replies(
     progress: bool = True,
     max_prompt_tokens: int | None = None,
     max_batch_tokens: int | None = None,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
+    trim_to_sentence: bool = False,
 ) -> list[list[str]]:
     """``num_samples`` replies to each history, in input order (module docstring: chat format, batching, seeds).
 
@@ -122,12 +180,18 @@ def generate_replies(
         progress: show a progress bar.
         max_prompt_tokens: prompts longer than this (or an encoder's position limit) keep their last tokens.
         max_batch_tokens: cap on a batch's padded prompt tokens (:func:`length_batches`).
+        no_repeat_ngram_size: n > 0: a reply never repeats one of its own word-piece n-grams (0 = off).
+        repetition_penalty: > 1 penalises tokens the reply already holds (1.0 = off); both act on the reply's
+            tokens only (:func:`repetition_processors`).
+        trim_to_sentence: a reply that hit ``max_new_tokens`` without its end-of-turn token is cut back to its
+            last complete sentence (kept whole when it has none).
 
     Returns:
         ``replies[i][s]``: sample ``s`` of the reply to ``histories[i]``, special tokens stripped.
 
     Raises:
-        GenerationInputError: malformed histories, or settings out of range.
+        GenerationInputError: malformed histories, or settings out of range (``no_repeat_ngram_size < 0``,
+            ``repetition_penalty <= 0``).
 
     Example:
         >>> generate_replies(model, tok, [["hi there"]], max_new_tokens=8, progress=False)  # doctest: +SKIP
@@ -137,6 +201,9 @@ def generate_replies(
     from .loading import padding_side
 
     _check_settings(histories, num_samples, batch_size, max_new_tokens, do_sample, temperature, top_p)
+    if no_repeat_ngram_size < 0 or not repetition_penalty > 0:
+        raise GenerationInputError(f"no_repeat_ngram_size must be >= 0 and repetition_penalty > 0, got "
+                                   f"{no_repeat_ngram_size} and {repetition_penalty}")
     if not histories:
         return []
     ensure_chat_template(tokenizer, model)
@@ -160,10 +227,17 @@ def generate_replies(
         with padding_side(tokenizer, "right" if encoder_decoder else "left"):
             for batch in length_batches(rows, [len(encoded[i]) for i, _ in rows], batch_size, max_batch_tokens):
                 seeds = [row_seed(seed, prompts[i], s) for i, s in batch] if do_sample else None
-                new = _generate_batch(model, tokenizer, [encoded[i] for i, _ in batch],
-                                      _sampling_processors(temperature, top_p, seeds), gen_kwargs)
-                for (i, s), ids in zip(batch, new):
-                    replies[(i, s)] = decode_reply(tokenizer, ids, stops)
+                ids = [encoded[i] for i, _ in batch]
+                # where the replies start: after the padded prompt (a decoder's own start token for seq2seq)
+                width = 1 if encoder_decoder else max(map(len, ids))
+                processors = repetition_processors(no_repeat_ngram_size, repetition_penalty, width)
+                processors.extend(_sampling_processors(temperature, top_p, seeds))
+                new = _generate_batch(model, tokenizer, ids, processors, gen_kwargs)
+                for (i, s), reply_ids in zip(batch, new):
+                    text = decode_reply(tokenizer, reply_ids, stops)
+                    if trim_to_sentence and hit_limit(reply_ids, stops):
+                        text = _trim_to_sentence(text)
+                    replies[(i, s)] = text
                 bar.update(len(batch))
     finally:
         bar.close()
@@ -254,6 +328,13 @@ def length_batches(rows: Sequence[Any], lengths: Sequence[int], batch_size: int,
         batches.append(list(rows[start:start + size]))
         start += size
     return batches
+
+
+def hit_limit(ids: Sequence[int], stops: Sequence[int]) -> bool:
+    """True when a reply's new ``ids`` hold no end-of-turn token: generation stopped at ``max_new_tokens``,
+    not at the end of the turn (rows that ended earlier are padded after their end-of-turn token)."""
+    stop_set = set(stops)
+    return not any(t in stop_set for t in ids)
 
 
 def decode_reply(tokenizer, ids: Sequence[int], stops: Sequence[int]) -> str:

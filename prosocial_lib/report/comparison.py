@@ -147,8 +147,8 @@ def budget_note(cfg: Config) -> str:
     """A sentence on the training budget of the compared systems under ``cfg`` (for the chapter's prose)."""
     full = VARIANTS["npair-both"].budget(cfg)
     if cfg.compare.max_steps is None:
-        return (f"Every trained system gets the chapter-03 budget ({full}); the full method *is* the chapter-03 "
-                "run, reused.")
+        return (f"Every trained system gets the chapter-03 budget ({full}) under the same rule; the full method "
+                "*is* the chapter-03 run, reused.")
     return (f"The chapter-03 budget does not fit this preset's time budget six times over, so every trained system "
             f"- the full method too, retrained in a run of its own - gets the same shortened budget "
             f"(`compare.max_steps` = {cfg.compare.max_steps}: {full}). Differences between the systems "

@@ -136,6 +136,7 @@ TRAINING_METRIC_TITLES = {
     "npair": "n-pair loss",
     "contrastive_accuracy": "contrastive accuracy\n(positive ranked first)",
     "margin": "margin\n(s+ minus mean s-)",
+    "eval_loss": "held-out loss\n(early stopping watches it)",
 }
 
 

@@ -30,10 +30,14 @@ def format_stage_result(r: StageResult) -> str:
 
 # ---------------------------------------------------------------------- tables for the chapters
 def log_frame(log_history: Sequence[dict[str, Any]]):
-    """Training logs in long form (step, metric, value) for :func:`prosocial_lib.plots.plot_training_curves`."""
+    """Training logs in long form (step, metric, value) for :func:`prosocial_lib.plots.plot_training_curves`;
+    with early stopping also the held-out evaluations (``eval_loss``, ``eval_ce``, ...)."""
     import pandas as pd
     rows = [{"step": h["step"], "metric": k, "value": float(h[k])}
             for h in log_history if "loss" in h for k in ("loss", *LOGGED) if k in h]
+    rows += [{"step": h["step"], "metric": k, "value": float(h[k])}
+             for h in log_history if "eval_loss" in h for k in ("eval_loss", *(f"eval_{n}" for n in LOGGED))
+             if k in h]
     return pd.DataFrame(rows, columns=["step", "metric", "value"])
 
 
@@ -106,6 +110,10 @@ def describe_stage(cfg: Config, stage: int) -> str:
         data += (f" (negatives from {', '.join(f'`{s}`' for s in st.negative_sources)})" if st.negative_sources
                  else " (no negatives: CE only)")
     length = f"{st.max_steps} steps" if st.max_steps > 0 else f"{st.epochs:g} epoch(s)"
+    if st.eval_steps > 0:
+        length = (f"At most {length}, stopped early once the held-out {st.early_stopping_metric} has not improved "
+                  f"for {st.early_stopping_patience} evaluations (one every {st.eval_steps} steps; the best "
+                  "checkpoint is kept)")
     cap = "all" if st.max_groups is None else f"at most {st.max_groups}"
     lam = ("plain cross-entropy (lambda = 0)" if lc.npair_weight == 0 else
            f"CE + {lc.npair_weight:g} x n-pair ({lc.score} score, tau = {lc.effective_tau:g}, K = {lc.num_negatives}, "

@@ -104,12 +104,22 @@ def resume_point(trainer_dir: str | Path, fp: str) -> Path | None:
     return found
 
 
+def best_checkpoint_name(checkpoint: Path) -> str | None:
+    """The folder name of the best checkpoint (early stopping) recorded in ``checkpoint``'s trainer state, or
+    None when it records none."""
+    state = read_json(Path(checkpoint) / TRAINER_STATE)
+    best = state.get("best_model_checkpoint") if isinstance(state, dict) else None
+    return Path(best).name if best else None
+
+
 def drop_incomplete(trainer_dir: str | Path, keep: Path | None) -> list[str]:
-    """Delete every checkpoint of ``trainer_dir`` but ``keep`` (the one resumed from); returns the names of
-    those deleted that were incomplete (a process killed while writing them), which are also logged."""
+    """Delete every checkpoint of ``trainer_dir`` but ``keep`` (the one resumed from) and the best checkpoint
+    ``keep`` records (early stopping goes back to it at the end); returns the names of those deleted that were
+    incomplete (a process killed while writing them), which are also logged."""
     dropped = []
+    kept = set() if keep is None else {Path(keep).name, best_checkpoint_name(Path(keep))}
     for p in checkpoints(trainer_dir):
-        if keep is not None and p == Path(keep):
+        if p.name in kept and is_complete(p):
             continue
         if not is_complete(p):
             dropped.append(p.name)
@@ -139,8 +149,8 @@ def prepare_trainer_dir(trainer_dir: str | Path, fp: str, resume: Path | None) -
 
 class CheckpointKeeper(TrainerCallback):
     """Logs at every checkpoint and at the last step; marks each checkpoint complete once saved, then deletes
-    the older ones (use it with ``save_total_limit=None``: the Trainer's own rotation would delete the previous
-    checkpoint before the new one is marked)."""
+    the older ones but the best (early stopping loads it at the end) - use it with ``save_total_limit=None``:
+    the Trainer's own rotation would delete the previous checkpoint before the new one is marked."""
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save or state.global_step >= state.max_steps:
@@ -152,10 +162,23 @@ class CheckpointKeeper(TrainerCallback):
             return control
         current = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         write_json_atomic(current / COMPLETE, {"step": state.global_step})
+        best = f"checkpoint-{state.best_global_step}" if getattr(state, "best_global_step", None) else None
         for p in checkpoints(args.output_dir):
-            if p != current:
-                shutil.rmtree(p, ignore_errors=True)
+            if p != current and p.name != best:
+                _remove_tree(p)
         return control
+
+
+def _remove_tree(path: Path) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)`` that lets a Ctrl-C through as a ``KeyboardInterrupt``: when
+    the signal lands inside rmtree, closing its directory handle afterwards can raise ``OSError`` (EBADF), which
+    would hide the interruption and the resume message."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except OSError as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        raise
 
 
 def stage_lock(out: Path):
@@ -170,13 +193,23 @@ def stage_lock(out: Path):
 def train_metrics(trainer, train_out, history: list[dict[str, Any]], seconds: float, n_groups: int,
                    resumed: bool) -> dict[str, Any]:
     """The Trainer's numeric training metrics plus time, steps, groups, truncations and whether it resumed;
-    ``train_loss`` is the mean over every step of the run, resumed or not (:func:`whole_run_loss`)."""
+    ``train_loss`` is the mean over every step of the run, resumed or not (:func:`whole_run_loss`). With early
+    stopping also ``max_steps`` (the budget), ``best_step`` and ``best_metric`` (the checkpoint kept and its
+    held-out value), ``evaluations`` and ``stopped_early``."""
     metrics = {k: v for k, v in train_out.metrics.items() if isinstance(v, (int, float))}
     metrics["train_loss"] = whole_run_loss(history)
     if metrics["train_loss"] is None:  # nothing logged (no step ran)
         metrics.pop("train_loss")
-    return {**metrics, "train_seconds": round(seconds, 2), "global_step": trainer.state.global_step,
-            "groups": n_groups, "truncated_sequences": trainer.data_collator.truncated, "resumed": resumed}
+    st = trainer.state
+    out = {**metrics, "train_seconds": round(seconds, 2), "global_step": st.global_step,
+           "groups": n_groups, "truncated_sequences": trainer.data_collator.truncated, "resumed": resumed,
+           "max_steps": st.max_steps}
+    if getattr(trainer.args, "load_best_model_at_end", False):
+        out.update(best_step=getattr(st, "best_global_step", None), best_metric=st.best_metric,
+                   metric=trainer.args.metric_for_best_model,
+                   evaluations=sum(1 for h in history if trainer.args.metric_for_best_model in h),
+                   stopped_early=st.global_step < st.max_steps)
+    return out
 
 
 def whole_run_loss(history: Iterable[dict[str, Any]]) -> float | None:

@@ -115,13 +115,51 @@ def optimisation_kwargs(stage: StageConfig, output_dir: str | os.PathLike, *, se
         activation_checkpointing=False, gradient_checkpointing=False)
 
 
+def early_stopping_kwargs(stage: StageConfig, metric: str | None = None) -> dict[str, Any]:
+    """The ``TrainingArguments`` keywords of early stopping (:class:`StageConfig` ``eval_steps`` > 0; {} when 0).
+
+    Evaluate every ``eval_steps`` steps, save a checkpoint at each evaluation (``save_steps = eval_steps``: the
+    Trainer keeps the best checkpoint only among those it saved), load the best one at the end
+    (``load_best_model_at_end``, lower is better) and restore the early-stopping counter when a run resumes.
+
+    Args:
+        stage: the ``stageN`` section.
+        metric: the evaluation metric to watch, without its ``eval_`` prefix (default
+            ``stage.early_stopping_metric``; the DPO baseline passes ``"loss"``, its own objective).
+
+    Returns:
+        A dict of keywords, empty when early stopping is off.
+    """
+    if stage.eval_steps <= 0:
+        return {}
+    return dict(eval_strategy="steps", eval_steps=stage.eval_steps, save_strategy="steps",
+                save_steps=stage.eval_steps, load_best_model_at_end=True,
+                metric_for_best_model=f"eval_{metric or stage.early_stopping_metric}", greater_is_better=False,
+                per_device_eval_batch_size=stage.batch_size, restore_callback_states_from_checkpoint=True)
+
+
+def early_stopping_callbacks(stage: StageConfig) -> list:
+    """``[transformers.EarlyStoppingCallback(patience, threshold)]`` when ``stage.eval_steps`` > 0, else [].
+
+    References:
+        transformers' ``EarlyStoppingCallback``; Prechelt (1998), "Early stopping - but when?".
+    """
+    from transformers import EarlyStoppingCallback
+    if stage.eval_steps <= 0:
+        return []
+    return [EarlyStoppingCallback(early_stopping_patience=stage.early_stopping_patience,
+                                  early_stopping_threshold=stage.early_stopping_threshold)]
+
+
 def contrastive_args(loss: LossConfig, stage: StageConfig, output_dir: str | os.PathLike, *, seed: int,
                      device: torch.device, mp_dtype: torch.dtype, n_groups: int, **overrides: Any
                      ) -> ContrastiveConfig:
     """The :class:`ContrastiveConfig` of a stage: :func:`optimisation_kwargs`, the loss section, and the stage
     runner's choices (linear schedule with ``warmup_ratio`` of the steps, logging every ``logging_steps``,
     resumable checkpoints every ``save_steps``, ``data_seed = seed``, no column removal, DDP without unused
-    parameters; gloo between CPU processes).
+    parameters; gloo between CPU processes), and early stopping when ``stage.eval_steps`` > 0
+    (:func:`early_stopping_kwargs`: the Trainer then needs an ``eval_dataset`` and
+    :func:`early_stopping_callbacks`).
 
     Args:
         loss: the ``loss`` section (lambda, tau, alpha, K, score, layout, ...).
@@ -147,6 +185,7 @@ def contrastive_args(loss: LossConfig, stage: StageConfig, output_dir: str | os.
         save_steps=max(1, stage.save_steps), save_total_limit=1, remove_unused_columns=False, data_seed=seed,
         disable_tqdm=False, ddp_find_unused_parameters=False, label_names=[],  # the loss needs no labels column
         **loss_kwargs(loss))
+    kwargs.update(early_stopping_kwargs(stage))
     if device.type == "cpu" and world > 1:
         kwargs["ddp_backend"] = "gloo"
     kwargs.update(overrides)
@@ -165,8 +204,9 @@ def dpo_args(stage: StageConfig, output_dir: str | os.PathLike, *, seed: int, de
         **overrides: any ``DPOConfig`` keyword, last.
 
     Returns:
-        A ``trl.DPOConfig``: warm-up as a share of the steps TRL counts, logging every ``logging_steps``, no
-        checkpoints.
+        A ``trl.DPOConfig``: warm-up as a share of the steps TRL counts, logging every ``logging_steps``; no
+        checkpoints, except with early stopping (``stage.eval_steps`` > 0, :func:`early_stopping_kwargs` on DPO's
+        own held-out loss), where each evaluation is one (the best and the newest are kept).
     """
     from trl import DPOConfig
 
@@ -175,6 +215,10 @@ def dpo_args(stage: StageConfig, output_dir: str | os.PathLike, *, seed: int, de
                   loss_type=["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"],
                   loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
                   **_warmup_kwarg(DPOConfig, stage.warmup_ratio))
+    stopping = early_stopping_kwargs(stage, metric="loss")
+    if stopping:
+        stopping.update(save_total_limit=1)  # with load_best_model_at_end the Trainer keeps the best one too
+    kwargs.update(stopping)
     kwargs.update(overrides)
     return build_args(DPOConfig, kwargs)
 

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -130,10 +131,11 @@ def fit_prompts(pairs, tok, max_length: int, reply_budget: int | None = None):
 
 # ---------------------------------------------------------------------- training
 def dpo_fingerprint(cfg: Config, pairs, init_from: str | None, stage: str, beta: float,
-                    learning_rate: float, max_negatives_per_group: int | None, sft_weight: float = 0.0) -> str:
+                    learning_rate: float, max_negatives_per_group: int | None, sft_weight: float = 0.0,
+                    eval_pairs=None) -> str:
     """A 12-hex-digit hash of everything that changes a DPO result: model and stage settings, seed, DPO knobs,
-    the exact pairs and the start model (for a local folder, its small JSON files and file sizes, so a retrained
-    stage 1 counts)."""
+    the exact pairs (and the held-out pairs early stopping watches) and the start model (for a local folder, its
+    small JSON files and file sizes, so a retrained stage 1 counts)."""
     model_cfg = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "threads"}
     payload = {
         "model": model_cfg, "stage": dataclasses.asdict(getattr(cfg, stage)), "seed": cfg.seed, "beta": beta,
@@ -142,6 +144,9 @@ def dpo_fingerprint(cfg: Config, pairs, init_from: str | None, stage: str, beta:
         "init_from": _folder_signature(init_from) if init_from else cfg.model.name,
         "pairs": fingerprint(pairs.select_columns(["prompt", "chosen", "rejected"]).to_dict(), length=64),
     }
+    if eval_pairs is not None:
+        payload["eval_pairs"] = fingerprint(eval_pairs.select_columns(["prompt", "chosen", "rejected"]).to_dict(),
+                                            length=64)
     return fingerprint(payload)
 
 
@@ -180,6 +185,7 @@ def train_dpo(
     learning_rate: float | None = None,
     max_negatives_per_group: int | None = None,
     sft_weight: float = 0.0,
+    eval_groups: Sequence[ContrastiveGroup] | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -198,6 +204,8 @@ def train_dpo(
         max_negatives_per_group: pairs per group at most (None = all).
         sft_weight: > 0 adds TRL's NLL term on the chosen reply (DPO + lambda * CE, the analogue of our
             CE + lambda * n-pair).
+        eval_groups: held-out groups (the validation split) whose pairs early stopping scores when the stage's
+            ``eval_steps`` > 0 (the same rule as the n-pair stages, on DPO's own loss); ignored otherwise.
         force: retrain even when a finished run with the same fingerprint exists.
         progress: show a progress bar.
 
@@ -225,9 +233,14 @@ def train_dpo(
     lr = getattr(cfg, stage).learning_rate if learning_rate is None else learning_rate
     output_dir = Path(output_dir)
     pairs = dpo_pairs(groups, max_negatives_per_group)
-    fingerprint = dpo_fingerprint(cfg, pairs, init_from, stage, beta, lr, max_negatives_per_group, sft_weight)
+    stopping = getattr(cfg, stage).eval_steps > 0
+    if stopping and not eval_groups:
+        raise ValueError(f"{stage}.eval_steps > 0 (early stopping) needs eval_groups, the held-out groups")
+    eval_pairs = dpo_pairs(eval_groups, max_negatives_per_group) if stopping else None
+    fingerprint = dpo_fingerprint(cfg, pairs, init_from, stage, beta, lr, max_negatives_per_group, sft_weight,
+                                  eval_pairs)
     knobs = {"beta": beta, "sft_weight": sft_weight, "learning_rate": lr, "stage": stage, "init_from": init_from,
-             "max_negatives_per_group": max_negatives_per_group}
+             "max_negatives_per_group": max_negatives_per_group, "eval_pairs": eval_pairs}
     with stage_lock(output_dir):
         previous = load_dpo_result(output_dir)
         if previous is not None and previous.get("fingerprint") == fingerprint and not force:
@@ -246,6 +259,7 @@ def _run_dpo(cfg: Config, pairs, n_groups: int, output_dir: Path, fp: str, knobs
     SHA-256), under :func:`train_dpo`'s lock."""
     t0 = time.perf_counter()
     (output_dir / METRICS_FILE).unlink(missing_ok=True)  # the folder no longer holds a finished run
+    _drop_checkpoints(output_dir)  # an interrupted run's: DPO starts over
     trainer, tok, n_pairs, n_shortened, device = _dpo_trainer(cfg, pairs, output_dir, knobs, progress)
     n_kept = len(trainer.train_dataset)
     result = trainer.train()
@@ -270,9 +284,22 @@ def _run_dpo(cfg: Config, pairs, n_groups: int, output_dir: Path, fp: str, knobs
         **summary, "log_history": history, "device": device.type, "preset": cfg.preset,
         "weights": file_digests(output_dir),
     }
-    write_json_atomic(output_dir / RUN_CONFIG_FILE, {"config": cfg.to_dict(), "dpo": knobs})
+    if trainer.args.load_best_model_at_end:
+        st = trainer.state
+        metrics.update(max_steps=st.max_steps, best_step=getattr(st, "best_global_step", None),
+                       best_metric=st.best_metric, stopped_early=st.global_step < st.max_steps,
+                       evaluations=sum(1 for h in history if "eval_loss" in h))
+    _drop_checkpoints(output_dir)  # early stopping's checkpoints: the best one is loaded already
+    write_json_atomic(output_dir / RUN_CONFIG_FILE, {"config": cfg.to_dict(),
+                                                     "dpo": {k: v for k, v in knobs.items() if k != "eval_pairs"}})
     write_json_atomic(output_dir / METRICS_FILE, metrics)  # last: marks completion
     return metrics
+
+
+def _drop_checkpoints(output_dir: Path) -> None:
+    """Delete the Trainer's ``checkpoint-*`` folders in ``output_dir`` (early stopping writes them)."""
+    for folder in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _dpo_trainer(cfg: Config, pairs, output_dir: Path, knobs: dict[str, Any], progress: bool):
@@ -283,7 +310,7 @@ def _dpo_trainer(cfg: Config, pairs, output_dir: Path, knobs: dict[str, Any], pr
     from trl import DPOTrainer
 
     from ..modeling.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
-    from .config import dpo_args
+    from .config import dpo_args, early_stopping_callbacks
     from .trainer import quiet_trainer
 
     device = resolve_device(cfg.model.device)
@@ -305,8 +332,13 @@ def _dpo_trainer(cfg: Config, pairs, output_dir: Path, knobs: dict[str, Any], pr
                     beta=knobs["beta"], max_length=cfg.model.max_length, sft_weight=knobs["sft_weight"],
                     learning_rate=knobs["learning_rate"])
     train_pairs = pairs.select_columns(["prompt", "chosen", "rejected"])
+    eval_pairs = knobs.get("eval_pairs")
+    if eval_pairs is not None:
+        eval_pairs = fit_prompts(eval_pairs, tok, cfg.model.max_length)[0].select_columns(
+            ["prompt", "chosen", "rejected"])
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=train_pairs,
-                         processing_class=tok, peft_config=peft_config)
+                         eval_dataset=eval_pairs, processing_class=tok, peft_config=peft_config,
+                         callbacks=early_stopping_callbacks(getattr(cfg, knobs["stage"])) or None)
     quiet_trainer(trainer, progress=progress)
     return trainer, tok, len(pairs), n_shortened, device
 

@@ -3,7 +3,11 @@ r"""The two-stage runner: stage 1 (MIC) then stage 2 (ProsocialDialog + casual) 
 In the order data flows: :func:`stage_groups` builds the groups (:mod:`prosocial_lib.groups`), ``GroupCollator``
 packs them into token batches, ``score_groups`` gives the ``(B, 1 + K)`` scores, ``ContrastiveTrainer`` (set up by
 a ``ContrastiveConfig``) minimises ``CE(positive) + lambda * L_npair`` (``lambda = 0``: plain CE fine-tuning, the
-negatives not even run), and ``evaluate_groups`` scores held-out groups before and after each stage.
+negatives not even run), and ``evaluate_groups`` scores held-out groups before and after each stage. With
+``stageN.eval_steps`` > 0 the same held-out groups (the validation split) decide when training stops
+(transformers' ``EarlyStoppingCallback``) and which checkpoint the stage keeps (``load_best_model_at_end``): the
+rule every compared system of chapter 04 trains under. The "after" scores are then those of the selected
+checkpoint on the groups that selected it (slightly optimistic; chapter 04 compares systems on test contexts).
 
 Each stage writes ``<run_dir>/stage<N>/`` with the model, tokenizer, ``run_config.json``, ``metrics.json`` and
 ``log_history.json``; a stage whose config fingerprint and weight hashes match a finished one is reused, an
@@ -45,7 +49,7 @@ from .checkpoints import (
     weights_problem,
 )
 from .collator import GroupCollator, TrainingSetupError
-from .config import contrastive_args
+from .config import contrastive_args, early_stopping_callbacks
 from .losses import ProjectionHead
 from .scoring import evaluate_groups
 from .trainer import ContrastiveTrainer, quiet_trainer
@@ -277,7 +281,7 @@ def _train_stage(cfg: Config, stage: int, init_from, out: Path, fp: str, own, ca
     model = apply_lora(model, cfg.model)
     if head is not None:
         model.add_module("npair_projection_head", head)  # so the Trainer's optimizer trains it
-    trainer, resume = _trainer(cfg, stage, out, fp, model, tok, head, train, callbacks, mp_dtype, device)
+    trainer, resume = _trainer(cfg, stage, out, fp, model, tok, head, train, held_out, callbacks, mp_dtype, device)
     quiet_trainer(trainer, progress=progress)
     t_train = time.perf_counter()
     train_out = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
@@ -352,13 +356,14 @@ def _load_model(cfg: Config, model_cfg: ModelConfig, init_from, device: torch.de
     return model, tok, head
 
 
-def _trainer(cfg: Config, stage: int, out: Path, fp: str, model, tok, head, train, callbacks, mp_dtype,
+def _trainer(cfg: Config, stage: int, out: Path, fp: str, model, tok, head, train, held_out, callbacks, mp_dtype,
              device) -> tuple[ContrastiveTrainer, Path | None]:
     """The stage's :class:`ContrastiveTrainer` and the complete checkpoint an interrupted run of this config
     left (None: start over); the main process drops incomplete checkpoints and what a run of another config left
-    in ``out``."""
+    in ``out``. With early stopping (``eval_steps`` > 0) the held-out groups are its evaluation set."""
     trainer_dir = out / TRAINER_DIR
-    args = contrastive_args(cfg.loss, _stage_cfg(cfg, stage), trainer_dir, seed=cfg.seed, device=device,
+    st = _stage_cfg(cfg, stage)
+    args = contrastive_args(cfg.loss, st, trainer_dir, seed=cfg.seed, device=device,
                             mp_dtype=mp_dtype, n_groups=len(train), save_total_limit=None)  # CheckpointKeeper
     resume = resume_point(trainer_dir, fp)  # every rank reads before the main process changes anything
     with args.main_process_first(desc="preparing the stage folder"):
@@ -369,8 +374,9 @@ def _trainer(cfg: Config, stage: int, out: Path, fp: str, model, tok, head, trai
     collator = GroupCollator(tok, cfg.model.max_length, positives_only=cfg.loss.npair_weight == 0,
                              shared_context=cfg.loss.shared_context)
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=list(train), data_collator=collator,
+                                 eval_dataset=list(held_out) if st.eval_steps > 0 else None,
                                  processing_class=tok, projection_head=head,
-                                 callbacks=[CheckpointKeeper(), *(callbacks or [])])
+                                 callbacks=[CheckpointKeeper(), *early_stopping_callbacks(st), *(callbacks or [])])
     return trainer, resume
 
 

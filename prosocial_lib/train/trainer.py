@@ -58,6 +58,8 @@ class ContrastiveTrainer(Trainer):
         objective (``loss_is_scaled_for_ga = False``).
 
     Logs ``ce``, ``npair``, ``contrastive_accuracy`` and ``margin`` (means since the last log) beside ``loss``.
+    Given an ``eval_dataset`` of groups (early stopping), an evaluation reports the same on them: ``eval_loss``
+    (the objective), ``eval_ce``, ``eval_npair``, ... (means over the held-out groups).
 
     Raises:
         TypeError: ``args`` is not a ``ContrastiveConfig``.
@@ -79,6 +81,8 @@ class ContrastiveTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._eval_sums: dict[str, float] = {}  # held-out sums weighted by groups, during an evaluation
+        self._eval_count = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """``CE + lambda * L_npair`` of one collated batch (``CE`` alone when lambda = 0)."""
@@ -90,11 +94,33 @@ class ContrastiveTrainer(Trainer):
             np_out = npair_loss(gs.scores, inputs["neg_weights"], inputs["neg_mask"], a.effective_tau,
                                 in_batch=a.in_batch_negatives, batch_scores=gs.batch_scores)
             loss = combined_loss(ce, np_out.loss, a.npair_weight)
-            self._record(ce=ce, npair=np_out.loss, contrastive_accuracy=np_out.accuracy, margin=np_out.margin)
+            self._record(gs.ce.shape[0], ce=ce, npair=np_out.loss, contrastive_accuracy=np_out.accuracy,
+                         margin=np_out.margin)
         else:
             loss = ce
-            self._record(ce=ce)
+            self._record(gs.ce.shape[0], ce=ce)
         return (loss, gs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The held-out objective of one batch of groups (no logits or labels: the groups have none)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's evaluation loop, plus the means of ``ce``, ``npair``, ``contrastive_accuracy`` and
+        ``margin`` over the held-out groups as ``eval_<name>`` (averaged over processes)."""
+        self._eval_sums, self._eval_count = {}, 0
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        if self._eval_count:
+            names = sorted(self._eval_sums)
+            values = torch.tensor([self._eval_sums[n] / self._eval_count for n in names], device=self.args.device)
+            if self.args.world_size > 1:
+                values = self.accelerator.reduce(values, reduction="mean")
+            output.metrics.update({f"{prefix}_{n}": round(float(v), 6) for n, v in zip(names, values.tolist())})
+        return output
 
     def _require_finite_scores(self, scores: torch.Tensor, neg_mask: torch.Tensor) -> None:
         """A NaN or infinite score of a real reply means the model diverged (``npair_loss`` refuses such scores):
@@ -105,12 +131,17 @@ class ContrastiveTrainer(Trainer):
                 f"training step {self.state.global_step + 1}: not finite: the model's scores of its replies; the run "
                 "diverged and is not saved as finished (lower the learning rate or check the data)")
 
-    def _record(self, **values: torch.Tensor) -> None:
-        if not self.model.training:
+    def _record(self, groups: int, **values: torch.Tensor) -> None:
+        """Add one batch's values to the training sums (means per batch), or while evaluating to the held-out
+        sums (weighted by the batch's ``groups``, so the means are over groups)."""
+        if self.model.training:
+            for k, v in values.items():
+                self._sums[k] = self._sums.get(k, 0.0) + float(v.detach())
+            self._count += 1
             return
         for k, v in values.items():
-            self._sums[k] = self._sums.get(k, 0.0) + float(v.detach())
-        self._count += 1
+            self._eval_sums[k] = self._eval_sums.get(k, 0.0) + float(v.detach()) * groups
+        self._eval_count += groups
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Add the mean CE, n-pair loss, contrastive accuracy and margin since the last log to training logs."""
