@@ -14,6 +14,7 @@ from prosocial_lib.report.judges import (
     flag_table,
     judge_test_table,
     per_label_table,
+    instrument_verdict,
     trust_sentence,
 )
 
@@ -72,3 +73,13 @@ def test_judge_test_table_puts_each_accuracy_next_to_its_split_majority():
     assert three.loc["fine-tuned cross-encoder", "accuracy over majority (points)"] == pytest.approx(25.0)
     assert three.loc["logistic head", "accuracy over majority (points)"] == pytest.approx(0.0)
     assert isinstance(t, pd.DataFrame) and t["task"].iloc[0] == TASK_NAMES["safety_3way"]
+
+
+def test_instrument_verdict_names_what_falls_short():
+    assert "clears the book's bar" in instrument_verdict(REPORT)
+    weak = {"check_set": {"n": 6, "logistic": _reader(Y, ["fine"] * 6)}}
+    weak["check_set"]["logistic"]["ece"] = 0.3
+    v = instrument_verdict(weak)
+    assert "does not clear" in v and "macro-F1" in v and "kappa of the unsafe flag 0.00 < 0.6" in v
+    assert "ECE 0.30 > 0.10" in v and "preachy" in v
+    assert "unvalidated" in instrument_verdict({})
