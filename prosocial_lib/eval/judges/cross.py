@@ -171,8 +171,9 @@ class CrossEncoderJudge:
         Raises:
             JudgeError: no ``judge.json`` there.
         """
-        import torch
         from transformers import AutoTokenizer
+
+        from ...modeling.loading import load_state_dict
 
         folder = Path(folder)
         meta_path = folder / "judge.json"
@@ -180,7 +181,7 @@ class CrossEncoderJudge:
             raise JudgeError(f"{folder}: no judge.json (not a saved cross-encoder judge)")
         meta = json.loads(meta_path.read_text())
         model = mean_pool_classifier(folder, len(meta["labels"]))
-        model.classifier.load_state_dict(torch.load(folder / "classifier.pt", map_location="cpu"))
+        model.classifier.load_state_dict(load_state_dict(folder / "classifier.pt"))
         model.to(device)
         tok = AutoTokenizer.from_pretrained(str(folder))
         return cls(model, tok, meta["labels"], meta["kind"], temperature=meta["temperature"],
