@@ -3,11 +3,11 @@
 The architecture of ProsocialDialog's Canary and of sentence-transformers' ``CrossEncoder``: the encoder reads
 the context (and the reply after a ``[SEP]``) as one sequence and a linear layer predicts the class; every weight
 is fine-tuned (Hugging Face ``Trainer``, cross-entropy). The linear layer reads the *mean* of the token vectors,
-the pooling all-MiniLM-L6-v2 was trained with (its ``[CLS]`` vector was never trained to mean anything), so a
-few hundred steps on a CPU are enough to learn. The context is cut from the
-left when the pair is too long, so the user's last turn and the reply stay in view (the longer of the two is cut first). After training, one
-temperature (Guo et al., 2017) is fitted on held-out calibration examples so the probabilities can be read as
-probabilities.
+the pooling all-MiniLM-L6-v2 was trained with (its ``[CLS]`` vector was never trained to mean anything), and
+starts as a linear probe on the frozen encoder (LP-FT), so a few hundred steps on a CPU are enough to learn.
+When a pair is too long, the longer of context and reply is cut first, from the left, so the user's last turn
+and the end of the reply stay in view. After training, one temperature (Guo et al., 2017) is fitted on held-out
+calibration examples so the probabilities can be read as probabilities.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _mean_pool_classifier_class():
 
 def mean_pool_classifier(model_dir: str | os.PathLike, num_labels: int, device: str = "cpu"):
     """The encoder in ``model_dir`` (transformers ``AutoModel``) with a new mean-pooling linear classifier of
-    ``num_labels`` outputs (zero-initialised: every class starts equally likely)."""
+    ``num_labels`` outputs (zero-initialised; :func:`train_cross_encoder` then sets it to a linear probe)."""
     from transformers import AutoModel
 
     return _mean_pool_classifier_class()(AutoModel.from_pretrained(str(model_dir)), num_labels).to(device)
@@ -72,7 +72,7 @@ class CrossEncoderSettings:
     head_learning_rate: float = 5e-4  # the classifier's (it starts from the linear probe, see train_cross_encoder)
     probe_C: float = 1.0  # inverse L2 strength of the linear probe that initialises the classifier
     batch_size: int = 32  # examples per step
-    max_length: int = 128  # word pieces per example (context cut from the left)
+    max_length: int = 128  # word pieces per example (the longer of context and reply is cut first, from the left)
     max_steps: int = -1  # > 0 overrides epochs (the smoke preset)
     seed: int = 0
 
@@ -81,9 +81,8 @@ class CrossEncoderJudge:
     """A fine-tuned sequence classifier over texts (``kind="text"``) or (context, reply) pairs (``kind="pair"``).
 
     Attributes: ``model`` (the encoder with its mean-pooling classifier, :func:`mean_pool_classifier`),
-    ``tokenizer``, ``labels`` (the
-    class names, in output order), ``kind``, ``temperature`` (divides the logits; 1.0 until calibrated),
-    ``max_length`` and ``batch_size`` (scoring).
+    ``tokenizer``, ``labels`` (the class names, in output order), ``kind``, ``temperature`` (divides the logits;
+    1.0 until calibrated), ``max_length`` and ``batch_size`` (scoring).
     """
 
     def __init__(self, model, tokenizer, labels: Sequence, kind: str, *, temperature: float = 1.0,
