@@ -43,12 +43,15 @@ def _mean_pool_classifier_class():
             torch.nn.init.zeros_(self.classifier.weight)
             torch.nn.init.zeros_(self.classifier.bias)
 
-        def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+        def pool(self, input_ids, attention_mask, token_type_ids=None):
+            """``(batch, hidden)`` mean of the encoder's token vectors over the attention mask."""
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                   token_type_ids=token_type_ids).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            logits = self.classifier(self.dropout(pooled))
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
+            logits = self.classifier(self.dropout(self.pool(input_ids, attention_mask, token_type_ids)))
             loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
             return SequenceClassifierOutput(loss=loss, logits=logits)
 
@@ -94,12 +97,29 @@ class CrossEncoderJudge:
         self.temperature, self.max_length, self.batch_size = float(temperature), int(max_length), int(batch_size)
 
     # -------------------------------------------------------------- scoring
-    def _encode(self, inputs: Sequence):
+    def _encode(self, inputs: Sequence, batch: bool = True):
+        """Tokenise texts or (context, reply) pairs, cut to :attr:`max_length`: padded tensors (``batch``) or
+        unpadded lists (a training set, padded per batch by the collator)."""
+        kwargs = {"max_length": self.max_length, **({"padding": True, "return_tensors": "pt"} if batch else {})}
         if self.kind == "pair":
             return self.tokenizer([c for c, _ in inputs], [r for _, r in inputs], truncation="longest_first",
-                                  max_length=self.max_length, padding=True, return_tensors="pt")
-        return self.tokenizer(list(inputs), truncation=True, max_length=self.max_length, padding=True,
-                              return_tensors="pt")
+                                  **kwargs)
+        return self.tokenizer(list(inputs), truncation=True, **kwargs)
+
+    def _batched(self, inputs: Sequence, forward, width: int) -> np.ndarray:
+        """``(n, width)`` float32 rows of ``forward(tokenised batch)``, batched longest first (little padding),
+        without gradients, in input order."""
+        import torch
+
+        inputs = list(inputs)
+        out = np.zeros((len(inputs), width), dtype=np.float32)
+        order = sorted(range(len(inputs)), key=lambda i: -sum(len(t) for t in _parts(inputs[i])))
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start: start + self.batch_size]
+                out[idx] = forward(self._encode([inputs[i] for i in idx]).to(device)).float().cpu().numpy()
+        return out
 
     def logits(self, inputs: Sequence) -> np.ndarray:
         """Raw ``(n, len(labels))`` logits (float32), batched longest first so little padding is computed.
@@ -107,18 +127,7 @@ class CrossEncoderJudge:
         Args:
             inputs: texts (``kind="text"``) or ``(context, reply)`` tuples (``kind="pair"``).
         """
-        import torch
-
-        inputs = list(inputs)
-        out = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
-        order = sorted(range(len(inputs)), key=lambda i: -sum(len(t) for t in _parts(inputs[i])))
-        device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start: start + self.batch_size]
-                enc = self._encode([inputs[i] for i in idx]).to(device)
-                out[idx] = self.model(**enc).logits.float().cpu().numpy()
-        return out
+        return self._batched(inputs, lambda enc: self.model(**enc).logits, len(self.labels))
 
     def predict_proba(self, inputs: Sequence) -> np.ndarray:
         """``(n, len(labels))`` calibrated class probabilities: ``softmax(logits / temperature)``."""
@@ -193,17 +202,8 @@ def _linear_probe_init(model, judge: "CrossEncoderJudge", inputs: list, targets:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    pooled = np.zeros((len(inputs), model.classifier.in_features), dtype=np.float32)
-    order = sorted(range(len(inputs)), key=lambda i: -sum(len(t) for t in _parts(inputs[i])))
-    device = next(model.parameters()).device
     model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(order), judge.batch_size):
-            idx = order[start: start + judge.batch_size]
-            enc = judge._encode([inputs[i] for i in idx]).to(device)
-            hidden = model.encoder(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled[idx] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)).float().cpu().numpy()
+    pooled = judge._batched(inputs, lambda enc: model.pool(**enc), model.classifier.in_features)
     probe = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(pooled, targets)
     coef = np.zeros((model.classifier.out_features, pooled.shape[1]), dtype=np.float32)
     bias = np.full(model.classifier.out_features, -10.0, dtype=np.float32)  # a class absent from the data
@@ -281,11 +281,7 @@ def train_cross_encoder(inputs: Sequence, labels: Sequence, classes: Sequence, k
     model = mean_pool_classifier(path, len(classes), device=device)
     judge = CrossEncoderJudge(model, tok, classes, kind, max_length=settings.max_length)
     index = {c: i for i, c in enumerate(classes)}
-    if kind == "pair":
-        feats = tok([c for c, _ in inputs], [r for _, r in inputs], truncation="longest_first",
-                    max_length=settings.max_length)
-    else:
-        feats = tok(inputs, truncation=True, max_length=settings.max_length)
+    feats = judge._encode(inputs, batch=False)
     targets = [index[y] for y in labels]
     _linear_probe_init(model, judge, inputs, targets, settings.probe_C, settings.seed)
     ds = datasets.Dataset.from_dict({**feats, "labels": targets})

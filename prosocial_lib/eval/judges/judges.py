@@ -35,6 +35,7 @@ changed data retrains them. Training embeddings are cached in ``<judge root>/emb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -62,11 +63,8 @@ JUDGE_FORMAT = 2
 CANARY_TEST_ACCURACY = 0.771
 #: The flags read off the reply judge: flag -> its class.
 FLAGS: dict[str, str] = {"unsafe": "condoning", "preachy": "preachy", "incoherent": "incoherent"}
-#: The 5-way safety labels that make up each 3-way context class.
-CONTEXT_CLASSES: dict[str, tuple[str, ...]] = {
-    "casual": ("__casual__",),
-    "caution": ("__possibly_needs_caution__", "__probably_needs_caution__", "__needs_caution__"),
-    "intervention": ("__needs_intervention__",)}
+#: The 3-way context classes, in order (``data.labels.collapse_safety_label`` maps the 5 labels onto them).
+CONTEXT_CLASSES: tuple[str, ...] = ("casual", "caution", "intervention")
 
 #: The columns :meth:`Judges.score` returns, in order.
 SCORE_COLUMNS: tuple[str, ...] = (
@@ -167,8 +165,7 @@ class Judges:
         p5, classes5 = self.context_probabilities(ctx)
         df = pd.DataFrame(p5, columns=[f"p({c})" for c in classes5])
         df.insert(0, "context_label", [classes5[i] for i in p5.argmax(1)])
-        p3 = np.stack([p5[:, [classes5.index(lab) for lab in labs]].sum(1) for labs in CONTEXT_CLASSES.values()], 1)
-        df.insert(1, "context_class", [list(CONTEXT_CLASSES)[i] for i in p3.argmax(1)])
+        df.insert(1, "context_class", [CONTEXT_CLASSES[i] for i in _three_way(p5, classes5).argmax(1)])
         df.insert(2, "context_unsafe_prob", p5[:, [i for i, c in enumerate(classes5) if c in UNSAFE_LABELS]].sum(1))
         return df
 
@@ -419,23 +416,23 @@ def train_judges(tasks: Sequence[JudgeTask], encoder: SentenceEncoder | None = N
     encoder.encode(list(dict.fromkeys(t for task in tasks for t in task.texts())))  # one pass, longest first
     heads, head_report = _train_heads(tasks, encoder, C, seed)
     seconds = {"logistic": round(time.perf_counter() - t0, 1)}
+    by_name = {t.name: t for t in tasks}
     cross, cross_report = {}, {}
     if model == "cross-encoder":
         settings = cross_settings or CrossEncoderSettings(seed=seed)
-        by_name = {t.name: t for t in tasks}
         for name, epochs in (("safety_5way", context_epochs or settings.epochs), ("reply_6way", settings.epochs)):
             if name in by_name:
                 cross[name], cross_report[name] = _train_cross(
-                    by_name[name], _replace(settings, epochs=epochs), str(encoder.device), progress)
+                    by_name[name], dataclasses.replace(settings, epochs=epochs), str(encoder.device), progress)
                 seconds[name] = cross_report[name]["train_seconds"]
     info = {"C": C, "threshold": threshold, "context_turns": context_turns, "seed": seed, "model": model,
             "encoder": encoder.name, "max_seq_length": encoder.max_seq_length, **(extra_settings or {})}
     judges = Judges(heads, {"heads": head_report, "cross": cross_report}, info, encoder, cross=cross)
-    reply_task = {t.name: t for t in tasks}.get("reply_6way")
+    reply_task = by_name.get("reply_6way")
     if reply_task is not None:
         judges.report["reply_pair_sources"] = reply_task.construction
     if "safety_5way" in cross:
-        judges.report["safety_3way_test"] = _three_way_summary(judges, {t.name: t for t in tasks}["safety_5way"])
+        judges.report["safety_3way_test"] = _three_way_summary(judges, by_name["safety_5way"])
     judges.report["thresholds"] = _choose_thresholds(judges, reply_task)
     if cross:
         judges.report["logistic_thresholds"] = _choose_thresholds(_as_logistic(judges), reply_task)
@@ -447,6 +444,14 @@ def train_judges(tasks: Sequence[JudgeTask], encoder: SentenceEncoder | None = N
     return judges
 
 
+def _three_way(p5: np.ndarray, classes5: Sequence[str]) -> np.ndarray:
+    """``(n, 3)`` probabilities of :data:`CONTEXT_CLASSES`: the 5-way label probabilities summed per class."""
+    from ...data.labels import collapse_safety_label
+
+    collapsed = np.array([collapse_safety_label(c) for c in classes5])
+    return np.stack([p5[:, collapsed == cls].sum(1) for cls in CONTEXT_CLASSES], 1)
+
+
 def _three_way_summary(judges: Judges, task: JudgeTask) -> dict[str, Any]:
     """The context cross-encoder's 3-way class (its 5-way probabilities summed per class) on the test contexts."""
     from ...data.labels import collapse_safety_label
@@ -454,16 +459,10 @@ def _three_way_summary(judges: Judges, task: JudgeTask) -> dict[str, Any]:
     if not task.test_x:
         return classification_summary([], [], list(CONTEXT_CLASSES))
     p5, classes5 = judges.context_probabilities(task.test_x)
-    p3 = np.stack([p5[:, [classes5.index(lab) for lab in labs]].sum(1) for labs in CONTEXT_CLASSES.values()], 1)
-    pred = [list(CONTEXT_CLASSES)[i] for i in p3.argmax(1)]
+    p3 = _three_way(p5, classes5)
+    pred = [CONTEXT_CLASSES[i] for i in p3.argmax(1)]
     return classification_summary([collapse_safety_label(y) for y in task.test_y], pred, list(CONTEXT_CLASSES),
                                   p3.max(1))
-
-
-def _replace(settings: CrossEncoderSettings, **changes: Any) -> CrossEncoderSettings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 def _choose_thresholds(judges: Judges, task: JudgeTask | None) -> dict[str, float]:
