@@ -64,7 +64,7 @@ def cfg(tmp_path):
 # ---------------------------------------------------------------------- context sets
 def test_build_context_sets_is_seeded_and_well_formed(cfg):
     sets = build_context_sets(cfg.data, cfg.audit.num_contexts, seed=cfg.seed)
-    assert list(sets) == ["adversarial", "casual"]
+    assert list(sets) == ["adversarial", "casual", "subtle"]
     for ds in sets.values():
         assert len(ds) == cfg.audit.num_contexts
         assert tuple(ds.column_names) == CONTEXT_COLUMNS
@@ -73,10 +73,21 @@ def test_build_context_sets_is_seeded_and_well_formed(cfg):
         assert rows["context_id"].is_unique
     assert "__casual__" not in set(sets["adversarial"]["safety_label"])
     assert set(sets["casual"]["safety_label"]) <= {"__casual__", ""}
+    # casual chat is real casual chat (chitchat-dataset), not ProsocialDialog's casual turns
+    assert set(sets["casual"]["source"]) == {"chitchat"}
+    # the subtle set: the book's subtle contexts, every one needing caution or intervention
+    assert set(sets["subtle"]["source"]) == {"subtle"}
+    assert all(c.startswith("subtle-") for c in sets["subtle"]["context_id"])
+    assert "__casual__" not in set(sets["subtle"]["safety_label"])
     again = build_context_sets(cfg.data, cfg.audit.num_contexts, seed=cfg.seed)
-    assert sets["adversarial"][:] == again["adversarial"][:] and sets["casual"][:] == again["casual"][:]
+    assert all(sets[k][:] == again[k][:] for k in sets)
     other = build_context_sets(cfg.data, cfg.audit.num_contexts, seed=1)
     assert other["adversarial"]["context_id"] != sets["adversarial"]["context_id"]
+    # a subset of the sets, and every subtle context when more are asked for than exist
+    only = build_context_sets(cfg.data, 1000, seed=cfg.seed, sets=["subtle"])
+    assert list(only) == ["subtle"] and len(only["subtle"]) == 130
+    with pytest.raises(ValueError, match="unknown context set"):
+        build_context_sets(cfg.data, 4, sets=["adversarial", "spicy"])
 
 
 def test_gpu_preset_context_sets_from_local_files_in_the_upstream_formats(repo_root):
@@ -174,9 +185,9 @@ def test_run_audit_table_schema_files_and_reuse(cfg, tmp_path, monkeypatch):
     out = tmp_path / "audit"
     df = run_audit(SYSTEMS, sets, KeywordJudges(), cfg, out, progress=False)
     assert list(df.columns) == list(REPLY_COLUMNS) + list(SCORE_COLUMNS)
-    assert len(df) == 2 * 3 * (1 + 2)  # 2 sets x 3 contexts x (1 greedy + 2 samples)
+    assert len(df) == 3 * 3 * (1 + 2)  # 3 sets x 3 contexts x (1 greedy + 2 samples)
     assert set(df["sample"]) == {0, 1}
-    assert df.groupby("system").size().to_dict() == {"tiny | greedy": 6, "tiny | sampled + prompt": 12}
+    assert df.groupby("system").size().to_dict() == {"tiny | greedy": 9, "tiny | sampled + prompt": 18}
     first = df[(df.system == "tiny | greedy") & (df.context_set == "adversarial")].iloc[0]
     assert first.context == first.history[-1] and first.decoding == "greedy" and first.system_prompt == ""
     assert (out / "replies.jsonl").exists() and (out / "summary.csv").exists()
@@ -252,7 +263,8 @@ def test_summary_and_headline_table(table, cfg):
     head = headline_table(s)
     assert list(head.index) == ["A", "B"]
     assert head.loc["A", "unsafe on adversarial"].startswith("50.0% [")
-    assert list(head.columns) == ["unsafe on adversarial", "violates_rot on adversarial", "preachy on casual"]
+    assert list(head.columns) == ["unsafe on adversarial", "unsafe on subtle", "violates_rot on adversarial",
+                                  "preachy on casual"]
 
 
 def test_k_sample_table_hand_computed(table, cfg):
@@ -337,7 +349,7 @@ def test_prompt_effect_and_headline_numbers(cfg):
 def test_describe_and_tables(cfg):
     sets = _small_sets(cfg)
     comp = context_set_table(sets)
-    assert comp.groupby("context_set")["contexts"].sum().to_dict() == {"adversarial": 3, "casual": 3}
+    assert comp.groupby("context_set")["contexts"].sum().to_dict() == {"adversarial": 3, "casual": 3, "subtle": 3}
     assert "(casual chat)" in set(comp["safety_label"]) or "__casual__" in set(comp["safety_label"])
     text = describe_run(cfg, SYSTEMS, sets)
     assert "`smoke`" in text and "random weights" in text and "3 adversarial, 3 casual" in text

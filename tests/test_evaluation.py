@@ -38,7 +38,9 @@ from prosocial_lib.report.comparison import (
     compare_rates,
     format_table,
     variants_table,
+    verdict,
 )
+from prosocial_lib.report.plots import plot_paired_differences
 
 torch.set_num_threads(1)
 
@@ -94,7 +96,7 @@ def test_ablation_specs_and_labels():
 
 
 def test_compare_config_caps_contexts_and_tokens():
-    cfg = get_config("cpu", {"compare.max_new_tokens": 32})
+    cfg = get_config("cpu", {"compare.max_new_tokens": 32, "compare.num_contexts": 16})
     ec = compare_config(cfg)
     assert ec.audit.num_contexts == min(cfg.compare.num_contexts, cfg.audit.num_contexts)
     assert ec.generation.max_new_tokens == min(cfg.compare.max_new_tokens, cfg.generation.max_new_tokens) == 32
@@ -186,6 +188,59 @@ def test_paired_differences_by_hand():
     assert (agrees["difference"], agrees["method"], agrees["estimable"]) == (0.0, "newcombe", True)
     assert (agrees["low"], agrees["high"]) == pytest.approx((-0.5615, 0.5615), abs=1e-4)
     assert paired_differences(df[df["variant"] == "base"], cfg.stats, seed=cfg.seed).empty
+    # the smallest detectable difference from the spread of the per-context differences (-1, 0, 0): sd = 0.5774,
+    # (1.95996 + 0.84162) * 0.5774 / sqrt(3) = 0.9339; both systems agree on RoT everywhere -> the floor sqrt(1/3)
+    assert (unsafe["context_set"], unsafe["flag"]) == ("adversarial", "unsafe")
+    assert unsafe["sd"] == pytest.approx(0.57735, abs=1e-4)
+    assert unsafe["mde"] == pytest.approx(2.80158 * 0.57735 / 3 ** 0.5, abs=1e-3)
+    assert agrees["sd"] == pytest.approx((1 / 3) ** 0.5)
+
+
+def _paired(rows):
+    cols = ["variant", "system", "metric", "difference", "low", "high", "mde"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_verdict_names_clear_differences_and_says_what_it_cannot_see():
+    paired = _paired([
+        ("base", "base model", "unsafe (adversarial)", -0.12, -0.20, -0.05, 0.08),
+        ("ce-both", "CE only (both stages)", "unsafe (adversarial)", -0.02, -0.07, 0.03, 0.07),
+        ("base", "base model", "preachy (casual)", 0.01, -0.04, 0.06, 0.06),
+        ("ce-both", "CE only (both stages)", "preachy (casual)", 0.00, -0.05, 0.05, 0.09),
+    ])
+    text = verdict(paired, ["unsafe (adversarial)", "preachy (casual)"])
+    assert ("On the unsafe rate on adversarial contexts, the full method lowers it by 12.0 points [-20.0, -5.0] "
+            "against base model.") in text
+    assert "CE only (both stages)" not in text.split("The contrastive term")[0].split("No detectable")[0].split(
+        "base model.")[1]
+    assert "No detectable change in the preachy rate on casual chat against any baseline" in text
+    assert "about 6-9 points with 80% power" in text
+    assert text.endswith("makes no detectable difference on these rates.")
+    # a contrastive term that helps is named as such; a raised failure rate is named too
+    paired.loc[1, ["low", "high"]] = (-0.06, -0.01)
+    paired.loc[2, ["difference", "low", "high"]] = (0.08, 0.02, 0.14)
+    text = verdict(paired, ["unsafe (adversarial)", "preachy (casual)"])
+    assert "raises it by 8.0 points [+2.0, +14.0] against base model" in text
+    assert ("The contrastive term itself (the full method against CE only (both stages)) lowers the unsafe rate on "
+            "adversarial contexts on these contexts.") in text
+    assert "No detectable change" not in text.replace("No detectable change in the preachy", "")
+    assert verdict(_paired([])).startswith("There is nothing to compare")
+
+
+def test_glance_figure_fits_the_page():
+    paired = _paired([(v, n, m, d, d - 0.05, d + 0.05, 0.07)
+                      for v, n in (("base", "base model"), ("ce-both", "CE only (both stages)"), ("dpo", "DPO"))
+                      for m, d in (("unsafe (adversarial)", -0.1), ("unsafe (subtle)", 0.0),
+                                   ("preachy (casual)", 0.02), ("incoherent (casual)", 0.3))])
+    fig = plot_paired_differences(paired)
+    width, _ = fig.get_size_inches()
+    assert width <= 7.5
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["unsafe (adversarial)", "unsafe (subtle)", "preachy (casual)",
+                                               "incoherent (casual)"]
+    assert all(ax.get_xlim()[1] >= 35 for ax in axes)  # the widest interval (+35 points) fits
+    with pytest.raises(ValueError, match="no headline rate"):
+        plot_paired_differences(paired[paired["metric"] == "nothing"])
 
 
 def test_side_by_side_picks_the_contexts_where_systems_differ():
@@ -251,7 +306,7 @@ def test_smoke_comparison_table(smoke_comparison):
     r = comp.rates
     assert ((r["ci_low"] <= r["rate"] + 1e-12) & (r["rate"] <= r["ci_high"] + 1e-12)).all()
     assert set(r["variant"]) == {"base", "ce-stage2", "dpo"}
-    assert len(comp.replies) == 3 * 2 * cfg.audit.num_contexts
+    assert len(comp.replies) == 3 * 3 * cfg.audit.num_contexts  # 3 systems x 3 context sets
     for name in ("table.csv", "rates.csv", "quality.csv", "replies.jsonl", "variants.json"):
         assert (comp.out_dir / name).exists(), name
     pd.testing.assert_frame_equal(load_comparison_table(comp.out_dir)[["variant"]], t[["variant"]])

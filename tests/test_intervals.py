@@ -12,7 +12,12 @@ import pytest
 
 from prosocial_lib.config import get_config
 from prosocial_lib.eval.comparison import paired_differences
-from prosocial_lib.eval.intervals import Interval, newcombe_paired_interval, wilson_interval
+from prosocial_lib.eval.intervals import (
+    Interval,
+    minimum_detectable_difference,
+    newcombe_paired_interval,
+    wilson_interval,
+)
 from prosocial_lib.eval.metrics import (
     bootstrap_ci,
     expected_max,
@@ -195,3 +200,17 @@ def test_summarize_with_stats_section_keeps_the_flags():
     assert (row.method, row.n_clusters, row.estimable) == ("wilson", 3, True)
     assert (row.ci_low, row.ci_high) == pytest.approx(wilson_interval(0, 3, cfg.stats.confidence))
     assert row.ci_high > 0.4
+
+
+def test_minimum_detectable_difference_by_hand():
+    # (z_0.975 + z_0.8) * sd / sqrt(n) = (1.959964 + 0.841621) * 0.5 / sqrt(100) = 0.140079
+    assert minimum_detectable_difference(100, 0.5) == pytest.approx(0.140079, abs=1e-6)
+    # four times the contexts halve it; a higher power or confidence needs a larger difference
+    assert minimum_detectable_difference(400, 0.5) == pytest.approx(0.140079 / 2, abs=1e-6)
+    assert minimum_detectable_difference(100, 0.5, power=0.9) > minimum_detectable_difference(100, 0.5)
+    assert minimum_detectable_difference(100, 0.5, confidence=0.99) > minimum_detectable_difference(100, 0.5)
+    assert minimum_detectable_difference(100, 0.0) == 0.0
+    assert math.isnan(minimum_detectable_difference(1, 0.5))
+    for bad in ({"sd": -0.1}, {"sd": math.nan}, {"sd": 0.5, "power": 1.0}, {"sd": 0.5, "confidence": 0.0}):
+        with pytest.raises(ValueError):
+            minimum_detectable_difference(100, **bad)

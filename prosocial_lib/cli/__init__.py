@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("prosocial_lib.cli.train", "fine-tune: stage 1 (MIC), stage 2 (ProsocialDialog + casual) or both"),
     "audit": ("prosocial_lib.cli.audit", "generate replies for context sets and judge them"),
     "evaluate": ("prosocial_lib.cli.evaluate", "compare the fine-tuned models with the baselines"),
+    "sweep": ("prosocial_lib.cli.sweep", "choose lambda, tau and the stage-2 learning rate on the validation split"),
     "bench": ("prosocial_lib.cli.bench", "benchmark training objectives, generation and judges on this machine"),
     "book": ("prosocial_lib.cli.book", "execute the notebooks with papermill and build the HTML book"),
 }

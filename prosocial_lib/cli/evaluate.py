@@ -10,9 +10,9 @@ import pandas as pd
 
 from ..config.schema import Config
 from ..eval.ablations import run_ablations
-from ..eval.comparison import compare, paired_differences, side_by_side
+from ..eval.comparison import compare, side_by_side
 from ..eval.systems import VARIANTS, EvaluationError
-from ..report.comparison import findings_markdown, format_table, judge_context
+from ..report.comparison import findings_markdown, format_table, judge_context, paired_table, verdict
 
 
 # ====================================================================== command line
@@ -53,8 +53,10 @@ def run_cli(args: argparse.Namespace, cfg: Config) -> int:
         if args.examples:
             print("\nSide by side:\n")
             print(side_by_side(comp.replies, "adversarial", args.examples).to_string(index=False))
-    paired = paired_differences(comp.replies, cfg.stats, seed=cfg.seed)
-    print(f"\n{findings_markdown(comp.table, ablations, cfg, judge_context(judges), paired)}")
-    print(f"\nsaved in {comp.out_dir} (table.csv, rates.csv, quality.csv, replies.jsonl); "
+        print("\nFull method minus each baseline (paired, percentage points):\n")
+        print(paired_table(comp.paired).to_string(index=False))
+    print(f"\nVerdict: {verdict(comp.paired)}")
+    print(f"\n{findings_markdown(comp.table, ablations, cfg, judge_context(judges), comp.paired)}")
+    print(f"\nsaved in {comp.out_dir} (table.csv, rates.csv, quality.csv, paired_differences.csv, replies.jsonl); "
           f"took {comp.seconds.get('total', 0):.0f} s")
     return 0

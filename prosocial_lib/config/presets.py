@@ -73,6 +73,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage2.eval_steps": 8,
         "stage2.early_stopping_patience": 2,
         "compare.max_steps": None,  # every system under the chapter-03 rule; the full method is its run
+        # all test contexts (150 adversarial, 150 casual, the 130 subtle) for every system: greedy replies with and
+        # without the safety prompt; the sampled decodings (k replies per context) are the gpu preset's
+        "audit.decodings": ["greedy", "greedy+safety"],
     },
     "gpu": {
         "data.prosocial_source": "allenai/prosocial-dialog",

@@ -74,6 +74,7 @@ class DataConfig:
     prosocial_source: str = "embedded"  # "embedded" | "allenai/prosocial-dialog" | a local file or folder
     mic_source: str = "embedded"  # "embedded" | "SALT-NLP/MIC" | a local MIC.csv (data-use agreement)
     casual_source: str = "chitchat"  # "chitchat" (offline, real chats) | "prosocial" | "daily_dialog" (hub)
+    subtle_source: str = "embedded"  # the subtle context set: "embedded" (written for this book) | a local file
     max_train_examples: int | None = None  # cap on loaded training rows per source (None = all)
     max_eval_examples: int | None = None  # cap on loaded validation/test rows per source (None = all)
 
@@ -222,9 +223,9 @@ class StatsConfig:
 class AuditConfig:
     """The audit (chapter 01): which models, under which decodings, on how many contexts."""
 
-    # contexts per context set (adversarial, casual); the comparison uses at most as many (compare.num_contexts).
-    # On cpu CIs are correspondingly wide
-    num_contexts: int = 24
+    # contexts per context set (adversarial, casual, subtle; at most the 130 subtle ones); the comparison uses at
+    # most as many (compare.num_contexts); chapter 04 states the smallest paired difference this many can detect
+    num_contexts: int = 150
     models: list[str] = field(default_factory=list)  # [] = [model.name]; hub ids, folders, "embedded"
     # each decoding is "greedy" or "sampled" (generation.samples_per_context replies at generation.temperature and
     # top_p); "+safety" adds safety_system_prompt as the system message
@@ -240,7 +241,7 @@ class CompareConfig:
 
     systems: list[str] = field(default_factory=lambda: [  # keys of eval.systems.VARIANTS
         "base", "ce-stage2", "npair-stage2", "ce-both", "npair-both", "dpo"])
-    num_contexts: int | None = 16  # contexts per set (None = audit.num_contexts, which also caps it)
+    num_contexts: int | None = None  # contexts per set (None = audit.num_contexts, which also caps it)
     # None = generation.max_new_tokens (which also caps it): the systems reply at the audit's length
     max_new_tokens: int | None = None
     # each "key=value[;key=value]": one stage-2 retraining per entry (cpu: two; the gpu preset adds tau = 2)

@@ -54,37 +54,46 @@ def _slug(overrides: dict[str, Any]) -> str:
     return "".join(ch if ch.isalnum() or ch in ".-" else "_" for ch in text)
 
 
-def run_ablations(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
-    """Retrain stage 2 from the full method's stage-1 checkpoint once per ablation and compare held-out
-    contrastive accuracy (with a bootstrap CI over groups) and margin. The first row is the reference: the full
-    method's own stage 2 (the chapter-03 run, or its ``compare.max_steps`` version), reused."""
+def retrain_stage2(cfg: Config, overrides: dict[str, Any], prefix: str, *, progress: bool = True
+                   ) -> dict[str, Any]:
+    """Stage 2 of the full method retrained from its stage-1 checkpoint with ``overrides`` (none = the full
+    method's own stage 2, reused) in a run of its own (``<run>-<prefix>-<slug>``), scored on the comparison's
+    held-out validation groups. Returns one row: the loss knobs (tau, alpha, lambda, learning rate), steps,
+    groups, held-out accuracy with its bootstrap CI, margin, CE, training seconds, reused, checkpoint. The
+    ablations and the sweep (:mod:`.sweep`) are made of these rows."""
     from ..train.stages import run_stage, run_stages
     from .metrics import rate_with_ci
 
     full_variant = VARIANTS["npair-both"]
     full = variant_config(cfg, full_variant)
     stage1 = run_stages(full, (1,), progress=progress)[1]
-    cache = cfg.run_dir / "evaluation" / "cache"
-    rows = []
-    for label, overrides in ablation_specs(cfg):
-        ac = own_run_config(full, f"{base_run_name(cfg)}-ablation-{_slug(overrides)}") if overrides else full
-        ac = ac.with_overrides(overrides).validate()
-        r = run_stage(ac, 2, init_from=stage1.checkpoint_dir, progress=progress)
-        if not overrides and uses_main_run(cfg, full_variant):
-            after = r.metrics.get("after", {})
-        else:
-            after = heldout_metrics(cfg, str(r.checkpoint_dir), str(r.metrics.get("fingerprint")),
-                                    "npair-both" if not overrides else f"ablation-{_slug(overrides)}", cache,
-                                    progress=progress)
-        n = int(after.get("groups", 0))
-        k = int(round(float(after.get("accuracy", math.nan)) * n)) if n else 0
-        acc, lo, hi = rate_with_ci([1] * k + [0] * (n - k), **cfg.stats.bootstrap_kwargs(cfg.seed))
-        rows.append({"ablation": label, "tau": ac.loss.effective_tau, "alpha": ac.loss.social_alpha,
-                     "lambda": ac.loss.npair_weight, "steps": int(r.metrics.get("train", {}).get("global_step", 0)),
-                     "groups": n, "accuracy": acc, "accuracy low": lo, "accuracy high": hi,
-                     "margin": float(after.get("margin", math.nan)), "ce": float(after.get("ce", math.nan)),
-                     "train_seconds": _stage_seconds(r.metrics), "reused": r.reused,
-                     "checkpoint": str(r.checkpoint_dir)})
+    slug = _slug(overrides)
+    ac = own_run_config(full, f"{base_run_name(cfg)}-{prefix}-{slug}") if overrides else full
+    ac = ac.with_overrides(overrides).validate()
+    r = run_stage(ac, 2, init_from=stage1.checkpoint_dir, progress=progress)
+    if not overrides and uses_main_run(cfg, full_variant):
+        after = r.metrics.get("after", {})
+    else:
+        after = heldout_metrics(cfg, str(r.checkpoint_dir), str(r.metrics.get("fingerprint")),
+                                "npair-both" if not overrides else f"{prefix}-{slug}",
+                                cfg.run_dir / "evaluation" / "cache", progress=progress)
+    n = int(after.get("groups", 0))
+    k = int(round(float(after.get("accuracy", math.nan)) * n)) if n else 0
+    acc, lo, hi = rate_with_ci([1] * k + [0] * (n - k), **cfg.stats.bootstrap_kwargs(cfg.seed))
+    return {"tau": ac.loss.effective_tau, "alpha": ac.loss.social_alpha, "lambda": ac.loss.npair_weight,
+            "learning_rate": ac.stage2.learning_rate,
+            "steps": int(r.metrics.get("train", {}).get("global_step", 0)), "groups": n, "accuracy": acc,
+            "accuracy low": lo, "accuracy high": hi, "margin": float(after.get("margin", math.nan)),
+            "ce": float(after.get("ce", math.nan)), "train_seconds": _stage_seconds(r.metrics),
+            "reused": r.reused, "checkpoint": str(r.checkpoint_dir)}
+
+
+def run_ablations(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
+    """Retrain stage 2 from the full method's stage-1 checkpoint once per ablation and compare held-out
+    contrastive accuracy (with a bootstrap CI over groups) and margin. The first row is the reference: the full
+    method's own stage 2 (the chapter-03 run, or its ``compare.max_steps`` version), reused."""
+    rows = [{"ablation": label, **retrain_stage2(cfg, overrides, "ablation", progress=progress)}
+            for label, overrides in ablation_specs(cfg)]
     df = pd.DataFrame(rows)
     out = cfg.run_dir / "evaluation"
     with atomic_path(out / "ablations.csv") as tmp:

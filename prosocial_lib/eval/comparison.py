@@ -54,14 +54,19 @@ from .systems import VARIANTS, EvaluationError, TrainedVariant, Variant, heldout
 #: The rates the evaluation table reports: (context set, judge flag, column title).
 RATE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("adversarial", "unsafe", "unsafe (adversarial)"),
-    ("adversarial", "agrees_rot", "agrees with RoT (adversarial)"),
+    ("subtle", "unsafe", "unsafe (subtle)"),
     ("casual", "preachy", "preachy (casual)"),
+    ("adversarial", "agrees_rot", "agrees with RoT (adversarial)"),
     ("casual", "unsafe", "unsafe (casual)"),
     ("adversarial", "incoherent", "incoherent (adversarial)"),
+    ("subtle", "incoherent", "incoherent (subtle)"),
     ("casual", "incoherent", "incoherent (casual)"),
     ("adversarial", "truncated", "truncated (adversarial)"),
     ("adversarial", "repetitive", "repetitive (adversarial)"),
 )
+#: The rates the verdict and the glance figure are about: safety where it is needed, tact and fluency elsewhere.
+HEADLINE_RATES: tuple[str, ...] = ("unsafe (adversarial)", "unsafe (subtle)", "preachy (casual)",
+                                   "incoherent (casual)")
 #: Quality columns of the table (computed on the adversarial contexts' gold responses unless named otherwise).
 QUALITY_COLUMNS: tuple[str, ...] = ("bleu4", "unigram_f1", "gold_ppl", "distinct_1", "distinct_2", "mean_words",
                                     "heldout_accuracy", "heldout_margin")
@@ -72,7 +77,8 @@ class Comparison:
     """Everything :func:`compare` measured. ``replies``: one judged row per reply; ``rates``: every judge flag
     per (system, context set) with bootstrap CIs; ``quality``: quality metrics per system; ``table``: one row per
     system (rates as numbers with ``<col> low`` / ``<col> high`` CI columns, then quality); ``trained``: the
-    variants' models and training facts. :func:`~prosocial_lib.report.comparison.format_table` formats ``table``
+    variants' models and training facts; ``paired``: :func:`paired_differences` (the full method minus each
+    baseline, every rate, with intervals and the smallest detectable difference). :func:`~prosocial_lib.report.comparison.format_table` formats ``table``
     as the book shows it."""
 
     replies: pd.DataFrame
@@ -82,6 +88,7 @@ class Comparison:
     trained: list[TrainedVariant]
     out_dir: Path
     seconds: dict[str, float]
+    paired: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 def compare_config(cfg: Config) -> Config:
@@ -151,8 +158,9 @@ def compare(cfg: Config, variants: Sequence[str] | None = None, *, judges=None, 
                       flags=(*FLAG_COLUMNS, *SHAPE_COLUMNS), cluster_col="context_id")
     quality = quality_frame(replies, trained, ppl)
     table = comparison_table(rates, quality, trained)
+    paired = paired_differences(replies, ec.stats, seed=ec.seed)
     seconds["total"] = round(time.perf_counter() - t0, 2)
-    comp = Comparison(replies, rates, quality, table, trained, out_dir, seconds)
+    comp = Comparison(replies, rates, quality, table, trained, out_dir, seconds, paired)
     save_comparison(comp)
     return comp
 
@@ -213,10 +221,11 @@ def quality_frame(replies: pd.DataFrame, trained: Sequence[TrainedVariant],
 
 
 def save_comparison(comp: Comparison) -> None:
-    """Write ``table.csv``, ``rates.csv``, ``quality.csv``, ``variants.json`` and ``timing`` into ``out_dir``, each
-    atomically (a reader never sees half a file)."""
+    """Write ``table.csv``, ``rates.csv``, ``quality.csv``, ``paired_differences.csv``, ``variants.json`` and
+    ``evaluation_seconds.json`` into ``out_dir``, each atomically (a reader never sees half a file)."""
     d = comp.out_dir
-    for name, frame in (("table", comp.table), ("rates", comp.rates), ("quality", comp.quality)):
+    for name, frame in (("table", comp.table), ("rates", comp.rates), ("quality", comp.quality),
+                        ("paired_differences", comp.paired)):
         with atomic_path(d / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
     write_json_atomic(d / "variants.json", [
@@ -255,17 +264,26 @@ def side_by_side(replies: pd.DataFrame, context_set: str = "adversarial", n: int
 
 
 def paired_differences(replies: pd.DataFrame, stats: StatsConfig | None = None, *, seed: int = 0,
-                       reference: str = "npair-both") -> pd.DataFrame:
+                       reference: str = "npair-both", power: float = 0.8) -> pd.DataFrame:
     """For every variant other than ``reference`` and every rate of :data:`RATE_COLUMNS`: the paired difference
     ``reference - variant`` over the contexts both answered, with a bootstrap CI that resamples contexts as pairs
     (much tighter than comparing two separate intervals; Newcombe's interval where every context differs alike,
-    NaN bounds where nothing can be estimated). Columns: variant, system, metric, difference, low, high,
-    contexts, method, estimable. ``stats`` (None = its defaults) sets the resamples and confidence, ``seed`` the
-    resampling. Chapter 04 reports these."""
+    NaN bounds where nothing can be estimated), and the smallest difference these contexts detect with
+    probability ``power`` (:func:`~prosocial_lib.eval.intervals.minimum_detectable_difference`, from the spread of
+    the per-context differences; at least that of one discordant context in ``contexts``, so a pair of systems
+    that never disagree does not claim to detect every difference).
+
+    Columns: variant, system, context_set, flag, metric (the table's column title), difference, low, high,
+    contexts, sd, mde, method, estimable. ``stats`` (None = its defaults) sets the resamples and confidence,
+    ``seed`` the resampling. Chapter 04 reports these; :func:`~prosocial_lib.report.comparison.verdict` reads them.
+    """
+    from .intervals import minimum_detectable_difference
     from .metrics import paired_difference
 
-    kw = (stats if stats is not None else StatsConfig()).bootstrap_kwargs(seed)
-    cols = ["variant", "system", "metric", "difference", "low", "high", "contexts", "method", "estimable"]
+    stats = stats if stats is not None else StatsConfig()
+    kw = stats.bootstrap_kwargs(seed)
+    cols = ["variant", "system", "context_set", "flag", "metric", "difference", "low", "high", "contexts", "sd",
+            "mde", "method", "estimable"]
     if reference not in set(replies["variant"]):
         return pd.DataFrame(columns=cols)
     rows = []
@@ -277,17 +295,19 @@ def paired_differences(replies: pd.DataFrame, stats: StatsConfig | None = None, 
         per_ctx = sub.assign(v=sub[flag].astype(float)).pivot_table(index="context_id", columns="variant",
                                                                     values="v", aggfunc="mean")
         for variant in dict.fromkeys(replies["variant"]):
-            if variant == reference or variant not in per_ctx:
+            if variant == reference or variant not in per_ctx or reference not in per_ctx:
                 continue
             pair = per_ctx[[reference, variant]].dropna()
             if pair.empty:
                 continue
             ci = paired_difference(pair[reference].to_numpy(), pair[variant].to_numpy(), **kw)
+            d = (pair[reference] - pair[variant]).to_numpy()
+            n = len(d)
+            sd = max(float(d.std(ddof=1)) if n > 1 else 0.0, math.sqrt(1 / n))
+            mde = minimum_detectable_difference(n, sd, confidence=stats.confidence, power=power)
             system = replies.loc[replies["variant"] == variant, "system"].iloc[0]
-            rows.append((variant, system, title, *ci, len(pair), ci.method, ci.estimable))
+            rows.append((variant, system, set_name, flag, title, *ci, n, sd, mde, ci.method, ci.estimable))
     return pd.DataFrame(rows, columns=cols)
-
-
 
 
 def comparison_table(rates: pd.DataFrame, quality: pd.DataFrame, trained: Sequence[TrainedVariant]

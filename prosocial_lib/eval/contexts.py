@@ -37,46 +37,82 @@ def _turn_rows(turns, split: str) -> list[dict[str, Any]]:
                                                      cols["source"])]
 
 
-def build_context_sets(data: DataConfig, num_contexts: int, *, seed: int = 0, split: str = "test"
-                       ) -> dict[str, Any]:
-    """``{"adversarial": Dataset, "casual": Dataset}`` with :data:`CONTEXT_COLUMNS`, ``num_contexts`` each.
+#: The context sets of the audit and the evaluation, in the order the chapters show them.
+CONTEXT_SETS: tuple[str, ...] = ("adversarial", "casual", "subtle")
 
-    adversarial: turns of ProsocialDialog's ``split`` (``data.prosocial_source``, capped at
-    ``data.max_eval_examples`` rows) whose context is not ``__casual__``, with their dialogue history. casual: half
-    casual ProsocialDialog turns, half real casual chat (``data.casual_source``; all casual chat when
-    ProsocialDialog has too few casual turns). Seeded by ``seed`` (``Config.seed``): the same arguments give the
-    same contexts. A set with fewer candidates than asked for is used whole, with a warning. The audit (chapter
-    01, ``audit.num_contexts``) and the comparison (chapter 04) draw their contexts here.
+
+def build_context_sets(data: DataConfig, num_contexts: int, *, seed: int = 0, split: str = "test",
+                       sets: tuple[str, ...] | list[str] = CONTEXT_SETS) -> dict[str, Any]:
+    """``{name: Dataset}`` for each of ``sets`` (default :data:`CONTEXT_SETS`), with :data:`CONTEXT_COLUMNS`, at
+    most ``num_contexts`` contexts each.
+
+    - ``adversarial``: turns of ProsocialDialog's ``split`` (``data.prosocial_source``, capped at
+      ``data.max_eval_examples`` rows) whose context is not ``__casual__``, with their dialogue history;
+    - ``casual``: real casual chat (``data.casual_source``: chitchat-dataset or DailyDialog conversations of that
+      split); casual ProsocialDialog turns only when ``casual_source`` is ``"prosocial"`` or when there is too
+      little casual chat;
+    - ``subtle``: the subtle contexts (``data.subtle_source``, :func:`~prosocial_lib.data.load_subtle`): everyday
+      chats whose last user turn reveals a risk in passing, the situations the paper says models miss.
+
+    Seeded by ``seed`` (``Config.seed``): the same arguments give the same contexts. An adversarial or subtle
+    set with fewer candidates than asked for is used whole (the subtle set has 130 contexts; a warning only for
+    the adversarial one, whose size depends on ``data.max_eval_examples``). The audit (chapter 01,
+    ``audit.num_contexts``) and the comparison (chapter 04) draw their contexts here.
+
+    Raises:
+        ValueError: an unknown name in ``sets``.
     """
-    from ..data.casual import load_casual
+    unknown = [s for s in sets if s not in CONTEXT_SETS]
+    if unknown:
+        raise ValueError(f"unknown context set(s) {unknown}; choose from {', '.join(CONTEXT_SETS)}")
+    out: dict[str, Any] = {}
+    turns = _prosocial_turns(data, split) if {"adversarial", "casual"} & set(sets) else []
+    for name in sets:
+        if name == "adversarial":
+            unsafe = [r for r in turns if r["safety_label"] != "__casual__"]
+            rows = _sample(unsafe, num_contexts, seed, "adversarial (non-casual ProsocialDialog turns)")
+        elif name == "casual":
+            rows = _casual_rows(data, split, num_contexts, seed, turns)
+        else:
+            rows = _subtle_rows(data, num_contexts, seed)
+        out[name] = _context_set(rows)
+    return out
+
+
+def _prosocial_turns(data: DataConfig, split: str) -> list[dict[str, Any]]:
     from ..data.dialogue import dialogue_turns
     from ..data.prosocial_dialog import load_prosocial_dialog
-    n = num_contexts
-    turns = _turn_rows(dialogue_turns(load_prosocial_dialog(data.prosocial_source, split,
-                                                            max_rows=data.max_eval_examples)), split)
-    unsafe = [r for r in turns if r["safety_label"] != "__casual__"]
-    casual_pd = [r for r in turns if r["safety_label"] == "__casual__"]
-    adversarial = _sample(unsafe, n, seed, "adversarial (non-casual ProsocialDialog turns)")
+    return _turn_rows(dialogue_turns(load_prosocial_dialog(data.prosocial_source, split,
+                                                           max_rows=data.max_eval_examples)), split)
 
-    casual_pd = _sample(casual_pd, n // 2, seed, None)
+
+def _casual_rows(data: DataConfig, split: str, n: int, seed: int, turns: list[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+    """``n`` casual contexts: real casual chat, topped up with casual ProsocialDialog turns if it runs short."""
+    from ..data.casual import load_casual
     chat: list[dict[str, Any]] = []
     if data.casual_source not in ("prosocial", "prosocial_casual"):
-        need = n - len(casual_pd)
-        ds = load_casual(data.casual_source, split, seed=seed, max_rows=need,
-                         prosocial_source=data.prosocial_source)
+        ds = load_casual(data.casual_source, split, seed=seed, max_rows=n, prosocial_source=data.prosocial_source)
         cols = ds[:] if len(ds) else {"history": [], "response": [], "source": []}
         chat = [{"context_id": f"{src}-{split}-{i}", "history": list(h), "context": h[-1], "response": resp,
                  "safety_label": "", "rots": [], "source": src}
                 for i, (h, resp, src) in enumerate(zip(cols["history"], cols["response"], cols["source"]))]
-        chat = _sample(chat, need, seed, None)
-    casual = casual_pd + chat
-    if len(casual) < n:  # too little casual chat: top up with more casual ProsocialDialog turns
-        more = [r for r in turns if r["safety_label"] == "__casual__" and r not in casual_pd]
-        casual += _sample(more, n - len(casual), seed, None)
-    if len(casual) < n:
-        warnings.warn(f"casual context set: only {len(casual)} contexts available, {n} asked for "
-                      f"(num_contexts)", stacklevel=2)
-    return {"adversarial": _context_set(adversarial), "casual": _context_set(casual)}
+        chat = _sample(chat, n, seed, None)
+    if len(chat) < n:  # too little casual chat: top up with casual ProsocialDialog turns
+        chat += _sample([r for r in turns if r["safety_label"] == "__casual__"], n - len(chat), seed, None)
+    if len(chat) < n:
+        warnings.warn(f"casual context set: only {len(chat)} contexts available, {n} asked for "
+                      f"(num_contexts)", stacklevel=3)
+    return chat
+
+
+def _subtle_rows(data: DataConfig, n: int, seed: int) -> list[dict[str, Any]]:
+    from ..data.subtle import load_subtle
+    cols = load_subtle(data.subtle_source)[:]
+    rows = [{"context_id": i, "history": list(h), "context": h[-1], "response": "", "safety_label": lab,
+             "rots": list(rots), "source": "subtle"}
+            for i, h, lab, rots in zip(cols["id"], cols["history"], cols["safety_label"], cols["rots"])]
+    return _sample(rows, n, seed, None)
 
 
 def _sample(rows: list[dict[str, Any]], n: int, seed: int, what: str | None) -> list[dict[str, Any]]:

@@ -314,3 +314,39 @@ def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
     if np.isin(np.concatenate([a, b]), [0, 1]).all():
         return newcombe_paired_interval(a, b, confidence)
     return Interval(float(d.mean()), NAN, NAN, n=a.size, n_clusters=a.size, method="none")
+
+
+def minimum_detectable_difference(n: int, sd: float, *, confidence: float = 0.95, power: float = 0.8) -> float:
+    """The smallest true mean paired difference that a two-sided test at level ``1 - confidence`` detects with
+    probability ``power``, for ``n`` paired contexts whose per-context differences have standard deviation ``sd``
+    (the normal approximation of a paired test: ``(z_{1 - alpha/2} + z_{power}) * sd / sqrt(n)``).
+
+    Read it as: with this many contexts, a real difference smaller than this is missed more often than
+    ``1 - power`` of the time. For 0/1 flags ``sd`` is at most 1 (every context discordant); a typical value is
+    ``sqrt(share of contexts where the two systems disagree)``.
+
+    Args:
+        n: paired contexts (>= 2).
+        sd: standard deviation of the per-context differences, in the units of the scores (>= 0).
+        confidence: 1 - the test's level (two-sided).
+        power: the probability of detecting a difference of the returned size.
+
+    Returns:
+        The difference, in the units of the scores (NaN for ``n < 2``).
+
+    Raises:
+        ValueError: ``sd`` negative or NaN, ``confidence`` or ``power`` outside (0, 1).
+
+    References:
+        Chow, Shao & Wang (2008), *Sample Size Calculations in Clinical Research*, section 3.1 (paired design);
+        quantiles from ``scipy.stats.norm``.
+    """
+    from scipy.stats import norm
+
+    if not (0 < confidence < 1) or not (0 < power < 1):
+        raise ValueError(f"confidence and power must be in (0, 1), got {confidence} and {power}")
+    if not sd >= 0:  # also catches NaN
+        raise ValueError(f"sd must be >= 0, got {sd}")
+    if n < 2:
+        return NAN
+    return float((norm.ppf(1 - (1 - confidence) / 2) + norm.ppf(power)) * sd / math.sqrt(n))

@@ -13,7 +13,7 @@ from ..eval.metrics import expected_max, prob_at_least_one
 
 #: The headline rate of each context set: what counts as a failure there.
 HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
-    ("adversarial", "unsafe"), ("adversarial", "violates_rot"), ("casual", "preachy"))
+    ("adversarial", "unsafe"), ("subtle", "unsafe"), ("adversarial", "violates_rot"), ("casual", "preachy"))
 
 
 def headline_table(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = HEADLINE_METRICS) -> pd.DataFrame:
@@ -84,8 +84,9 @@ def failure_examples(df: pd.DataFrame, kind: str, n: int = 3) -> pd.DataFrame:
     by hand).
 
     ``kind="unsafe"``: replies to adversarial contexts ranked by ``unsafe_prob`` - the model went along with, or
-    ignored, a context that needed pushback. ``kind="subtle"``: the same among contexts labelled only *caution*
-    (:data:`SUBTLE_LABELS`), the subtle situations the paper says models miss. ``kind="preachy"``: replies to
+    ignored, a context that needed pushback. ``kind="subtle"``: the same on the subtle context set, the subtle
+    situations the paper says models miss (without one: adversarial contexts labelled only *caution*,
+    :data:`SUBTLE_LABELS`). ``kind="preachy"``: replies to
     casual contexts ranked by ``preachy_prob`` - a lecture where small talk was wanted.
     """
     spec = {"unsafe": ("adversarial", "unsafe_prob"), "subtle": ("adversarial", "unsafe_prob"),
@@ -93,8 +94,10 @@ def failure_examples(df: pd.DataFrame, kind: str, n: int = 3) -> pd.DataFrame:
     if kind not in spec:
         raise ValueError(f"kind must be one of {sorted(spec)}, got {kind!r}")
     set_name, score = spec[kind]
+    if kind == "subtle" and (df["context_set"] == "subtle").any():
+        set_name = "subtle"
     sub = df[df["context_set"] == set_name]
-    if kind == "subtle":
+    if kind == "subtle" and set_name == "adversarial":
         sub = sub[sub["safety_label"].isin(SUBTLE_LABELS)]
     if score not in sub.columns:
         raise KeyError(f"no judge column {score!r}: judge the audit first")
@@ -178,6 +181,11 @@ def prompt_effect_table(df: pd.DataFrame, stats: StatsConfig | None = None, *, s
     return pd.DataFrame(rows)
 
 
+def _metric_key(set_name: str, metric: str) -> str:
+    """The glue-name stem of a headline metric: the flag alone on its usual context set, else flag_set."""
+    return metric if set_name in ("adversarial", "casual") else f"{metric}_{set_name}"
+
+
 def headline_numbers(summary: pd.DataFrame, effects: pd.DataFrame) -> dict[str, Any]:
     """The numbers the chapter's prose cites (glued), the same names in every preset: the highest and lowest
     failure rate on each headline metric and which system had it, the mean CI width, and the safety prompt's
@@ -187,19 +195,21 @@ def headline_numbers(summary: pd.DataFrame, effects: pd.DataFrame) -> dict[str, 
         sub = summary[(summary.context_set == set_name) & (summary.metric == metric)]
         if sub.empty:
             continue
+        key = _metric_key(set_name, metric)
         for which, row in (("max", sub.loc[sub.rate.idxmax()]), ("min", sub.loc[sub.rate.idxmin()])):
-            out[f"{metric}_{which}_rate"] = float(row.rate)
-            out[f"{metric}_{which}_low"] = float(row.ci_low)
-            out[f"{metric}_{which}_high"] = float(row.ci_high)
-            out[f"{metric}_{which}_system"] = str(row.system)
-    sub = summary[summary.metric.isin([m for _, m in HEADLINE_METRICS])]
+            out[f"{key}_{which}_rate"] = float(row.rate)
+            out[f"{key}_{which}_low"] = float(row.ci_low)
+            out[f"{key}_{which}_high"] = float(row.ci_high)
+            out[f"{key}_{which}_system"] = str(row.system)
+    sub = summary.merge(pd.DataFrame(HEADLINE_METRICS, columns=["context_set", "metric"]))
     out["ci_width_mean"] = float((sub.ci_high - sub.ci_low).mean()) if len(sub) else float("nan")
     if not effects.empty:
         first = effects[(effects.model == effects.model.iloc[0]) & (effects.decoding == effects.decoding.iloc[0])]
         out["prompt_model"] = str(first.model.iloc[0])
         out["prompt_decoding"] = str(first.decoding.iloc[0])
         for r in first.to_dict("records"):
-            key = r["metric"].split(" on ")[0]
+            flag, set_name = r["metric"].split(" on ")
+            key = _metric_key(set_name, flag)
             out[f"prompt_{key}_without"] = float(r["without prompt"])
             out[f"prompt_{key}_with"] = float(r["with prompt"])
             for field in ("change", "ci_low", "ci_high"):
@@ -210,7 +220,8 @@ def headline_numbers(summary: pd.DataFrame, effects: pd.DataFrame) -> dict[str, 
 def extremes_markdown(numbers: dict[str, Any]) -> str:
     """Which systems had the highest and lowest failure rates (from :func:`headline_numbers`), as markdown."""
     lines = []
-    for metric, where in (("unsafe", "unsafe on adversarial contexts"), ("violates_rot",
+    for metric, where in (("unsafe", "unsafe on adversarial contexts"), ("unsafe_subtle", "unsafe on subtle contexts"),
+                          ("violates_rot",
                           "violating the rule of thumb on adversarial contexts"), ("preachy", "preachy on casual contexts")):
         if f"{metric}_max_system" in numbers:
             lines.append(f"- most often {where}: **{numbers[f'{metric}_max_system']}** "

@@ -192,8 +192,10 @@ def headline_numbers(table: pd.DataFrame) -> dict[str, float]:
     for key in ("base", "npair-both"):
         if key not in rows.index:
             continue
-        for _, flag, title in RATE_COLUMNS:
-            short = f"{key.replace('-', '_')}_{flag}_{'casual' if 'casual' in title else 'adversarial'}"
+        for set_name, flag, title in RATE_COLUMNS:
+            if title not in rows:
+                continue
+            short = f"{key.replace('-', '_')}_{flag}_{set_name}"
             out[short] = float(rows.loc[key, title])
             out[f"{short}_low"] = float(rows.loc[key, f"{title} low"])
             out[f"{short}_high"] = float(rows.loc[key, f"{title} high"])
@@ -224,3 +226,155 @@ def compare_rates(table: pd.DataFrame, title: str, other: str, paired: pd.DataFr
     else:
         verdict = "no difference this sample can detect"
     return f"{text}; {diff}: {verdict}"
+
+
+# ====================================================================== the verdict
+#: How the verdict names each headline rate.
+RATE_PHRASES: dict[str, str] = {
+    "unsafe (adversarial)": "the unsafe rate on adversarial contexts",
+    "unsafe (subtle)": "the unsafe rate on subtle contexts",
+    "preachy (casual)": "the preachy rate on casual chat",
+    "incoherent (casual)": "the incoherent rate on casual chat",
+    "incoherent (adversarial)": "the incoherent rate on adversarial contexts",
+    "agrees with RoT (adversarial)": "the share of replies agreeing with the rule of thumb",
+}
+
+
+def _points(x: float) -> str:
+    return f"{100 * abs(x):.1f}"
+
+
+def verdict(paired: pd.DataFrame, metrics: Sequence[str] | None = None, reference_label: str = "the full method",
+            contrastive_baseline: str = "ce-both") -> str:
+    """The one-paragraph verdict of the comparison, written from the paired differences
+    (:func:`~prosocial_lib.eval.comparison.paired_differences`: reference minus each baseline), so it is true
+    under every preset: every difference whose interval excludes zero, named with its size and interval; for each
+    headline rate without one, "no detectable change" with the smallest difference those contexts could detect
+    (80% power); and a sentence on the contrastive term itself (the full method against ``contrastive_baseline``,
+    CE-only with the same two stages). Rates are in percentage points.
+
+    Args:
+        paired: the paired-difference table (columns variant, system, metric, difference, low, high, mde,
+            estimable).
+        metrics: the rates to report (default :data:`~prosocial_lib.eval.comparison.HEADLINE_RATES`).
+        reference_label: how the sentence names the reference system.
+        contrastive_baseline: the variant whose comparison isolates the contrastive term.
+
+    Returns:
+        Markdown (one paragraph); a sentence saying there is nothing to compare when ``paired`` is empty.
+    """
+    from ..eval.comparison import HEADLINE_RATES
+
+    metrics = list(metrics) if metrics is not None else list(HEADLINE_RATES)
+    sub = paired[paired["metric"].isin(metrics)] if len(paired) else paired
+    if sub is None or sub.empty:
+        return "There is nothing to compare: the comparison needs the full method and at least one baseline."
+    clear = sub[(sub["low"] > 0) | (sub["high"] < 0)]
+    sentences = []
+    for title in metrics:
+        hits = clear[clear["metric"] == title]
+        if hits.empty:
+            continue
+        clauses = [f"{'lowers' if r.difference < 0 else 'raises'} it by {_points(r.difference)} points "
+                   f"[{100 * r.low:+.1f}, {100 * r.high:+.1f}] against {r.system}" for r in hits.itertuples()]
+        sentences.append(f"On {RATE_PHRASES.get(title, title)}, {reference_label} " + "; ".join(clauses) + ".")
+    quiet = [t for t in metrics if t in set(sub["metric"]) and clear[clear["metric"] == t].empty]
+    if quiet:
+        mde = sub[sub["metric"].isin(quiet)]["mde"].dropna()
+        size = (f" (these contexts detect differences of about {100 * mde.min():.0f}-{100 * mde.max():.0f} "
+                "points with 80% power)" if len(mde) else "")
+        names = [RATE_PHRASES.get(t, t) for t in quiet]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        sentences.append(f"No detectable change in {listed} against any baseline{size}.")
+    sentences.append(_contrastive_sentence(sub, clear, contrastive_baseline, reference_label))
+    return " ".join(s for s in sentences if s)
+
+
+def _contrastive_sentence(sub: pd.DataFrame, clear: pd.DataFrame, baseline: str, reference_label: str) -> str:
+    """Does the contrastive term itself help? The full method against CE-only with the same stages."""
+    own = sub[sub["variant"] == baseline]
+    if own.empty:
+        return ""
+    name = own["system"].iloc[0]
+    hits = clear[clear["variant"] == baseline]
+    if hits.empty:
+        return (f"The contrastive term itself ({reference_label} against {name}, the same stages without it) "
+                "makes no detectable difference on these rates.")
+    better = hits[hits["difference"] < 0]
+    worse = hits[hits["difference"] > 0]
+    parts = []
+    if len(better):
+        parts.append("lowers " + ", ".join(RATE_PHRASES.get(t, t) for t in better["metric"]))
+    if len(worse):
+        parts.append("raises " + ", ".join(RATE_PHRASES.get(t, t) for t in worse["metric"]))
+    return (f"The contrastive term itself ({reference_label} against {name}) " + " and ".join(parts)
+            + " on these contexts.")
+
+
+def paired_table(paired: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """The paired differences as the chapter shows them (five columns): rate, baseline, full method minus
+    baseline and its 95% interval in percentage points, the smallest difference detectable with 80% power, and
+    whether the interval excludes zero. ``metrics``: the rates to show (default
+    :data:`~prosocial_lib.eval.comparison.HEADLINE_RATES`; the CSV keeps them all)."""
+    from ..eval.comparison import HEADLINE_RATES
+
+    metrics = list(metrics) if metrics is not None else list(HEADLINE_RATES)
+    sub = paired[paired["metric"].isin(metrics)].copy()
+    sub["_order"] = sub["metric"].map({m: i for i, m in enumerate(metrics)})
+    sub = sub.sort_values("_order", kind="stable")
+
+    def interval(r) -> str:
+        if math.isnan(float(r.low)) or math.isnan(float(r.high)):
+            return f"{100 * r.difference:+.1f} [no interval]"
+        return f"{100 * r.difference:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]"
+
+    return pd.DataFrame({
+        "rate": sub["metric"].to_numpy(),
+        "baseline": sub["system"].to_numpy(),
+        "full - baseline, points [95% CI]": [interval(r) for r in sub.itertuples()],
+        "detectable (points)": [f"{100 * m:.1f}" for m in sub["mde"]],
+        "excludes 0": ["yes" if (r.low > 0 or r.high < 0) else "no" for r in sub.itertuples()],
+    })
+
+
+# ====================================================================== the sweep
+def sweep_markdown(loaded: tuple[pd.DataFrame, dict[str, Any]] | None, cfg: Config) -> str:
+    """What the chapter says about the stage-2 sweep (:func:`~prosocial_lib.eval.sweep.load_sweep`'s result for
+    ``cfg.preset``, or None): where, when and with which command it ran, what it chose on the validation split,
+    and whether this run's config uses that choice; without a saved sweep, the command that makes one."""
+    knobs = (f"λ = {cfg.loss.npair_weight:g}, τ = {cfg.loss.effective_tau:g}, stage-2 learning rate "
+             f"{cfg.stage2.learning_rate:g}")
+    if loaded is None:
+        return (f"No sweep is saved for the {cfg.preset} preset, so this run uses the reconstructed defaults "
+                f"({knobs}). `prosocial sweep --preset {cfg.preset} --out book/sweeps/{cfg.preset}.json` makes "
+                "one; this section then shows it.")
+    table, record = loaded
+    m = record.get("machine", {})
+    where = ", ".join(str(x) for x in (m.get("cpu"), f"{m.get('cpu_cores')} cores" if m.get("cpu_cores") else None,
+                                       m.get("gpu")) if x)
+    chosen = table[table["chosen"]].iloc[0] if table["chosen"].any() else None
+    text = (f"The sweep below ran on {where or 'an unrecorded machine'} on {m.get('date', 'an unrecorded date')} "
+            f"with `{record.get('command', '?')}`: {len(table)} grid points, each stage 2 retrained from the "
+            "stage-1 checkpoint under the same rule and scored on the held-out validation groups (never the "
+            "test contexts).")
+    if chosen is not None:
+        same = (math.isclose(float(chosen["lambda"]), cfg.loss.npair_weight)
+                and math.isclose(float(chosen["tau"]), cfg.loss.effective_tau)
+                and math.isclose(float(chosen.get("learning_rate", cfg.stage2.learning_rate)),
+                                 cfg.stage2.learning_rate))
+        text += (f" It chose **{chosen['point']}** (held-out accuracy {chosen['accuracy']:.1%}); "
+                 + ("this run uses it." if same else f"this run uses {knobs}, not the chosen point."))
+    return text
+
+
+def sweep_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The sweep as the chapter shows it: point, steps, held-out accuracy with its 95% CI, margin, CE, chosen."""
+    return pd.DataFrame({
+        "grid point": table["point"],
+        "steps": table["steps"].astype(int),
+        "held-out accuracy [95% CI]": [f"{a:.1%} [{100 * lo:.1f}, {100 * hi:.1f}]" for a, lo, hi in
+                                       zip(table["accuracy"], table["accuracy low"], table["accuracy high"])],
+        "margin": [f"{m:.3f}" for m in table["margin"]],
+        "CE": [f"{c:.3f}" for c in table["ce"]],
+        "chosen": ["yes" if c else "" for c in table["chosen"]],
+    })

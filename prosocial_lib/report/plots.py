@@ -102,6 +102,7 @@ def _rate_panels(rates, metrics, caller: str, width: tuple[float, float], height
 AUDIT_METRIC_TITLES = {
     ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
     ("adversarial", "violates_rot"): "replies violating the RoT\n(adversarial contexts)",
+    ("subtle", "unsafe"): "unsafe replies\n(subtle contexts)",
     ("casual", "preachy"): "preachy replies\n(casual contexts)",
     ("casual", "incoherent"): "incoherent replies\n(casual contexts)",
 }
@@ -199,6 +200,7 @@ def plot_negative_weights(frame, title: str | None = None):
 # ====================================================================== 04 evaluation
 EVAL_METRIC_TITLES = {
     ("adversarial", "unsafe"): "unsafe replies\n(adversarial contexts)",
+    ("subtle", "unsafe"): "unsafe replies\n(subtle contexts)",
     ("adversarial", "agrees_rot"): "replies agreeing with the RoT\n(adversarial contexts)",
     ("casual", "preachy"): "preachy replies\n(casual contexts)",
     ("casual", "incoherent"): "incoherent replies\n(casual contexts)",
@@ -325,5 +327,48 @@ def plot_bench_cost_vs_k(result):
         ax.legend(fontsize="small")
     h = result.get("header", {})
     fig.suptitle(f"{h.get('model', '')} on {h.get('device', '')}, preset {h.get('preset', '')}", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired_differences(paired, metrics=None, title: str | None = None):
+    """Results at a glance: for each headline rate (one panel each, two per row, about 7 in wide), the paired
+    difference full method minus each baseline (``eval.comparison.paired_differences`` rows: system, metric,
+    difference, low, high) in percentage points, with its 95% interval and a zero line. Left of zero the full
+    method is better (every headline rate is a failure rate); an interval that excludes zero is drawn solid, one
+    that does not, hollow."""
+    from ..eval.comparison import HEADLINE_RATES
+
+    metrics = [m for m in (metrics or HEADLINE_RATES) if m in set(paired["metric"])]
+    if not metrics:
+        raise ValueError("plot_paired_differences: no headline rate in the paired differences")
+    systems = list(dict.fromkeys(paired["system"]))
+    ncols = 2 if len(metrics) > 1 else 1
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7.2, 0.42 * len(systems) * nrows + 1.1 * nrows),
+                             sharey=True, squeeze=False)
+    span = max(5.0, float(paired[paired["metric"].isin(metrics)][["low", "high", "difference"]]
+                          .abs().max().max()) * 100 * 1.1)
+    for ax, metric in zip(axes.flat, metrics):
+        sub = paired[paired["metric"] == metric].set_index("system")
+        ax.axvline(0, color="0.3", lw=1)
+        for y, system in enumerate(systems):
+            if system not in sub.index:
+                continue
+            r = sub.loc[system]
+            d, lo, hi = 100 * r["difference"], 100 * r["low"], 100 * r["high"]
+            clear = lo > 0 or hi < 0
+            color = "#0072B2" if clear else "0.45"
+            ax.errorbar(d, y, xerr=[[d - lo], [hi - d]] if lo == lo and hi == hi else None, fmt="o", ms=6,
+                        color=color, mfc=color if clear else "white", ecolor=color, capsize=3, lw=1.5)
+        ax.set(xlim=(-span, span), ylim=(len(systems) - 0.5, -0.5), title=metric)
+        ax.set_yticks(range(len(systems)), systems)
+        ax.tick_params(labelsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("full method minus baseline (points)", fontsize=9)
+    fig.suptitle(title or "Full method minus each baseline: < 0 = fewer failures (95% paired CI)", fontsize=10)
     fig.tight_layout()
     return fig
