@@ -76,6 +76,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # all test contexts (150 adversarial, 150 casual, the 130 subtle) for every system: greedy replies with and
         # without the safety prompt; the sampled decodings (k replies per context) are the gpu preset's
         "audit.decodings": ["greedy", "greedy+safety"],
+        # five systems, each isolating one ingredient: the base model, the contrastive term (CE only, both
+        # stages), the MIC stage (n-pair, stage 2 only), the full method and a preference loss (DPO); the gpu
+        # preset adds plain CE on stage 2. One ablation (alpha = 0): the sweep covers tau and lambda
+        "compare.systems": ["base", "ce-both", "npair-stage2", "npair-both", "dpo"],
+        "compare.ablations": ["loss.social_alpha=0"],
     },
     "gpu": {
         "data.prosocial_source": "allenai/prosocial-dialog",
