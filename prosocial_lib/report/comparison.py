@@ -281,7 +281,8 @@ def verdict(paired: pd.DataFrame, metrics: Sequence[str] | None = None, referenc
     quiet = [t for t in metrics if t in set(sub["metric"]) and clear[clear["metric"] == t].empty]
     if quiet:
         mde = sub[sub["metric"].isin(quiet)]["mde"].dropna()
-        size = (f" (these contexts detect differences of about {100 * mde.min():.0f}-{100 * mde.max():.0f} "
+        low, high = (f"{100 * x:.0f}" for x in (mde.min(), mde.max())) if len(mde) else ("", "")
+        size = (f" (these contexts detect differences of about {low if low == high else f'{low}-{high}'} "
                 "points with 80% power)" if len(mde) else "")
         names = [RATE_PHRASES.get(t, t) for t in quiet]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
