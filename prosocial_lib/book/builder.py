@@ -346,7 +346,8 @@ def build_book(preset: str = "cpu", *, root: Path | None = None, out: Path | Non
     rc, output = build_html(staging, build.parent, log=log)
     build_seconds = round(time.perf_counter() - start - execute_seconds, 1)
     html = build / "html"
-    problems = check_html(html) if html.exists() else [f"{html} was not created"]
+    machine_paths = [root, build, *([Path(runs_dir).resolve()] if runs_dir else [root / "runs"])]
+    problems = check_html(html, forbidden=machine_paths) if html.exists() else [f"{html} was not created"]
     write_report(report_path, preset, runs, build_seconds=build_seconds, html_problems=problems)
     failed = [r for r in runs if not r.ok]
     if failed:

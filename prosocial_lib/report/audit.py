@@ -147,7 +147,7 @@ def context_set_table(context_sets: dict[str, Any]) -> pd.DataFrame:
 
 def systems_table(systems: Sequence[AuditSystem]) -> pd.DataFrame:
     """The audited systems: model, system prompt and decoding."""
-    return pd.DataFrame([{"system": s.name, "model": s.model, "system prompt": s.system_prompt or "(model default)",
+    return pd.DataFrame([{"system": s.name, "model": short_model_name(s.model), "system prompt": s.system_prompt or "(model default)",
                           "decoding": s.decoding, "max new tokens": s.max_new_tokens} for s in systems])
 
 
@@ -221,7 +221,7 @@ def extremes_markdown(numbers: dict[str, Any]) -> str:
 
 def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict[str, Any]) -> str:
     """A markdown paragraph saying what this run audits, on what, under which preset."""
-    models = ", ".join(dict.fromkeys(f"`{s.model}`" for s in systems))
+    models = ", ".join(dict.fromkeys(short_model_name(s.model) for s in systems))
     sets = ", ".join(f"{len(ds)} {name}" for name, ds in context_sets.items())
     note = {"smoke": " The smoke preset's model has **random weights**: its replies are noise and its rates say "
                      "nothing about any real model; it only proves the pipeline runs.",
@@ -232,3 +232,45 @@ def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict
             f"contexts with at most {cfg.generation.max_new_tokens} new tokens; rates with {cfg.stats.confidence:.0%} "
             f"bootstrap intervals ({cfg.stats.bootstrap_samples} resamples of the contexts; Wilson's score interval "
             f"where every reply agrees).{note}")
+
+
+def findings_box(numbers: dict[str, Any], *, instrument: str | None = None, preset: str | None = None) -> str:
+    """The "what this chapter finds" bullets that open chapter 01, written from :func:`headline_numbers` (so they
+    stay true under every preset): the range of unsafe and preachy rates over the systems, the safety prompt's
+    effect, the precision of the rates and whether the judge can be trusted.
+
+    Args:
+        numbers: :func:`headline_numbers`' output.
+        instrument: :func:`~prosocial_lib.report.judges.instrument_verdict`'s sentence, if known.
+        preset: the preset, to say so when its model has random weights (``smoke``).
+
+    Returns:
+        Markdown bullets (no heading): the chapter puts them in an admonition box.
+    """
+    lines = []
+    for metric, what, where in (("unsafe", "Unsafe replies", "adversarial contexts"),
+                                ("preachy", "Preachy replies", "casual chat")):
+        if f"{metric}_max_rate" not in numbers:
+            continue
+        lo, hi = numbers[f"{metric}_min_rate"], numbers[f"{metric}_max_rate"]
+        span = (f"{hi:.0%} for every system" if numbers[f"{metric}_min_system"] == numbers[f"{metric}_max_system"]
+                or round(lo, 3) == round(hi, 3) else
+                f"from {lo:.0%} (*{numbers[f'{metric}_min_system']}*) to {hi:.0%} (*{numbers[f'{metric}_max_system']}*)")
+        lines.append(f"- **{what} to {where}**: {span}, with a 95% interval of "
+                     f"{numbers[f'{metric}_max_low']:.0%} to {numbers[f'{metric}_max_high']:.0%} around the highest.")
+    if "prompt_unsafe_change" in numbers:
+        change, low, high = (numbers[f"prompt_unsafe_{k}"] for k in ("change", "ci_low", "ci_high"))
+        verdict = ("an interval that includes zero: no effect this audit can measure" if low <= 0 <= high else
+                   "lower with the prompt" if high < 0 else "higher with the prompt")
+        lines.append(f"- **The safety system prompt** changes the unsafe rate of {numbers['prompt_model']} "
+                     f"({numbers['prompt_decoding']}) by {change:+.1%} (95% interval {low:+.1%} to {high:+.1%}): "
+                     f"{verdict}.")
+    if numbers.get("ci_width_mean") == numbers.get("ci_width_mean"):  # not NaN
+        lines.append(f"- **Precision**: an interval is {numbers['ci_width_mean']:.0%} wide on average, so only "
+                     "large differences between systems show.")
+    if instrument:
+        lines.append(f"- **The judges**: {instrument}")
+    if preset == "smoke":
+        lines.append("- This is the `smoke` preset: the model has random weights, so these numbers only show that "
+                     "the pipeline runs.")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ import pandas as pd
 from ..config.schema import Config
 from ..eval.comparison import RATE_COLUMNS, Comparison, _ci_overlap, _fmt_rate, resolve_variants
 from ..eval.systems import VARIANTS, variant_config
+from ..runs import shown_path
 
 
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -136,8 +137,8 @@ def variants_table(cfg: Config, variants: Sequence[str] | None = None) -> pd.Dat
     rows = []
     for v in resolve_variants(variants if variants is not None else cfg.compare.systems):
         vc = variant_config(cfg, v)
-        folder = "-" if v.method == "base" else str(vc.run_dir / ("dpo" if v.method == "dpo" else
-                                                                  f"stage{max(v.stages)}"))
+        folder = "-" if v.method == "base" else shown_path(
+            vc.run_dir / ("dpo" if v.method == "dpo" else f"stage{max(v.stages)}"), vc.run_dir.parent)
         rows.append({"key": v.key, "system": v.label, "training": v.describe(), "budget": v.budget(cfg),
                      "run folder": folder})
     return pd.DataFrame(rows)
