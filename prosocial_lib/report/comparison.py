@@ -14,16 +14,22 @@ from ..eval.systems import VARIANTS, variant_config
 from ..runs import shown_path
 
 
-def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Rates as ``"12.5% [5.0, 25.0]"`` (95% CI in percentage points), quality rounded, indexed by system."""
+def format_table(table: pd.DataFrame, part: str | None = None) -> pd.DataFrame:
+    """Rates as ``"12.5% [5.0, 25.0]"`` (95% CI in percentage points), quality rounded, indexed by system.
+
+    ``part``: None for every column, ``"rates"`` for the judges' rates only, ``"quality"`` for the quality
+    columns only (two tables of at most seven columns read better than one of twelve). Headers carry their
+    scale: BLEU-4 is sacreBLEU's 0-100, F1 and distinct-n are 0-1."""
     out = pd.DataFrame(index=pd.Index(table["system"], name="system"))
-    for _, _, title in RATE_COLUMNS:
+    for _, _, title in RATE_COLUMNS if part != "quality" else ():
         if title in table:
             out[title] = [_fmt_rate(r, lo, hi) for r, lo, hi in
                           zip(table[title], table[f"{title} low"], table[f"{title} high"])]
-    names = {"bleu4": "BLEU-4", "unigram_f1": "F1", "gold_ppl": "PPL (gold)", "distinct_1": "distinct-1",
-             "distinct_2": "distinct-2", "mean_words": "words", "heldout_accuracy": "held-out acc.",
-             "heldout_margin": "held-out margin"}
+    names = {"bleu4": "BLEU-4 (0-100)", "unigram_f1": "F1 (0-1)", "gold_ppl": "PPL (gold)",
+             "distinct_1": "distinct-1", "distinct_2": "distinct-2", "mean_words": "words",
+             "heldout_accuracy": "held-out acc.", "heldout_margin": "held-out margin"}
+    if part == "rates":
+        names = {}
     digits = {"bleu4": 2, "unigram_f1": 3, "gold_ppl": 1, "distinct_1": 3, "distinct_2": 3, "mean_words": 1,
               "heldout_accuracy": 3, "heldout_margin": 3}
     for col, name in names.items():
@@ -76,7 +82,7 @@ def _quality_findings(rows: pd.DataFrame) -> list[str]:
         return []
     f, b = rows.loc[full], rows.loc[base]
     parts, bits = [], []
-    for col, name in (("unigram_f1", "unigram F1"), ("bleu4", "BLEU-4"),
+    for col, name in (("unigram_f1", "unigram F1 (0-1)"), ("bleu4", "BLEU-4 (sacreBLEU, 0-100)"),
                       ("gold_ppl", "perplexity of the gold responses"), ("distinct_2", "distinct-2")):
         if not (math.isnan(float(f[col])) or math.isnan(float(b[col]))):
             bits.append(f"{name} {b[col]:.3g} -> {f[col]:.3g}")

@@ -16,6 +16,8 @@ import pandas as pd
 #: Judge columns shown as probabilities (0-1), with the header they get in the explorer.
 PROBABILITY_COLUMNS: dict[str, str] = {"unsafe_prob": "P(condoning)", "preachy_prob": "P(preachy)",
                                        "incoherent_prob": "P(incoherent)", "violates_rot_prob": "P(violates RoT)"}
+#: The id of the explorer's table in the page (one explorer per page).
+EXPLORER_ID = "reply-explorer"
 #: The run's files a reader can download next to the explorer.
 DOWNLOAD_FILES: tuple[str, ...] = ("replies.jsonl", "summary.csv", "table.csv")
 
@@ -29,15 +31,15 @@ def explorer_frame(replies: pd.DataFrame, *, sample: int | None = 0) -> pd.DataF
         sample: keep this sample index only (None: every sample).
 
     Returns:
-        A DataFrame with the columns ``set``, ``context``, ``system``, ``reply``, ``judge's label``, ``flags`` and
+        A DataFrame with the columns ``context``, ``system``, ``reply``, ``set``, ``judge's label``, ``flags`` and
         the probabilities of :data:`PROBABILITY_COLUMNS` that the replies carry, rounded to 3 digits.
     """
     rows = replies if sample is None or "sample" not in replies else replies[replies["sample"] == sample]
     out = pd.DataFrame({
-        "set": rows["context_set"].to_numpy(),
         "context": rows["context"].to_numpy(),
         "system": rows["system"].to_numpy(),
         "reply": rows["reply"].to_numpy(),
+        "set": rows["context_set"].to_numpy(),
     })
     if "reply_label" in rows:
         out["judge's label"] = rows["reply_label"].to_numpy()
@@ -68,10 +70,17 @@ def explorer_html(frame: pd.DataFrame, *, caption: str | None = None, page_lengt
     from itables.javascript import generate_init_offline_itables_html, to_html_datatable
 
     init = generate_init_offline_itables_html(opt.dt_bundle)
+    # The long texts wrap in wide columns, the rest stays narrow; the table scrolls sideways on a narrow page.
+    wide = {"context": "15em", "reply": "19em"}
+    css = "".join(f"#{EXPLORER_ID} td:nth-child({i + 1}){{min-width:{wide[str(c)]};}}"
+                  for i, c in enumerate(frame.columns) if str(c) in wide)
+    style = (f"<style>#{EXPLORER_ID} td{{white-space:normal;vertical-align:top;}}"
+             f"#{EXPLORER_ID} th{{white-space:nowrap;}}{css}</style>")
     table = to_html_datatable(frame, caption=caption, connected=False, pageLength=page_length, showIndex=False,
-                              column_filters="footer", classes="display compact", display_logo_when_loading=False,
-                              maxBytes=0, style="table-layout:auto;width:100%;margin:auto;caption-side:bottom")
-    return init + table
+                              column_filters="footer", classes="display compact cell-border", table_id=EXPLORER_ID,
+                              display_logo_when_loading=False, maxBytes=0, scrollX=True,
+                              style="width:100%;margin:auto;caption-side:bottom")
+    return init + style + table
 
 
 def copy_downloads(run_folder: str | Path, dest: str | Path, names: Sequence[str] = DOWNLOAD_FILES,
