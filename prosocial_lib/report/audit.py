@@ -261,7 +261,8 @@ def findings_box(numbers: dict[str, Any], *, instrument: str | None = None, pres
         verdict = ("an interval that includes zero: no effect this audit can measure" if low <= 0 <= high else
                    "lower with the prompt" if high < 0 else "higher with the prompt")
         lines.append(f"- **The safety system prompt** changes the unsafe rate of {numbers['prompt_model']} "
-                     f"({numbers['prompt_decoding']}) by {change:+.1%} (95% interval {low:+.1%} to {high:+.1%}): "
+                     f"({numbers['prompt_decoding']}) by {100 * change:+.1f} percentage points (95% interval "
+                     f"{100 * low:+.1f} to {100 * high:+.1f}): "
                      f"{verdict}.")
     if numbers.get("ci_width_mean") == numbers.get("ci_width_mean"):  # not NaN
         lines.append(f"- **Precision**: an interval is {numbers['ci_width_mean']:.0%} wide on average, so only "

@@ -164,7 +164,7 @@ def findings_box(result: StageResult, cfg: Config) -> str:
         trend = "up" if change > 0 else "down" if change < 0 else "unchanged"
         lines.append(f"- **Held-out groups** ({n} never trained on): the model ranks the good reply above every "
                      f"negative in {before['accuracy']:.0%} before stage {result.stage} and {after['accuracy']:.0%} "
-                     f"after ({trend}{f', {change:+.0%}' if change else ''}).")
+                     f"after ({trend}{f', {100 * change:+.0f} percentage points' if change else ''}).")
     if "margin" in before and "margin" in after:
         lines.append(f"- **Margin** (good reply minus the mean negative, log-probability per token): "
                      f"{before['margin']:.3f} before, {after['margin']:.3f} after.")
