@@ -359,6 +359,9 @@ def plot_bench_cost_vs_k(result):
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     h = result.get("header", {})
-    fig.suptitle(f"{h.get('model', '')} on {h.get('device', '')}, preset {h.get('preset', '')}", fontsize="medium")
+    from ..eval.audit import short_model_name
+
+    fig.suptitle(f"{short_model_name(str(h.get('model', '')))} on {h.get('device', '')}, preset {h.get('preset', '')}",
+                 fontsize="medium")
     fig.tight_layout()
     return fig

@@ -116,9 +116,9 @@ def describe_stage(cfg: Config, stage: int) -> str:
                   f"for {st.early_stopping_patience} evaluations (one every {st.eval_steps} steps; the best "
                   "checkpoint is kept)")
     cap = "all" if st.max_groups is None else f"at most {st.max_groups}"
-    lam = ("plain cross-entropy (lambda = 0)" if lc.npair_weight == 0 else
-           f"CE + {lc.npair_weight:g} x n-pair ({lc.score} score, tau = {lc.effective_tau:g}, K = {lc.num_negatives}, "
-           f"alpha = {lc.social_alpha:g})")
+    lam = ("plain cross-entropy ($\\lambda = 0$)" if lc.npair_weight == 0 else
+           f"$\\mathcal{{L}}_\\text{{CE}} + {lc.npair_weight:g}\\,\\mathcal{{L}}_\\text{{n-pair}}$ ({lc.score} score, "
+           f"$\\tau = {lc.effective_tau:g}$, $K = {lc.num_negatives}$, $\\alpha = {lc.social_alpha:g}$)")
     return (f"**This run** (preset `{cfg.preset}`, run folder `{shown_path(cfg.run_dir, cfg.run_dir.parent)}`): stage {stage} fine-tunes {how} of "
             f"{model} on {cap} training groups of {data}. Objective: {lam}. {length}, {st.batch_size} groups per "
             f"device step x {st.grad_accum} accumulation, learning rate {st.learning_rate:g}, sequences of at most "
