@@ -14,6 +14,11 @@ def test_styled_formats_every_float():
     assert "272.000" not in html and "1.000000" not in html and "0.125" not in html
 
 
+def test_intervals_do_not_wrap():
+    html = styled(pd.DataFrame({"rate": [interval(0.1, 0.0, 0.3)], "name": ["a b"]})).to_html()
+    assert html.count("white-space: nowrap") == 1
+
+
 def test_interval_and_names():
     assert interval(0.125, 0.05, 0.25) == "12.5% [5.0, 25.0]"
     assert interval(-0.1, -0.3, 0.05, signed=True) == "-10.0% [-30.0, +5.0]"

@@ -20,6 +20,9 @@ METRIC_NAMES: dict[str, str] = {"unsafe": "unsafe", "violates_rot": "violates Ro
                                 "repetitive": "repetitive"}
 
 
+_INTERVAL = r"^[+-]?\d+(\.\d+)?% \["
+
+
 def metric_name(metric: str, context_set: str | None = None) -> str:
     """``("violates_rot", "adversarial")`` -> ``"violates RoT (adversarial)"``."""
     name = METRIC_NAMES.get(metric, metric.replace("_", " "))
@@ -33,7 +36,7 @@ def _number(value, digits: int) -> str:
         return "yes" if value else "no"
     if isinstance(value, (int, float)):
         whole = isinstance(value, int) or (float(value).is_integer() and abs(value) > 1)
-        return f"{value:,.0f}" if whole else f"{value:.{digits}g}" if abs(value) >= 1e-3 else f"{value:.{digits}f}"
+        return f"{value:,.0f}" if whole else f"{value:.{digits}f}" if abs(value) >= 0.01 else f"{value:.{digits}g}"
     return str(value)
 
 
@@ -67,7 +70,7 @@ def styled(frame: pd.DataFrame, *, percent: Iterable[str] = (), signed: Iterable
     Returns:
         A ``Styler`` (displays as HTML in a notebook and in the book). Float columns of whole numbers above 1 are
         counts (no decimals); other floats get ``digits`` decimals; booleans read yes / no; numbers inside text
-        columns (settings tables) are shortened.
+        columns (settings tables) are shortened; cells holding a value with its interval do not wrap.
     """
     frame = frame.rename(columns=rename or {})
     percent, signed = set(percent), set(signed)
@@ -82,6 +85,10 @@ def styled(frame: pd.DataFrame, *, percent: Iterable[str] = (), signed: Iterable
             if f is not None:
                 formats[col] = f
     style = frame.style.format(formats)
+    intervals = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c]) and len(frame[c].dropna())
+                 and frame[c].dropna().astype(str).str.match(_INTERVAL).all()]
+    if intervals:  # "12.5% [5.0, 25.0]" reads as one value: never broken over two lines
+        style = style.set_properties(subset=intervals, **{"white-space": "nowrap"})
     return style.hide(axis="index") if hide_index else style
 
 
