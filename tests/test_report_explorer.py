@@ -42,3 +42,18 @@ def test_downloads_are_copied_next_to_the_chapter(tmp_path):
     (run / "summary.csv").write_text("a\n1\n")
     copies = copy_downloads(run, tmp_path / "downloads", prefix="evaluation-")
     assert [p.name for p in copies] == ["evaluation-replies.jsonl", "evaluation-summary.csv"]
+
+
+def test_without_itables_a_plain_table_and_a_note(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_itables(name, *args, **kwargs):
+        if name.startswith("itables"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_itables)
+    html = explorer_html(explorer_frame(_replies()))
+    assert "pip install itables" in html and "I want to scare him." in html and "<script" not in html

@@ -18,6 +18,8 @@ PROBABILITY_COLUMNS: dict[str, str] = {"unsafe_prob": "P(condoning)", "preachy_p
                                        "incoherent_prob": "P(incoherent)", "violates_rot_prob": "P(violates RoT)"}
 #: The id of the explorer's table in the page (one explorer per page).
 EXPLORER_ID = "reply-explorer"
+#: Rows shown, without search or filters, where ``itables`` is not installed.
+FALLBACK_ROWS = 50
 #: The run's files a reader can download next to the explorer.
 DOWNLOAD_FILES: tuple[str, ...] = ("replies.jsonl", "summary.csv", "table.csv")
 
@@ -64,10 +66,17 @@ def explorer_html(frame: pd.DataFrame, *, caption: str | None = None, page_lengt
         page_length: rows per page.
 
     Returns:
-        HTML for ``IPython.display.HTML``.
+        HTML for ``IPython.display.HTML``; without ``itables`` installed, a plain table of the first
+        :data:`FALLBACK_ROWS` rows and a note saying how to get the interactive one.
     """
-    from itables import options as opt
-    from itables.javascript import generate_init_offline_itables_html, to_html_datatable
+    try:
+        from itables import options as opt
+        from itables.javascript import generate_init_offline_itables_html, to_html_datatable
+    except ImportError:  # e.g. on Colab, which installs the library without the book's extra
+        shown = frame.head(FALLBACK_ROWS)
+        return (f"<p><em>The interactive table needs the <code>itables</code> package (<code>pip install "
+                f"itables</code>); here are the first {len(shown)} of {len(frame)} rows.</em></p>"
+                + shown.to_html(index=False))
 
     init = generate_init_offline_itables_html(opt.dt_bundle)
     # The long texts wrap in wide columns, the rest stays narrow; the table scrolls sideways on a narrow page.
