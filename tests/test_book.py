@@ -49,6 +49,7 @@ def test_each_problem_is_found(tmp_path, body, problem):
     ("<main><pre>tasks.py:244: DataSkipWarning: skipped 28 empty turns</pre></main>", "a library warning"),
     ("<main><pre>stage 1: reusing the finished checkpoint in runs/x</pre></main>", "log line"),
     ("<main><table><tr><td>embedded</td></tr></table></main>", "internal key 'embedded'"),
+    ('<main><div class="output stderr"><pre>stage 2: training it again</pre></div></main>', "stderr"),
 ])
 def test_leaks_of_the_build_machine_and_internals_are_found(tmp_path, body, problem):
     problems = check_html(_page(tmp_path, body))

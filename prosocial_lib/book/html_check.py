@@ -140,6 +140,9 @@ def leak_problems(page: Path, rel: Path, forbidden: Sequence[str | Path] = ()) -
         match = pattern.search(text)
         if match:
             problems.append(f"{rel}: shows {what} ({_excerpt(text, match.start())})")
+    stderr = main.find(class_=lambda c: c and "stderr" in c.split())
+    if stderr is not None:  # a library's warning or log line: the chapter should collect it or switch it off
+        problems.append(f"{rel}: shows output written to stderr ({_excerpt(stderr.get_text(' '), 0)})")
     cells = {c.get_text(strip=True) for c in main.find_all(["td", "th", "figcaption", "caption"])}
     for value in sorted(cells & INTERNAL_CELL_VALUES):
         problems.append(f"{rel}: a table shows the internal key {value!r} instead of a name")
