@@ -40,3 +40,13 @@ def test_counts_and_shares_split_a_wide_overview():
                          index=pd.Index(["train"], name="split"))
     counts, shares = counts_and_shares(frame, "casual")
     assert ">80.0%<" in shares.to_html() and "casual" not in counts.to_html()
+
+
+def test_the_comparison_table_splits_into_rates_and_quality():
+    from prosocial_lib.report.comparison import format_table
+
+    table = pd.DataFrame({"system": ["base model"], "unsafe (adversarial)": [0.5], "unsafe (adversarial) low": [0.3],
+                          "unsafe (adversarial) high": [0.7], "bleu4": [12.345], "unigram_f1": [0.2]})
+    assert list(format_table(table, part="rates").columns) == ["unsafe (adversarial)"]
+    assert list(format_table(table, part="quality").columns) == ["BLEU-4 (0-100)", "F1 (0-1)"]
+    assert len(format_table(table).columns) == 3  # both, as before
