@@ -11,6 +11,8 @@ from matplotlib.text import Text  # noqa: E402
 
 from prosocial_lib.report import plots  # noqa: E402
 
+LABELS = ["__casual__", "__possibly_needs_caution__", "__probably_needs_caution__", "__needs_caution__",
+          "__needs_intervention__"]
 SYSTEMS = ["base model", "CE only (stage 2)", "CE + n-pair (stage 2 only)", "CE only (both stages)",
            "CE + n-pair (both stages)", "DPO + CE (stage 2, TRL)"]
 
@@ -30,8 +32,8 @@ def _severity_table():
 
 FIGURES = {
     "label_distribution": lambda: plots.plot_label_distribution(pd.DataFrame(
-        {"safety_label": ["__casual__", "__needs_caution__"] * 2, "share": [0.4, 0.6, 0.5, 0.5],
-         "split": ["train", "train", "test", "test"]}), upstream={"__casual__": 0.17, "__needs_caution__": 0.42}),
+        {"safety_label": LABELS * 2, "share": [0.2] * 10, "split": ["train"] * 5 + ["test"] * 5}),
+        upstream=dict.fromkeys(LABELS, 0.2)),
     "source_distribution": lambda: plots.plot_source_distribution(pd.DataFrame(
         {"source": ["sbic", "ethics_amt"], "share": [0.5, 0.5], "split": ["train", "train"]})),
     "text_lengths": lambda: plots.plot_text_lengths(pd.DataFrame(
@@ -86,6 +88,13 @@ def test_figure_fits_the_page_and_its_text_is_legible(name):
         small = [(t.get_text(), t.get_fontsize()) for t in fig.findobj(Text)
                  if t.get_visible() and t.get_text().strip() and t.get_fontsize() < plots.MIN_FONT_SIZE]
         assert small == [], f"{name}: text below {plots.MIN_FONT_SIZE} pt: {small[:5]}"
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            for axis, labels in (("x", ax.get_xticklabels()), ("y", ax.get_yticklabels())):
+                boxes = [t.get_window_extent(renderer) for t in labels  # rotated labels' boxes are not their ink
+                         if t.get_visible() and t.get_text().strip() and t.get_rotation() == 0]
+                clashes = [(a, b) for a, b in zip(boxes, boxes[1:]) if a.overlaps(b)]
+                assert not clashes, f"{name}: {axis} tick labels overlap"
     finally:
         plt.close(fig)
 

@@ -31,7 +31,7 @@ def plot_label_distribution(labels, upstream: dict | None = None):
     as black markers when given."""
     import textwrap
 
-    labels = labels.assign(label=[textwrap.fill(x.strip("_").replace("_", " "), 14) for x in labels["safety_label"]])
+    labels = labels.assign(label=[textwrap.fill(x.strip("_").replace("_", " "), 10) for x in labels["safety_label"]])
     fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 4))
     sns.barplot(data=labels, x="label", y="share", hue="split", ax=ax)
     if upstream:
