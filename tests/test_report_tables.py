@@ -33,6 +33,7 @@ def test_reply_cards_keep_every_text_whole():
     assert " ".join(long.split()) in text and "..." not in text
     assert text.count("**Context**") == 2 and "(empty reply)" in text and "P(preachy) 0.12" in text
     assert md_quote("c *1*") == "c \\*1\\*"
+    assert "**Context** (casual): c2" in reply_cards(rows.assign(kind="casual"), label="kind")
 
 
 def test_counts_and_shares_split_a_wide_overview():

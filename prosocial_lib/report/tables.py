@@ -103,7 +103,7 @@ def interval(value: float, low: float, high: float, *, signed: bool = False) -> 
 
 
 def reply_cards(rows: pd.DataFrame, *, context: str = "context", replies: Sequence[str] = ("reply",),
-                meta: Sequence[str] = (), group: str | None = None) -> str:
+                meta: Sequence[str] = (), group: str | None = None, label: str | None = None) -> str:
     """Example replies as Markdown cards, every text in full: the context quoted, then each reply with its
     labels (the columns in ``meta``).
 
@@ -114,13 +114,15 @@ def reply_cards(rows: pd.DataFrame, *, context: str = "context", replies: Sequen
             "after stage 1", "after stage 2")``); each is named in bold.
         meta: short columns shown after a reply in parentheses (system, judge's probability, ...).
         group: a column whose value titles each reply instead of the column name (e.g. ``"system"``).
+        label: a column whose value (of the context's first row) follows "Context" in parentheses (e.g. ``"kind"``).
 
     Returns:
         Markdown.
     """
     cards = []
     for ctx, sub in rows.groupby(context, sort=False):
-        lines = [f"**Context**: {md_quote(ctx)}", ""]
+        kind = f" ({md_quote(sub[label].iloc[0])})" if label else ""
+        lines = [f"**Context**{kind}: {md_quote(ctx)}", ""]
         for r in sub.to_dict("records"):
             for col in replies:
                 title = str(r[group]) if group else col
