@@ -7,9 +7,9 @@ from prosocial_lib.report.tables import counts_and_shares, interval, md_quote, m
 
 def test_styled_formats_every_float():
     frame = pd.DataFrame({"system": ["a", "b"], "tokens": [272.0, 1024.0], "accuracy": [1.0, 0.75],
-                          "share": [0.125, 0.5], "reused": [True, False], "value": [1.0, "text"]})
+                          "share": [0.125, 0.5], "reused": [True, False], "value": [1.0, ["near_topic", "preachy"]]})
     html = styled(frame, percent=["share"]).to_html()
-    for shown in ("272", "1,024", "1.000", "0.750", "12.5%", "yes", "no", "text"):
+    for shown in ("272", "1,024", "1.000", "0.750", "12.5%", "yes", "no", "1", "near_topic, preachy"):
         assert f">{shown}<" in html, shown
     assert "272.000" not in html and "1.000000" not in html and "0.125" not in html
 

@@ -40,6 +40,18 @@ def _number(value, digits: int) -> str:
     return str(value)
 
 
+def _setting(value) -> str:
+    """A value of a settings column: numbers as short as they are exact (``1``, ``0.3``, ``2e-05``), lists
+    comma-separated, booleans yes / no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
+
+
 def _column_format(series: pd.Series, digits: int):
     """A formatter for one column: whole numbers without decimals when every value is whole, else ``digits``."""
     values = series.dropna()
@@ -50,8 +62,8 @@ def _column_format(series: pd.Series, digits: int):
         return lambda v: "-" if v != v else f"{v:,.0f}"
     if pd.api.types.is_float_dtype(series):
         return lambda v: "-" if v != v else f"{v:.{digits}f}"
-    if series.dtype == object:  # mixed settings tables: numbers and strings in one column
-        return lambda v: _number(v, digits)
+    if series.dtype == object:  # mixed settings tables: numbers, lists and strings in one column
+        return _setting
     return None
 
 
