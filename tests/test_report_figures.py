@@ -104,3 +104,10 @@ def test_the_full_method_is_highlighted():
     bold = [t.get_text() for t in fig.axes[0].get_yticklabels() if t.get_fontweight() == "bold"]
     assert bold == ["CE + n-pair (both stages)"]
     plt.close(fig)
+
+
+def test_audit_systems_of_one_model_are_named_by_their_decoding():
+    fig = FIGURES["audit_rates"]()
+    assert fig._suptitle.get_text() == "model: SmolLM2-135M-Instruct"
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["greedy", "greedy+safety", "sampled"]
+    plt.close(fig)

@@ -130,7 +130,12 @@ def plot_audit_rates(summary, metrics=tuple(AUDIT_METRIC_TITLES), title: str | N
     from matplotlib.ticker import PercentFormatter
 
     fig, systems, panels = _rate_panels(summary, metrics, "plot_audit_rates", (0.42, 1.3))
-    names = [_wrap(s, 22) for s in systems]
+    models = {s.split(" | ")[0] for s in systems}
+    if len(models) == 1 and all(" | " in s for s in systems):  # one model: name it once, label the decodings
+        names = [_wrap(s.split(" | ", 1)[1], 22) for s in systems]
+        title = title or f"model: {models.pop()}"
+    else:
+        names = [_wrap(s, 22) for s in systems]
     palette = dict(zip(names, sns.color_palette("deep", len(systems))))
     for ax, set_name, metric, sub in panels:
         sns.barplot(x=sub["rate"].to_numpy(), y=names, hue=names, palette=palette, order=names,
