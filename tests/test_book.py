@@ -208,3 +208,10 @@ def test_the_reply_explorer_renders_offline_with_its_downloads(tmp_path, repo_ro
     assert "window._itables_2_9_1" in page and "the explorer shows it in full." in page
     assert "evaluation-replies.jsonl" in page and list((index.parent / "_downloads").rglob("evaluation-replies.jsonl"))
     assert check_html(index.parent) == []
+
+
+@pytest.mark.book
+def test_a_chapter_that_prints_a_path_of_the_build_fails_the_check(tmp_path, repo_root):
+    root = _temp_book(tmp_path, repo_root, ["x = 1", "import os\nprint('running in', os.getcwd())"])
+    with pytest.raises(BookBuildError, match="a path of the build machine"):
+        build_book("smoke", root=root, out=tmp_path / "out", runs_dir=tmp_path / "runs", log=lambda *_: None)
