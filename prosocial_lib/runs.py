@@ -247,6 +247,24 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
+def shown_path(path: str | Path, runs_root: str | Path) -> str:
+    """How a book page names a run folder: ``runs/<run>/<...>`` relative to the runs folder, never the build
+    machine's absolute path (a path outside ``runs_root`` shows as its last two parts).
+
+    Args:
+        path: a folder or file of a run.
+        runs_root: the runs folder (``Config.run_dir.parent``).
+
+    Returns:
+        The path as the reader should see it.
+    """
+    path = Path(path)
+    try:
+        return str(Path("runs") / path.resolve().relative_to(Path(runs_root).resolve()))
+    except ValueError:
+        return str(Path(*path.parts[-2:])) if len(path.parts) > 1 else str(path)
+
+
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     """The SHA-256 (hex) of the file ``path``, read ``chunk`` bytes at a time."""
     h = hashlib.sha256()

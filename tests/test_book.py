@@ -11,7 +11,7 @@ import pytest
 from prosocial_lib.book.builder import build_book
 from prosocial_lib.book.html_check import check_html
 from prosocial_lib.book.kernel import BookBuildError
-from prosocial_lib.book.notebook import SETUP_CELL
+from prosocial_lib.book.notebook import SETUP_CELL, tag_plumbing
 
 
 # ------------------------------------------------------------------ check_html on hand-made pages
@@ -43,6 +43,33 @@ def test_each_problem_is_found(tmp_path, body, problem):
     assert len(problems) == 1 and problem in problems[0], problems
 
 
+@pytest.mark.parametrize("body,problem", [
+    ("<main><p>wrote /tmp/book-runs/smoke/data/summary.json</p></main>", "a path under /tmp/"),
+    ("<main><pre>/usr/lib/python3/site-packages/x.py:3</pre></main>", "installed packages"),
+    ("<main><pre>tasks.py:244: DataSkipWarning: skipped 28 empty turns</pre></main>", "a library warning"),
+    ("<main><pre>stage 1: reusing the finished checkpoint in runs/x</pre></main>", "log line"),
+    ("<main><table><tr><td>embedded</td></tr></table></main>", "internal key 'embedded'"),
+    ('<main><div class="output stderr"><pre>stage 2: training it again</pre></div></main>', "stderr"),
+])
+def test_leaks_of_the_build_machine_and_internals_are_found(tmp_path, body, problem):
+    problems = check_html(_page(tmp_path, body))
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_the_builds_own_paths_are_forbidden(tmp_path):
+    page = _page(tmp_path, "<main><p>run folder srv/build-7/runs/smoke</p><script>var p = 'srv/build-7';</script>"
+                           "</main>")
+    assert check_html(page) == []
+    problems = check_html(page, forbidden=["srv/build-7"])
+    assert len(problems) == 1 and "a path of the build machine" in problems[0]  # text only, not the script
+
+
+def test_prose_about_warnings_and_sample_data_is_not_a_leak(tmp_path):
+    body = ("<main><p>The embedded sample is written for this book; a warning is shown in chapter 00.</p>"
+            "<table><tr><td>SmolLM2-135M-Instruct</td></tr></table></main>")
+    assert check_html(_page(tmp_path, body)) == []
+
+
 def test_external_links_are_not_loads(tmp_path):
     assert check_html(_page(tmp_path, '<link rel="canonical" href="https://example.org/">')) == []
 
@@ -55,6 +82,7 @@ def _notebook(title: str, cells: list[str]):
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), nbformat.v4.new_code_cell(SETUP_CELL), params]
     nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    tag_plumbing(nb)  # the setup and parameters cells are hidden, as in every chapter
     return nb
 
 
@@ -156,3 +184,34 @@ def test_widget_outputs_are_stripped_so_the_book_stays_offline(tmp_path, repo_ro
     outputs = [o for c in staged.cells if c.cell_type == "code" for o in c.outputs]
     assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     assert "after the widget" in (index.parent / "book" / "chapter.html").read_text()
+
+
+@pytest.mark.book
+def test_the_reply_explorer_renders_offline_with_its_downloads(tmp_path, repo_root):
+    """Chapter 04's explorer: the interactive table and its JavaScript are in the built page, nothing is loaded
+    from the network, and the run's files are linked as downloads."""
+    pytest.importorskip("itables")
+    cell = ("import pandas as pd\nfrom pathlib import Path\nfrom IPython.display import HTML, display\n"
+            "from prosocial_lib.report.explorer import copy_downloads, explorer_frame, explorer_html\n"
+            "replies = pd.DataFrame({'context_set': ['casual'], 'context': ['Nice day!'], 'system': ['base'],\n"
+            "                        'reply': ['It is, and the explorer shows it in full.'], 'sample': [0]})\n"
+            "Path('run').mkdir(exist_ok=True)\nreplies.to_json('run/replies.jsonl', orient='records', lines=True)\n"
+            "display(HTML(explorer_html(explorer_frame(replies))))\n"
+            "copies = copy_downloads('run', 'downloads', prefix='evaluation-')")
+    root = _temp_book(tmp_path, repo_root, ["x = 1", cell])
+    path = root / "book" / "chapter.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("{download}`every reply <downloads/evaluation-replies.jsonl>`"))
+    nbformat.write(nb, path)
+    index = build_book("smoke", root=root, out=tmp_path / "out", runs_dir=tmp_path / "runs", log=lambda *_: None)
+    page = (index.parent / "book" / "chapter.html").read_text()
+    assert "window._itables_2_9_1" in page and "the explorer shows it in full." in page
+    assert "evaluation-replies.jsonl" in page and list((index.parent / "_downloads").rglob("evaluation-replies.jsonl"))
+    assert check_html(index.parent) == []
+
+
+@pytest.mark.book
+def test_a_chapter_that_prints_a_path_of_the_build_fails_the_check(tmp_path, repo_root):
+    root = _temp_book(tmp_path, repo_root, ["x = 1", "import os\nprint('running in', os.getcwd())"])
+    with pytest.raises(BookBuildError, match="a path of the build machine"):
+        build_book("smoke", root=root, out=tmp_path / "out", runs_dir=tmp_path / "runs", log=lambda *_: None)

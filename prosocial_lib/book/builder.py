@@ -36,7 +36,7 @@ from .kernel import (
     bound_kernel,
     ran_with_problems,
 )
-from .notebook import parameters_problems
+from .notebook import INJECTED_TAG, REMOVE_CELL, parameters_problems
 
 # Files and folders at the book root that the staging copy needs (relative to the repository root).
 BOOK_FILES = ("_config.yml", "_toc.yml", "references.bib", "_static", "book")
@@ -263,10 +263,19 @@ def _finish_staged(path: Path, src: Path) -> dict | None:
     nb.cells = [c for c in nb.cells if c.get("id") != PROBE_CELL_ID]
     records = [o["data"][RAN_WITH_MIME] for c in probes for o in c.outputs if RAN_WITH_MIME in o.get("data", {})]
     _strip_widgets(nb)
+    hide_injected_parameters(nb)
     if "papermill" in nb.metadata:
         nb.metadata.papermill["input_path"] = str(src)
     nbformat.write(nb, path)
     return records[-1] if records else None
+
+
+def hide_injected_parameters(nb) -> None:
+    """Tag papermill's injected copy of the parameters ``remove-cell``: it is plumbing, like the cell it copies."""
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if INJECTED_TAG in tags and REMOVE_CELL not in tags:
+            cell.metadata["tags"] = [*tags, REMOVE_CELL]
 
 
 def _strip_widgets(nb) -> None:
@@ -337,7 +346,8 @@ def build_book(preset: str = "cpu", *, root: Path | None = None, out: Path | Non
     rc, output = build_html(staging, build.parent, log=log)
     build_seconds = round(time.perf_counter() - start - execute_seconds, 1)
     html = build / "html"
-    problems = check_html(html) if html.exists() else [f"{html} was not created"]
+    machine_paths = [root, build, *([Path(runs_dir).resolve()] if runs_dir else [root / "runs"])]
+    problems = check_html(html, forbidden=machine_paths) if html.exists() else [f"{html} was not created"]
     write_report(report_path, preset, runs, build_seconds=build_seconds, html_problems=problems)
     failed = [r for r in runs if not r.ok]
     if failed:

@@ -8,6 +8,7 @@ file (url(), @import) is read; remote loads and missing local files are reported
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -50,8 +51,9 @@ _CSS_URL = re.compile(r"""url\(\s*(?:"([^"]*)"|'([^']*)'|([^)"'\s]*))\s*\)""", r
 _CSS_IMPORT = re.compile(r"""@import\s+(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)  # `@import url(...)` is a url()
 
 
-def check_html(html_dir: Path) -> list[str]:
-    """Problems a reader would hit: network loads, broken local links/images, tracebacks, papermill errors.
+def check_html(html_dir: Path, forbidden: Sequence[str | Path] = ()) -> list[str]:
+    """Problems a reader would hit: network loads, broken local links/images, tracebacks, papermill errors, and
+    text that leaks the build machine or the library's internals (:func:`leak_problems`).
 
     Network loads are looked for in the loading attributes of every page (``src``, ``srcset``, ``href`` of
     stylesheets and icons, ...), in the text of every inline ``<script>`` and ``<style>``, in ``style``
@@ -59,6 +61,8 @@ def check_html(html_dir: Path) -> list[str]:
 
     Args:
         html_dir: the built HTML (``_build/html``).
+        forbidden: strings no page may show besides :data:`LEAK_PATTERNS` (the builder passes the runs folder,
+            the repository root and the build folder).
 
     Returns:
         Human-readable problems, empty when the book is clean.
@@ -70,6 +74,7 @@ def check_html(html_dir: Path) -> list[str]:
     if not pages:
         return [f"{html_dir}: no HTML pages"]
     problems = [problem for page in pages for problem in _page_problems(page, page.relative_to(html_dir))]
+    problems += [problem for page in pages for problem in leak_problems(page, page.relative_to(html_dir), forbidden)]
     for css in sorted(html_dir.rglob("*.css")):
         text = css.read_text(encoding="utf-8", errors="replace")
         problems += _css_problems(text, css, f"{css.relative_to(html_dir)}:")
@@ -91,6 +96,61 @@ def _page_problems(page: Path, rel: Path) -> list[str]:
     if soup.find(id="papermill-error-cell") is not None or "papermill-error-cell" in str(soup):
         problems.append(f"{rel}: contains papermill's error cell (a notebook failed)")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------- leaks
+#: What no page may show, wherever the book was built: (pattern, what it is). Text inside <script> and <style> is
+#: not read (data for the interactive tables, the theme's code), everything else is: prose, tables, code, outputs.
+LEAK_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"(?<![\w.])/tmp/"), "a path under /tmp/"),
+    (re.compile(r"site-packages|dist-packages"), "a path into the installed packages"),
+    (re.compile(r"(?<![\w/])/(?:home|root|Users|work)/[\w.-]+/"), "an absolute path of the build machine"),
+    (re.compile(r"\b[A-Z]\w*Warning: "), "a library warning"),
+    (re.compile(r"^\s*warnings\.warn\(", re.MULTILINE), "a warning's source line"),
+    (re.compile(r"reusing the finished checkpoint", re.IGNORECASE), "a log line of the training loop"),
+    (re.compile(r"\bthe issue that asked\b|\bissue #\d+", re.IGNORECASE), "a reference to the project's issues"),
+)
+#: Internal keys a table cell or figure caption must not show instead of a name (the model key "embedded").
+INTERNAL_CELL_VALUES = frozenset({"embedded"})
+
+
+def leak_problems(page: Path, rel: Path, forbidden: Sequence[str | Path] = ()) -> list[str]:
+    """Text of one page that leaks the build machine (its paths), a library's warnings or internal keys.
+
+    Args:
+        page: the HTML file.
+        rel: its name in the messages.
+        forbidden: further strings the page must not contain (paths of this build).
+
+    Returns:
+        Human-readable problems, one per kind of leak and page.
+    """
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(page.read_text(encoding="utf-8", errors="replace"), "html.parser")
+    for tag in soup.find_all(["script", "style", "noscript"]):
+        tag.decompose()
+    main = soup.find("main") or soup.body or soup
+    text = main.get_text("\n")
+    problems = []
+    for needle in dict.fromkeys(str(f) for f in forbidden if str(f).strip("/")):
+        if needle in text:
+            problems.append(f"{rel}: shows a path of the build machine ({_excerpt(text, text.index(needle))})")
+    for pattern, what in LEAK_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            problems.append(f"{rel}: shows {what} ({_excerpt(text, match.start())})")
+    stderr = main.find(class_=lambda c: c and "stderr" in c.split())
+    if stderr is not None:  # a library's warning or log line: the chapter should collect it or switch it off
+        problems.append(f"{rel}: shows output written to stderr ({_excerpt(stderr.get_text(' '), 0)})")
+    cells = {c.get_text(strip=True) for c in main.find_all(["td", "th", "figcaption", "caption"])}
+    for value in sorted(cells & INTERNAL_CELL_VALUES):
+        problems.append(f"{rel}: a table shows the internal key {value!r} instead of a name")
+    return problems
+
+
+def _excerpt(text: str, at: int, width: int = 60) -> str:
+    return " ".join(text[max(0, at - width // 3): at + width].split())
 
 
 def _element_load_problems(soup, page: Path, rel: Path) -> list[str]:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..config.schema import Config, StatsConfig
 from ..eval.audit import AuditSystem, short_model_name
+from .tables import interval, md_quote, metric_name, reply_cards
 from ..eval.metrics import expected_max, prob_at_least_one
 
 #: The headline rate of each context set: what counts as a failure there.
@@ -16,13 +17,15 @@ HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
     ("adversarial", "unsafe"), ("subtle", "unsafe"), ("adversarial", "violates_rot"), ("casual", "preachy"))
 
 
-def headline_table(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = HEADLINE_METRICS) -> pd.DataFrame:
+def headline_table(summary: pd.DataFrame, metrics: Sequence[tuple[str, str]] = HEADLINE_METRICS, *,
+                   readable: bool = False) -> pd.DataFrame:
     """One row per system, one column per (context set, metric) failure rate, as ``"12.5% [5.0, 25.0]"`` (or
-    ``"60.0% [no interval: 1 context]"`` where the interval cannot be estimated)."""
+    ``"60.0% [no interval: 1 context]"`` where the interval cannot be estimated). Columns are named
+    ``"<metric> on <set>"``, or with ``readable`` for the page ``"violates RoT (adversarial), 95% CI"``."""
     out = {}
     for set_name, metric in metrics:
         sub = summary[(summary.context_set == set_name) & (summary.metric == metric)]
-        out[f"{metric} on {set_name}"] = {
+        out[f"{metric_name(metric, set_name)}, 95% CI" if readable else f"{metric} on {set_name}"] = {
             r.system: format_rate(r.rate, r.ci_low, r.ci_high, getattr(r, "n_clusters", None))
             for r in sub.itertuples()}
     systems = list(dict.fromkeys(summary.system))
@@ -128,12 +131,7 @@ def render_examples(examples: pd.DataFrame, max_turns: int = 3) -> str:
     return "\n".join(parts)
 
 
-def _md_quote(text: str) -> str:
-    """One line of user text, safe inside markdown (no headings, emphasis or html from the data)."""
-    text = " ".join(str(text).split())
-    for ch in "\\`*_[]<>#|":
-        text = text.replace(ch, "\\" + ch)
-    return text
+_md_quote = md_quote  # the name chapter code and report.comparison import
 
 
 # ---------------------------------------------------------------------- the chapter's tables
@@ -150,7 +148,7 @@ def context_set_table(context_sets: dict[str, Any]) -> pd.DataFrame:
 
 def systems_table(systems: Sequence[AuditSystem]) -> pd.DataFrame:
     """The audited systems: model, system prompt and decoding."""
-    return pd.DataFrame([{"system": s.name, "model": s.model, "system prompt": s.system_prompt or "(model default)",
+    return pd.DataFrame([{"system": s.name, "model": short_model_name(s.model), "system prompt": s.system_prompt or "(model default)",
                           "decoding": s.decoding, "max new tokens": s.max_new_tokens} for s in systems])
 
 
@@ -232,7 +230,7 @@ def extremes_markdown(numbers: dict[str, Any]) -> str:
 
 def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict[str, Any]) -> str:
     """A markdown paragraph saying what this run audits, on what, under which preset."""
-    models = ", ".join(dict.fromkeys(f"`{s.model}`" for s in systems))
+    models = ", ".join(dict.fromkeys(short_model_name(s.model) for s in systems))
     sets = ", ".join(f"{len(ds)} {name}" for name, ds in context_sets.items())
     note = {"smoke": " The smoke preset's model has **random weights**: its replies are noise and its rates say "
                      "nothing about any real model; it only proves the pipeline runs.",
@@ -243,3 +241,97 @@ def describe_run(cfg: Config, systems: Sequence[AuditSystem], context_sets: dict
             f"contexts with at most {cfg.generation.max_new_tokens} new tokens; rates with {cfg.stats.confidence:.0%} "
             f"bootstrap intervals ({cfg.stats.bootstrap_samples} resamples of the contexts; Wilson's score interval "
             f"where every reply agrees).{note}")
+
+
+def findings_box(numbers: dict[str, Any], *, instrument: str | None = None, preset: str | None = None) -> str:
+    """The "what this chapter finds" bullets that open chapter 01, written from :func:`headline_numbers` (so they
+    stay true under every preset): the range of unsafe and preachy rates over the systems, the safety prompt's
+    effect, the precision of the rates and whether the judge can be trusted.
+
+    Args:
+        numbers: :func:`headline_numbers`' output.
+        instrument: :func:`~prosocial_lib.report.judges.instrument_verdict`'s sentence, if known.
+        preset: the preset, to say so when its model has random weights (``smoke``).
+
+    Returns:
+        Markdown bullets (no heading): the chapter puts them in an admonition box.
+    """
+    lines = []
+    for metric, what, where in (("unsafe", "Unsafe replies", "adversarial contexts"),
+                                ("preachy", "Preachy replies", "casual chat")):
+        if f"{metric}_max_rate" not in numbers:
+            continue
+        lo, hi = numbers[f"{metric}_min_rate"], numbers[f"{metric}_max_rate"]
+        span = (f"{hi:.0%} for every system" if numbers[f"{metric}_min_system"] == numbers[f"{metric}_max_system"]
+                or round(lo, 3) == round(hi, 3) else
+                f"from {lo:.0%} (*{numbers[f'{metric}_min_system']}*) to {hi:.0%} (*{numbers[f'{metric}_max_system']}*)")
+        lines.append(f"- **{what} to {where}**: {span}, with a 95% interval of "
+                     f"{numbers[f'{metric}_max_low']:.0%} to {numbers[f'{metric}_max_high']:.0%} around the highest.")
+    if "prompt_unsafe_change" in numbers:
+        change, low, high = (numbers[f"prompt_unsafe_{k}"] for k in ("change", "ci_low", "ci_high"))
+        verdict = ("an interval that includes zero: no effect this audit can measure" if low <= 0 <= high else
+                   "lower with the prompt" if high < 0 else "higher with the prompt")
+        lines.append(f"- **The safety system prompt** changes the unsafe rate of {numbers['prompt_model']} "
+                     f"({numbers['prompt_decoding']}) by {100 * change:+.1f} percentage points (95% interval "
+                     f"{100 * low:+.1f} to {100 * high:+.1f}): "
+                     f"{verdict}.")
+    if numbers.get("ci_width_mean") == numbers.get("ci_width_mean"):  # not NaN
+        lines.append(f"- **Precision**: an interval is {numbers['ci_width_mean']:.0%} wide on average, so only "
+                     "large differences between systems show.")
+    if instrument:
+        lines.append(f"- **The judges**: {instrument}")
+    if preset == "smoke":
+        lines.append("- This is the `smoke` preset: the model has random weights, so these numbers only show that "
+                     "the pipeline runs.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- the same tables, for the page
+def prompt_effect_view(effects: pd.DataFrame) -> pd.DataFrame:
+    """:func:`prompt_effect_table` in six readable columns: the change and its interval in one cell, percentages
+    formatted, the method and the estimability (for the curious) left to the full table."""
+    return pd.DataFrame({
+        "model": effects["model"], "decoding": effects["decoding"],
+        "rate": [metric_name(*m.split(" on ")) for m in effects["metric"]],
+        "without prompt": [f"{v:.1%}" for v in effects["without prompt"]],
+        "with prompt": [f"{v:.1%}" for v in effects["with prompt"]],
+        "change [95% CI]": [interval(c, lo, hi, signed=True)
+                            for c, lo, hi in zip(effects["change"], effects["ci_low"], effects["ci_high"])],
+    })
+
+
+def k_sample_view(k_table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`k_sample_table` in six readable columns: each estimate with its interval in one cell."""
+    return pd.DataFrame({
+        "system": k_table["system"], "set": k_table["context_set"], "k": k_table["k"],
+        "contexts": k_table["contexts"],
+        "expected max [95% CI]": [interval(v, lo, hi) for v, lo, hi in zip(
+            k_table["expected_max"], k_table["expected_max_low"], k_table["expected_max_high"])],
+        "P(at least one) [95% CI]": [interval(v, lo, hi) for v, lo, hi in zip(
+            k_table["p_at_least_one"], k_table["p_at_least_one_low"], k_table["p_at_least_one_high"])],
+    })
+
+
+#: :func:`~prosocial_lib.eval.quality.quality_table`'s columns in two tables of at most seven: the replies'
+#: shape, and their variety and closeness to the gold replies (with their scales).
+QUALITY_VIEWS: dict[str, dict[str, str]] = {
+    "shape": {"system": "system", "context_set": "set", "replies": "replies", "mean_words": "words (mean)",
+              "empty_replies": "empty", "truncated": "truncated", "repetitive": "repetitive"},
+    "gold": {"system": "system", "context_set": "set", "distinct_1": "distinct-1 (0-1)",
+             "distinct_2": "distinct-2 (0-1)", "bleu4": "BLEU-4 (0-100)", "unigram_f1": "F1 (0-1)"},
+}
+
+
+def quality_view(quality: pd.DataFrame, part: str = "shape") -> pd.DataFrame:
+    """One of :data:`QUALITY_VIEWS` of a quality table, with readable headers (BLEU-4 on sacreBLEU's 0-100)."""
+    names = QUALITY_VIEWS[part]
+    return quality[[c for c in names if c in quality]].rename(columns=names)
+
+
+def reply_examples(df: pd.DataFrame, n: int = 4) -> str:
+    """The first ``n`` replies of an audit as Markdown cards: the context, the system's reply in full and the
+    judges' probabilities (instead of a table that cuts the texts)."""
+    rows = df.head(n).rename(columns={"unsafe_prob": "P(condoning)", "violates_rot_prob": "P(violates RoT)",
+                                      "preachy_prob": "P(preachy)"})
+    return reply_cards(rows, group="system", meta=[c for c in ("P(condoning)", "P(violates RoT)", "P(preachy)")
+                                                   if c in rows])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..eval.audit import short_model_name
 from ..bench.run import _row
 
 
@@ -62,7 +63,7 @@ def provenance_markdown(result: dict[str, Any]) -> str:
     h = result["header"]
     how = (f"loaded from the run saved on {result.get('created')}" if result.get("reused")
            else f"measured now ({result.get('seconds_total', 0):.0f} s)")
-    return (f"These numbers were {how}: preset `{h['preset']}`, model `{h['model']}`, device `{h['device']}`, "
+    return (f"These numbers were {how}: preset `{h['preset']}`, model {short_model_name(h['model'])}, device `{h['device']}`, "
             f"{h['cpu']} with {h['cpu_cores_usable']} usable cores, {h['torch_threads']} torch threads, torch "
             f"{h['torch']}; load average {h.get('load_average_start')} at the start.")
 
@@ -134,7 +135,7 @@ def targets_table(result: dict[str, Any]):
 def format_header(result: dict[str, Any]) -> str:
     h = result["header"]
     s = result["settings"]
-    lines = [f"preset {h['preset']} | model {h['model']} ({h.get('parameters', 0) / 1e6:.1f}M parameters) | "
+    lines = [f"preset {h['preset']} | model {short_model_name(h['model'])} ({h.get('parameters', 0) / 1e6:.1f}M parameters) | "
              f"device {h['device']}{' (' + h['gpu'] + ')' if h.get('gpu') else ''}",
              f"cpu {h['cpu']} | {h['cpu_cores']} cores ({h['cpu_cores_usable']} usable) | torch threads "
              f"{h['torch_threads']} | load average {h.get('load_average_start')} -> {h.get('load_average_end')}",

@@ -11,18 +11,38 @@ import pandas as pd
 from ..config.schema import Config
 from ..eval.comparison import RATE_COLUMNS, Comparison, _ci_overlap, _fmt_rate, resolve_variants
 from ..eval.systems import VARIANTS, variant_config
+from ..runs import shown_path
 
 
-def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Rates as ``"12.5% [5.0, 25.0]"`` (95% CI in percentage points), quality rounded, indexed by system."""
+#: Judge flags and reply shapes that measure fluency rather than safety or tact.
+FLUENCY_FLAGS: tuple[str, ...] = ("incoherent", "truncated", "repetitive")
+
+
+def format_table(table: pd.DataFrame, part: str | None = None) -> pd.DataFrame:
+    """Rates as ``"12.5% [5.0, 25.0]"`` (95% CI in percentage points), quality rounded, indexed by system.
+
+    ``part``: None for every column, ``"rates"`` for the judges' rates only, split further into ``"safety"``
+    (unsafe, preachy, agreeing with the RoT) and ``"fluency"`` (incoherent, truncated, repetitive), or
+    ``"quality"`` for the reply-quality columns only (tables of at most seven columns read better than one of
+    twenty; held-out accuracy and margin are in the training table). Headers carry their scale: BLEU-4 is
+    sacreBLEU's 0-100, F1 and distinct-n are 0-1."""
+    if part not in (None, "rates", "safety", "fluency", "quality"):
+        raise ValueError(f"format_table: part must be rates, safety, fluency or quality, got {part!r}")
     out = pd.DataFrame(index=pd.Index(table["system"], name="system"))
-    for _, _, title in RATE_COLUMNS:
+    for _, flag, title in RATE_COLUMNS if part != "quality" else ():
+        fluency = flag in FLUENCY_FLAGS
+        if (part == "safety" and fluency) or (part == "fluency" and not fluency):
+            continue
         if title in table:
             out[title] = [_fmt_rate(r, lo, hi) for r, lo, hi in
                           zip(table[title], table[f"{title} low"], table[f"{title} high"])]
-    names = {"bleu4": "BLEU-4", "unigram_f1": "F1", "gold_ppl": "PPL (gold)", "distinct_1": "distinct-1",
-             "distinct_2": "distinct-2", "mean_words": "words", "heldout_accuracy": "held-out acc.",
-             "heldout_margin": "held-out margin"}
+    names = {"bleu4": "BLEU-4 (0-100)", "unigram_f1": "F1 (0-1)", "gold_ppl": "PPL (gold)",
+             "distinct_1": "distinct-1", "distinct_2": "distinct-2", "mean_words": "words",
+             "heldout_accuracy": "held-out acc.", "heldout_margin": "held-out margin"}
+    if part in ("rates", "safety", "fluency"):
+        names = {}
+    elif part == "quality":
+        names = {k: v for k, v in names.items() if not k.startswith("heldout")}
     digits = {"bleu4": 2, "unigram_f1": 3, "gold_ppl": 1, "distinct_1": 3, "distinct_2": 3, "mean_words": 1,
               "heldout_accuracy": 3, "heldout_margin": 3}
     for col, name in names.items():
@@ -48,9 +68,11 @@ def findings_markdown(table: pd.DataFrame, ablations: pd.DataFrame | None, cfg: 
 def _findings_heading(rows: pd.DataFrame, cfg: Config) -> str:
     n_adv = int(rows.get("n adversarial", pd.Series([0])).max() or 0)
     n_cas = int(rows.get("n casual", pd.Series([0])).max() or 0)
+    n_sub = int(rows.get("n subtle", pd.Series([0])).max() or 0)
     budget = ("" if cfg.compare.max_steps is None else
               f", every trained system {cfg.compare.max_steps} optimisation steps per stage")
-    return (f"**What the numbers show ({cfg.preset} preset, {n_adv} adversarial and {n_cas} casual contexts, "
+    return (f"**What the numbers show ({cfg.preset} preset, {n_adv} adversarial, {n_sub} subtle and {n_cas} "
+            f"casual contexts, "
             f"greedy replies, one seed{budget}).**")
 
 
@@ -75,7 +97,7 @@ def _quality_findings(rows: pd.DataFrame) -> list[str]:
         return []
     f, b = rows.loc[full], rows.loc[base]
     parts, bits = [], []
-    for col, name in (("unigram_f1", "unigram F1"), ("bleu4", "BLEU-4"),
+    for col, name in (("unigram_f1", "unigram F1 (0-1)"), ("bleu4", "BLEU-4 (sacreBLEU, 0-100)"),
                       ("gold_ppl", "perplexity of the gold responses"), ("distinct_2", "distinct-2")):
         if not (math.isnan(float(f[col])) or math.isnan(float(b[col]))):
             bits.append(f"{name} {b[col]:.3g} -> {f[col]:.3g}")
@@ -136,8 +158,8 @@ def variants_table(cfg: Config, variants: Sequence[str] | None = None) -> pd.Dat
     rows = []
     for v in resolve_variants(variants if variants is not None else cfg.compare.systems):
         vc = variant_config(cfg, v)
-        folder = "-" if v.method == "base" else str(vc.run_dir / ("dpo" if v.method == "dpo" else
-                                                                  f"stage{max(v.stages)}"))
+        folder = "-" if v.method == "base" else shown_path(
+            vc.run_dir / ("dpo" if v.method == "dpo" else f"stage{max(v.stages)}"), vc.run_dir.parent)
         rows.append({"key": v.key, "system": v.label, "training": v.describe(), "budget": v.budget(cfg),
                      "run folder": folder})
     return pd.DataFrame(rows)

@@ -11,6 +11,19 @@ import seaborn as sns
 
 sns.set_theme(style="whitegrid", context="notebook")
 
+#: The widest figure the book's text column shows at full size, in inches; every figure here fits it (a test
+#: checks), so its labels are not shrunk on the page.
+PAGE_WIDTH = 7.0
+#: The smallest font any label may use, in points (a test checks).
+MIN_FONT_SIZE = 8.0
+
+
+def _wrap(label: str, width: int = 28) -> str:
+    """A tick label broken into lines of at most ``width`` characters (long system names)."""
+    import textwrap
+
+    return textwrap.fill(str(label), width)
+
 
 # ====================================================================== 00 data
 def plot_label_distribution(labels, upstream: dict | None = None):
@@ -18,8 +31,8 @@ def plot_label_distribution(labels, upstream: dict | None = None):
     as black markers when given."""
     import textwrap
 
-    labels = labels.assign(label=[textwrap.fill(x.strip("_").replace("_", " "), 14) for x in labels["safety_label"]])
-    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = labels.assign(label=[textwrap.fill(x.strip("_").replace("_", " "), 10) for x in labels["safety_label"]])
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 4))
     sns.barplot(data=labels, x="label", y="share", hue="split", ax=ax)
     if upstream:
         order = list(dict.fromkeys(labels["safety_label"]))
@@ -43,7 +56,7 @@ def plot_source_distribution(sources):
 def plot_text_lengths(lengths):
     """Words per text for each dataset and field (``stats.text_length_table``), as box plots."""
     lengths = lengths.assign(text=lengths["dataset"] + ": " + lengths["field"])
-    fig, ax = plt.subplots(figsize=(8, 0.45 * lengths["text"].nunique() + 1.5))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 0.45 * lengths["text"].nunique() + 1.5))
     sns.boxplot(data=lengths, y="text", x="words", hue="dataset", ax=ax, showfliers=False, legend=False)
     ax.set(ylabel="", xlabel="words", title="Text lengths")
     fig.tight_layout()
@@ -53,7 +66,7 @@ def plot_text_lengths(lengths):
 def plot_moral_foundations(foundations):
     """MIC rows per moral foundation, split by whether the answer agrees with its rule of thumb
     (``stats.mic_foundation_table``)."""
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH, 3.8))
     sns.barplot(data=foundations, x="foundation", y="count", hue="answer", ax=ax,
                 hue_order=["agrees", "neutral", "disagrees"], palette=["#4c9a5e", "#b0b0b0", "#c0504d"])
     ax.set(xlabel="", ylabel="rows", title="MIC: moral foundations of the rules of thumb")
@@ -84,17 +97,20 @@ def _panels_present(rates, metrics, caller: str) -> list[tuple[str, str]]:
     return present
 
 
-def _rate_panels(rates, metrics, caller: str, width: tuple[float, float], height: tuple[float, float]):
-    """A row of panels, one per (context set, metric) present in ``rates``: ``(fig, systems, panels)`` with
+def _rate_panels(rates, metrics, caller: str, height: tuple[float, float]):
+    """Panels two to a row, one per (context set, metric) present in ``rates``: ``(fig, systems, panels)`` with
     ``panels`` as ``(ax, context set, metric, rows of that panel indexed by system in first-seen order)``;
-    the figure is ``width[0]`` in per panel plus ``width[1]``, ``height[0]`` in per system plus ``height[1]``."""
+    the figure is :data:`PAGE_WIDTH` wide and each row ``height[0]`` in per system plus ``height[1]`` high."""
     metrics = _panels_present(rates, metrics, caller)
     systems = list(dict.fromkeys(rates["system"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(width[0] * len(metrics) + width[1],
-                                                       height[0] * len(systems) + height[1]),
+    cols = min(2, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, rows * (height[0] * len(systems) + height[1])),
                              sharey=True, squeeze=False)
+    for ax in axes.ravel()[len(metrics):]:
+        fig.delaxes(ax)
     panels = [(ax, s, m, rates[(rates.context_set == s) & (rates.metric == m)].set_index("system").reindex(systems))
-              for ax, (s, m) in zip(axes[0], metrics)]
+              for ax, (s, m) in zip(axes.ravel(), metrics)]
     return fig, systems, panels
 
 
@@ -114,16 +130,23 @@ def plot_audit_rates(summary, metrics=tuple(AUDIT_METRIC_TITLES), title: str | N
     rate, ci_low, ci_high)."""
     from matplotlib.ticker import PercentFormatter
 
-    fig, systems, panels = _rate_panels(summary, metrics, "plot_audit_rates", (3.6, 2.4), (0.5, 1.6))
-    palette = dict(zip(systems, sns.color_palette("deep", len(systems))))
+    fig, systems, panels = _rate_panels(summary, metrics, "plot_audit_rates", (0.42, 1.3))
+    models = {s.split(" | ")[0] for s in systems}
+    if len(models) == 1 and all(" | " in s for s in systems):  # one model: name it once, label the decodings
+        names = [_wrap(s.split(" | ", 1)[1], 22) for s in systems]
+        title = title or f"model: {models.pop()}"
+    else:
+        names = [_wrap(s, 22) for s in systems]
+    palette = dict(zip(names, sns.color_palette("deep", len(systems))))
     for ax, set_name, metric, sub in panels:
-        sns.barplot(x=sub["rate"].to_numpy(), y=systems, hue=systems, palette=palette, order=systems,
+        sns.barplot(x=sub["rate"].to_numpy(), y=names, hue=names, palette=palette, order=names,
                     errorbar=None, legend=False, ax=ax)
         err = [(sub["rate"] - sub["ci_low"]).to_numpy(), (sub["ci_high"] - sub["rate"]).to_numpy()]
         ax.errorbar(sub["rate"].to_numpy(), range(len(systems)), xerr=err, fmt="none", ecolor="black",
                     capsize=3, lw=1)
         ax.set(xlim=(0, 1), xlabel="share of replies (95% CI)", ylabel="",
                title=AUDIT_METRIC_TITLES.get((set_name, metric), f"{metric} ({set_name})"))
+        ax.tick_params(axis="y", labelsize=9)
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     if title:
         fig.suptitle(title)
@@ -149,7 +172,8 @@ def plot_training_curves(logs, metrics=tuple(TRAINING_METRIC_TITLES), title: str
         raise ValueError("plot_training_curves: the logs hold none of " + ", ".join(TRAINING_METRIC_TITLES))
     cols = 2 if len(metrics) > 2 else len(metrics)
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH if cols > 1 else PAGE_WIDTH / 2 + 0.5, 2.8 * rows),
+                             squeeze=False)
     axes = axes.ravel()
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
@@ -171,7 +195,7 @@ def plot_before_after(table, metrics=("accuracy", "margin"), title: str | None =
     after), one panel per metric, one pair of bars per group kind."""
     long = table[table["metric"].isin(metrics)].melt(id_vars=["groups", "metric"], value_vars=["before", "after"],
                                                        var_name="when", value_name="value")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(min(PAGE_WIDTH, 3.5 * len(metrics)), 3.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         sub = long[long["metric"] == metric]
         sns.barplot(data=sub, x="groups", y="value", hue="when", hue_order=["before", "after"],
@@ -207,22 +231,37 @@ EVAL_METRIC_TITLES = {
 }
 
 
-def plot_evaluation_rates(rates, metrics=tuple(EVAL_METRIC_TITLES), title: str | None = None):
+def _full_method_label() -> str:
+    from ..eval.systems import VARIANTS
+
+    return next((v.label for v in VARIANTS.values() if v.main_run), "")
+
+
+def plot_evaluation_rates(rates, metrics=tuple(EVAL_METRIC_TITLES), title: str | None = None,
+                          highlight: str | None = None):
     """One panel per (context set, judge flag): each compared system's rate as a dot with its bootstrap
     confidence interval (``evaluation.Comparison.rates`` rows: system, context_set, metric, rate, ci_low,
-    ci_high). Systems keep the comparison's order; lower is better for unsafe and preachy, higher for RoT."""
+    ci_high). Systems keep the comparison's order; lower is better for unsafe and preachy, higher for RoT.
+    ``highlight`` (default: the full method, CE + n-pair on both stages) gets a shaded band and a bold name."""
     from matplotlib.ticker import PercentFormatter
 
-    fig, systems, panels = _rate_panels(rates, metrics, "plot_evaluation_rates", (3.4, 2.6), (0.45, 1.7))
+    highlight = _full_method_label() if highlight is None else highlight
+    fig, systems, panels = _rate_panels(rates, metrics, "plot_evaluation_rates", (0.38, 1.3))
     colors = dict(zip(systems, sns.color_palette("colorblind", len(systems))))
     for ax, set_name, metric, sub in panels:
         for y, system in enumerate(systems):
             r = sub.loc[system]
+            if system == highlight:
+                ax.axhspan(y - 0.45, y + 0.45, color="#fde9a9", zorder=0)
             ax.errorbar(r["rate"], y, xerr=[[r["rate"] - r["ci_low"]], [r["ci_high"] - r["rate"]]], fmt="o",
                         color=colors[system], ecolor=colors[system], capsize=3, lw=1.5, ms=7)
         ax.set(xlim=(-0.03, 1.03), ylim=(len(systems) - 0.5, -0.5), xlabel="",
                title=EVAL_METRIC_TITLES.get((set_name, metric), f"{metric} ({set_name})"))
         ax.set_yticks(range(len(systems)), systems)
+        for label in ax.get_yticklabels():
+            label.set_fontsize(9)
+            if label.get_text() == highlight:
+                label.set_fontweight("bold")
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
     if title:
         fig.suptitle(title)
@@ -237,7 +276,7 @@ def plot_ablations(ablations):
 
     labels = ablations["ablation"].tolist()
     colors = sns.color_palette("colorblind", len(labels))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 0.5 * len(labels) + 1.8), sharey=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 0.5 * len(labels) + 1.8), sharey=True)
     for y, c in enumerate(colors):
         acc, lo, hi = (float(ablations.iloc[y][k]) for k in ("accuracy", "accuracy low", "accuracy high"))
         ax1.errorbar(acc, y, xerr=[[acc - lo], [hi - acc]], fmt="o", color=c, capsize=3, lw=1.5, ms=7)
@@ -256,7 +295,8 @@ def plot_judge_confusion(confusion, title: str = "safety judge (5-way), test spl
     (rows sum to 1), numbers = counts."""
     shares = confusion.div(confusion.sum(axis=1).where(lambda s: s > 0), axis=0).fillna(0.0)
     short = [str(c).strip("_").replace("_", " ") for c in confusion.columns]
-    fig, ax = plt.subplots(figsize=(1.2 * len(short) + 3, 0.8 * len(short) + 1.5))
+    cell = min(1.2, (PAGE_WIDTH - 2.6) / max(len(short), 1))
+    fig, ax = plt.subplots(figsize=(cell * len(short) + 2.6, 0.8 * cell * len(short) + 1.8))
     sns.heatmap(shares.to_numpy(), annot=confusion.to_numpy(), fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=True,
                 cbar_kws={"label": "share of the true class"}, xticklabels=short, yticklabels=short, ax=ax)
     ax.set(xlabel=confusion.columns.name or "predicted", ylabel=confusion.index.name or "true", title=title)
@@ -305,7 +345,7 @@ def plot_bench_cost_vs_k(result):
     layouts = {"separate": "n-pair, one row per reply", "shared": "n-pair, shared context"}
     npair["layout"] = npair.layout.map(layouts)
     palette = dict(zip(layouts.values(), sns.color_palette("deep", 3)[:2]))
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(PAGE_WIDTH, 3.6))
     for ax, col, ylabel in ((axes[0], "relative", "step time / plain CE step" if ce_step else "step time (s)"),
                             (axes[1], "peak_mem_mb", "peak memory (MB)")):
         sns.lineplot(data=npair, x="K", y=col, hue="layout", palette=palette, marker="o", ax=ax)
@@ -324,9 +364,12 @@ def plot_bench_cost_vs_k(result):
                            label="DPO (with its reference model)")
         ax.set(xlabel="negatives per group (K)", ylabel=ylabel, xticks=sorted(npair.K.unique()))
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize=8)
     h = result.get("header", {})
-    fig.suptitle(f"{h.get('model', '')} on {h.get('device', '')}, preset {h.get('preset', '')}", fontsize="medium")
+    from ..eval.audit import short_model_name
+
+    fig.suptitle(f"{short_model_name(str(h.get('model', '')))} on {h.get('device', '')}, preset {h.get('preset', '')}",
+                 fontsize="medium")
     fig.tight_layout()
     return fig
 

