@@ -63,6 +63,10 @@ FIGURES = {
                                                                    "preachy", "incoherent"])),
     "reliability": lambda: plots.plot_reliability({"cross-encoder": pd.DataFrame(
         {"mean_confidence": [0.3, 0.6, 0.9], "accuracy": [0.2, 0.6, 0.8], "n": [5, 10, 20]})}),
+    "paired_differences": lambda: plots.plot_paired_differences(pd.DataFrame(
+        [{"system": s, "metric": m, "difference": d, "low": d - 0.08, "high": d + 0.08}
+         for s in SYSTEMS[:-1] for m, d in (("unsafe (adversarial)", -0.1), ("unsafe (subtle)", 0.05),
+                                            ("preachy (casual)", 0.0), ("incoherent (casual)", 0.2))])),
     "bench_cost_vs_k": lambda: plots.plot_bench_cost_vs_k({"header": {"model": "tiny", "device": "cpu",
                                                                       "preset": "smoke"}, "training": [
         {"available": True, "objective": "ce", "layout": "separate", "K": 0, "step_s": 0.1, "peak_mem_mb": 100},
