@@ -9,11 +9,17 @@ import pytest
 import torch
 
 from prosocial_lib.cli import main
+from prosocial_lib.cli.sweep import recorded_command
 from prosocial_lib.config import get_config
 from prosocial_lib.eval.sweep import choose, grid_points, load_sweep, parse_grid
 from prosocial_lib.eval.systems import EvaluationError
 
 torch.set_num_threads(1)
+
+
+def test_recorded_command_leaves_out_the_runs_folder():
+    assert recorded_command(["sweep", "--runs-dir", "/tmp/x", "--preset", "cpu", "--runs-dir=/y", "--grid",
+                             "loss.tau=0.5,1"]) == "prosocial sweep --preset cpu --grid loss.tau=0.5,1"
 
 
 def test_parse_grid():
@@ -52,7 +58,8 @@ def test_smoke_sweep_through_the_cli(tmp_path, capsys):
     assert list(table["point"]) == ["λ = 0.5", "reference"]  # the smoke config's own lambda is 1.0
     assert table["chosen"].sum() == 1 and table["groups"].min() > 0
     assert record["preset"] == "smoke" and record["grid"] == {"loss.npair_weight": [0.5, 1.0]}
-    assert record["command"].startswith("prosocial ") and "date" in record["machine"]
+    assert record["command"].startswith("prosocial sweep") and "date" in record["machine"]
+    assert str(tmp_path / "runs") not in record["command"]  # the book page shows it: no machine paths
     assert "chosen:" in capsys.readouterr().out
     # a rerun reuses every finished point
     assert main(["sweep", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--grid", "loss.npair_weight=0.5,1.0",

@@ -22,6 +22,20 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command line as the sweep record keeps it: without ``--runs-dir`` (where this machine keeps its runs
+    changes no result, and a book page must not show the build machine's paths)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--runs-dir":
+            skip = True
+        elif not a.startswith("--runs-dir="):
+            kept.append(a)
+    return "prosocial " + " ".join(shlex.quote(a) for a in kept)
+
+
 def run_cli(args: argparse.Namespace, cfg: Config) -> int:
     from ..groups.types import GroupBuildError
     from ..train.collator import TrainingSetupError
@@ -34,7 +48,7 @@ def run_cli(args: argparse.Namespace, cfg: Config) -> int:
         print(f"prosocial sweep: error: {e}", file=sys.stderr)
         return 1
     out = args.out or cfg.run_dir / "sweep" / "sweep.json"
-    command = "prosocial " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = recorded_command(sys.argv[1:])
     save_sweep(table, cfg, grid, out, command)
     cols = ["point", "steps", "groups", "accuracy", "accuracy low", "accuracy high", "margin", "ce", "chosen"]
     print(table[cols].to_string(index=False))
