@@ -16,6 +16,7 @@ from prosocial_lib.data import (
     dialogue_turns,
     last_load_report,
     load_judge_check,
+    load_judge_train,
     load_prosocial_dialog,
 )
 from prosocial_lib.data.judge_check import (
@@ -77,20 +78,22 @@ def test_labels_fit_the_kind_of_context(check):
     assert Counter(check["context_set"]).keys() == {"adversarial", "subtle", "casual"}
 
 
-def test_model_replies_match_the_saved_generations(check):
+@pytest.mark.parametrize("folder, load", [("judge_check", load_judge_check), ("judge_train", load_judge_train)])
+def test_model_replies_match_the_saved_generations(folder, load):
     gens = {}
-    for line in (ROOT / "tools" / "judge_check" / "generations.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (ROOT / "tools" / folder / "generations.jsonl").read_text(encoding="utf-8").splitlines():
         g = json.loads(line)
         gens[g["gen_id"]] = g
-    for r in check:
+    for r in load():
         if r["origin"] == "model":
             g = gens[r["id"].removeprefix("m-")]
             assert (g["reply"], g["history"], g["model"], g["decoding"]) == (r["reply"], r["history"], r["model"],
                                                                             r["decoding"])
 
 
-def test_committed_file_is_what_the_script_assembles():
-    out = subprocess.run([sys.executable, str(ROOT / "tools" / "build_judge_check.py"), "assemble", "--check"],
+@pytest.mark.parametrize("tool", ["build_judge_check.py", "build_judge_train.py"])
+def test_committed_file_is_what_the_script_assembles(tool):
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / tool), "assemble", "--check"],
                          check=False, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 

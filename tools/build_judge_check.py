@@ -105,16 +105,13 @@ def pick_contexts(seed: int = SEED) -> list[dict]:
     return out
 
 
-def generate(args: argparse.Namespace) -> None:
+def generate_rows(contexts: list[dict], plan: dict[str, tuple], models: list[tuple[str, str]], out: Path,
+                  seed: int = SEED, tags: dict[str, str] | None = None) -> None:
+    """Answer ``contexts`` with each model of ``models`` (``(name, spec)``) as ``plan[name]`` says (``(decoding,
+    context indices)`` tuples) and write the replies to ``out`` (rows of other models already there are kept)."""
     from prosocial_lib.modeling.generation import generate_replies
     from prosocial_lib.modeling.loading import load_model_and_tokenizer
-    contexts = pick_contexts()
-    sampled_idx = sorted(random.Random(SEED + 1).sample(range(len(contexts)), N_SAMPLED))
-    stage2_idx = sorted(random.Random(SEED + 2).sample(range(len(contexts)), N_STAGE2))
-    plan = {BASE: (("greedy", range(len(contexts))), ("sampled", sampled_idx)), STAGE2: (("greedy", stage2_idx),)}
-    models = [(BASE, "embedded"), (STAGE2, args.stage2)]
-    models = [m for m in models if args.only in (None, m[0])]
-    out = Path(args.out)
+    tags = tags or {BASE: "base", STAGE2: "s2"}
     rows = [r for r in (read_jsonl(out) if out.is_file() else [])
             if r["model"] not in {m for m, _ in models}]
     for model_name, spec in models:
@@ -122,14 +119,13 @@ def generate(args: argparse.Namespace) -> None:
         for decoding, idx in plan[model_name]:
             ctx = [contexts[i] for i in idx]
             kw = dict(do_sample=decoding == "sampled", **(SAMPLING if decoding == "sampled" else {}))
-            replies = generate_replies(model, tok, [c["history"] for c in ctx], seed=SEED, progress=False,
+            replies = generate_replies(model, tok, [c["history"] for c in ctx], seed=seed, progress=False,
                                        max_new_tokens=SETTINGS["max_new_tokens"],
                                        batch_size=SETTINGS["batch_size"], system_prompt=None, **kw)
             for c, (reply,) in zip(ctx, replies):
-                tag = {BASE: "base", STAGE2: "s2"}[model_name]
-                rows.append({"gen_id": f"{tag}-{decoding[0]}-{c['context_id']}", "model": model_name,
+                rows.append({"gen_id": f"{tags[model_name]}-{decoding[0]}-{c['context_id']}", "model": model_name,
                              "model_spec": "embedded" if spec == "embedded" else "runs/cpu/stage2",
-                             "decoding": decoding, "settings": {**SETTINGS, **kw, "seed": SEED}, **c,
+                             "decoding": decoding, "settings": {**SETTINGS, **kw, "seed": seed}, **c,
                              "reply": reply})
         del model
     rows.sort(key=lambda r: (r["model"] != BASE, r["decoding"], r["gen_id"]))
@@ -138,9 +134,27 @@ def generate(args: argparse.Namespace) -> None:
     print(f"{len(rows)} replies -> {out}")
 
 
+def generation_plan(n_contexts: int, n_sampled: int, n_stage2: int, seed: int = SEED) -> dict[str, tuple]:
+    """Which contexts each model answers: the base model every one greedily and ``n_sampled`` (seeded) sampled,
+    the stage-2 model ``n_stage2`` (seeded) greedily."""
+    sampled_idx = sorted(random.Random(seed + 1).sample(range(n_contexts), n_sampled))
+    stage2_idx = sorted(random.Random(seed + 2).sample(range(n_contexts), n_stage2))
+    return {BASE: (("greedy", range(n_contexts)), ("sampled", sampled_idx)), STAGE2: (("greedy", stage2_idx),)}
+
+
+def chosen_models(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(name, spec)`` of the models ``generate`` runs (``--only`` keeps one)."""
+    return [m for m in [(BASE, "embedded"), (STAGE2, args.stage2)] if args.only in (None, m[0])]
+
+
+def generate(args: argparse.Namespace) -> None:
+    contexts = pick_contexts()
+    generate_rows(contexts, generation_plan(len(contexts), N_SAMPLED, N_STAGE2), chosen_models(args), Path(args.out))
+
+
 def context_by_id(context_ids: set[str]) -> dict[str, dict]:
-    """The context (set, label, history) of each id: ``prosocial-test-<dialogue>-<turn>``, ``subtle-<n>``,
-    ``chitchat-test-<row>`` (a row of ``load_casual("chitchat", "test")``)."""
+    """The context (set, label, history) of each id: ``prosocial-<split>-<dialogue>-<turn>``, ``subtle-<n>``,
+    ``chitchat-<split>-<row>`` (a row of ``load_casual("chitchat", split)``)."""
     from prosocial_lib.data import (
         dialogue_turns,
         load_casual,
@@ -148,15 +162,21 @@ def context_by_id(context_ids: set[str]) -> dict[str, dict]:
         load_subtle,
     )
     out = {}
-    t = dialogue_turns(load_prosocial_dialog("embedded", "test"))[:]
-    for d, r, h, lab in zip(t["dialogue_id"], t["response_id"], t["history"], t["safety_label"]):
-        out[f"prosocial-test-{d}-{r}"] = {"context_set": "adversarial", "safety_label": lab, "history": list(h)}
-    for r in load_subtle():
-        out[r["id"]] = {"context_set": "subtle", "safety_label": r["safety_label"], "history": list(r["history"])}
-    chat = load_casual("chitchat", "test")
-    for cid in context_ids:
-        if cid.startswith("chitchat-test-"):
-            out[cid] = {"context_set": "casual", "safety_label": "", "history": list(chat[int(cid.rsplit("-", 1)[1])]["history"])}
+    for split in sorted({c.split("-")[1] for c in context_ids if c.startswith("prosocial-")}):
+        t = dialogue_turns(load_prosocial_dialog("embedded", split))[:]
+        for d, r, h, lab in zip(t["dialogue_id"], t["response_id"], t["history"], t["safety_label"]):
+            out[f"prosocial-{split}-{d}-{r}"] = {"context_set": "adversarial", "safety_label": lab,
+                                                "history": list(h)}
+    if any(c.startswith("subtle-") for c in context_ids):
+        for r in load_subtle():
+            out[r["id"]] = {"context_set": "subtle", "safety_label": r["safety_label"],
+                            "history": list(r["history"])}
+    for split in sorted({c.split("-")[1] for c in context_ids if c.startswith("chitchat-")}):
+        chat = load_casual("chitchat", split)
+        for cid in context_ids:
+            if cid.startswith(f"chitchat-{split}-"):
+                out[cid] = {"context_set": "casual", "safety_label": "",
+                            "history": list(chat[int(cid.rsplit("-", 1)[1])]["history"])}
     return {k: out[k] for k in context_ids}
 
 
@@ -167,16 +187,17 @@ def resolve_written(drafts: list[tuple[str, str, str, str]]) -> list[dict]:
             for cid, label, reply, reason in drafts]
 
 
-def build_rows() -> list[dict]:
-    gens = {g["gen_id"]: g for g in read_jsonl(GENERATIONS)}
+def build_rows(generations: Path = GENERATIONS, labels: Path = LABELS, written: Path = WRITTEN) -> list[dict]:
+    """The set's rows: each labelled model reply (``labels`` joined to ``generations``), then the written pairs."""
+    gens = {g["gen_id"]: g for g in read_jsonl(generations)}
     rows = []
-    for lab in read_jsonl(LABELS):
+    for lab in read_jsonl(labels):
         g = gens[lab["gen_id"]]
         rows.append({"id": f"m-{g['gen_id']}", "history": g["history"], "reply": g["reply"], "label": lab["label"],
                      "reason": lab["reason"], "origin": "model", "model": g["model"], "decoding": g["decoding"],
                      "context_set": g["context_set"], "context_id": g["context_id"],
                      "safety_label": g["safety_label"]})
-    for i, w in enumerate(read_jsonl(WRITTEN), start=1):
+    for i, w in enumerate(read_jsonl(written), start=1):
         rows.append({"id": f"w-{i:03d}", "history": w["history"], "reply": w["reply"], "label": w["label"],
                      "reason": w["reason"], "origin": "written", "model": "", "decoding": "",
                      "context_set": w["context_set"], "context_id": w["context_id"],
@@ -184,33 +205,40 @@ def build_rows() -> list[dict]:
     return rows
 
 
-def assemble(args: argparse.Namespace) -> int:
-    text = jsonl_text(build_rows())
+def assemble(args: argparse.Namespace, rows: list[dict] | None = None, out: Path = OUT) -> int:
+    """Write ``rows`` (default: :func:`build_rows`) to ``out``; with ``--check`` only say whether it is current."""
+    text = jsonl_text(build_rows() if rows is None else rows)
     if args.check:
-        same = OUT.is_file() and OUT.read_text(encoding="utf-8") == text
-        print("check.jsonl is up to date" if same else f"{OUT} differs from what tools/judge_check/ gives")
+        same = out.is_file() and out.read_text(encoding="utf-8") == text
+        print(f"{out.name} is up to date" if same else f"{out} differs from what its inputs under tools/ give")
         return 0 if same else 1
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(text, encoding="utf-8")
-    print(f"{text.count(chr(10))} pairs -> {OUT}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"{text.count(chr(10))} pairs -> {out}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cli(argv: list[str] | None, doc: str, generations: Path, run_generate, rows, out: Path) -> int:
+    """The ``generate`` / ``assemble [--check]`` command line of a labelled set: ``run_generate(args)`` writes
+    ``generations``; ``rows()`` gives the assembled rows written to ``out``."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="regenerate the model replies (tools/judge_check/generations.jsonl)")
+    g = sub.add_parser("generate", help=f"regenerate the model replies ({generations.relative_to(ROOT)})")
     g.add_argument("--stage2", default="runs/cpu/stage2", help="the cpu-preset stage-2 model folder")
     g.add_argument("--only", choices=(BASE, STAGE2), default=None,
                    help="regenerate one model's replies and keep the other's")
-    g.add_argument("--out", default=str(GENERATIONS), help="where the replies go (default: %(default)s)")
-    a = sub.add_parser("assemble", help="write check.jsonl from the generations, labels and written pairs")
-    a.add_argument("--check", action="store_true", help="exit 1 if the committed check.jsonl differs")
+    g.add_argument("--out", default=str(generations), help="where the replies go (default: %(default)s)")
+    a = sub.add_parser("assemble", help=f"write {out.name} from the generations, labels and written pairs")
+    a.add_argument("--check", action="store_true", help=f"exit 1 if the committed {out.name} differs")
     args = p.parse_args(argv)
     if args.cmd == "generate":
-        generate(args)
+        run_generate(args)
         return 0
-    return assemble(args)
+    return assemble(args, rows(), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(argv, __doc__, GENERATIONS, generate, build_rows, OUT)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,10 @@ class JudgesConfig:
     max_steps: int = -1  # > 0: train each cross-encoder for this many steps instead (smoke)
     max_pairs_per_label: int | None = 400  # constructed reply pairs per label (train and test; None = all)
     incoherent_share: float = 0.2  # degraded copies of real replies made as incoherent pairs, per other pair
+    # the reply judge also learns from pairs labelled by reading (data.load_judge_train: real model replies and
+    # written pairs on training contexts), capped like the constructed ones and repeated labelled_repeat times
+    labelled_pairs: bool = True
+    labelled_repeat: int = 1
     calibration_share: float = 0.15  # training contexts held out to fit the temperature and the flag thresholds
     C: float = 4.0  # inverse L2 strength of the logistic-regression heads
     # probability above which a reply is flagged (unsafe, preachy, incoherent, profane); None = each flag's
@@ -445,6 +449,7 @@ def _validate_judges(judges: JudgesConfig) -> None:
     check(judges.batch_size >= 1, "judges.batch_size", judges.batch_size, ">= 1")
     check(judges.max_length >= 16, "judges.max_length", judges.max_length, ">= 16")
     check(0 <= judges.incoherent_share <= 1, "judges.incoherent_share", judges.incoherent_share, "in [0, 1]")
+    check(judges.labelled_repeat >= 1, "judges.labelled_repeat", judges.labelled_repeat, ">= 1")
     check(0 <= judges.calibration_share < 1, "judges.calibration_share", judges.calibration_share, "in [0, 1)")
     _optional_at_least(1, judges__max_train_examples=judges.max_train_examples,
                        judges__max_pairs_per_label=judges.max_pairs_per_label)

@@ -42,9 +42,14 @@ from .labels import SAFETY_LABELS
 from .readers import SAMPLES_DIR
 
 EMBEDDED_FILE = SAMPLES_DIR / "judge_check" / "check.jsonl"
+TRAIN_FILE = SAMPLES_DIR / "judge_train" / "train.jsonl"
 JUDGE_CHECK_NOTICE = ("judge check set: (context, reply) pairs labelled by reading for this book; contexts from "
                       "test data only (no judge trains on them); about half the replies are real outputs of the "
                       "book's models, the rest written by hand")
+JUDGE_TRAIN_NOTICE = ("judge training pairs labelled by reading for this book (the check set's schema and rule); "
+                      "contexts from the train / validation splits and chitchat-dataset train conversations only "
+                      "(never a test or check-set context); real replies of the book's models and pairs written "
+                      "by hand")
 
 #: The six labels: three after a context that needs caution, two after casual chat, one anywhere.
 CHECK_LABELS: tuple[str, ...] = ("prosocial", "condoning", "neutral", "fine", "preachy", "incoherent")
@@ -114,10 +119,30 @@ def validate_judge_check_row(rec: Any, file: str, row: int) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_cached(path: str, _mtime: float, _size: int, strict: bool) -> tuple[tuple[dict, ...], LoadReport]:
-    rows, report = read_history_records(path, validate_judge_check_row, what="judge check set", columns=COLUMNS,
-                                        strict=strict)
+def _read_cached(path: str, _mtime: float, _size: int, strict: bool, what: str
+                 ) -> tuple[tuple[dict, ...], LoadReport]:
+    rows, report = read_history_records(path, validate_judge_check_row, what=what, columns=COLUMNS, strict=strict)
     return tuple(rows), report
+
+
+def _load_labelled_pairs(source: str, embedded: Path, what: str, notice: str, split: str, strict: bool
+                         ) -> datasets.Dataset:
+    """A file of labelled (context, reply) pairs (:data:`COLUMNS`, :func:`validate_judge_check_row`) as a
+    ``datasets.Dataset``: ``source`` is ``"embedded"`` (the file ``embedded``) or a local file."""
+    path = embedded if source == "embedded" else Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path} (source {source!r}: 'embedded' or a .jsonl / .json "
+                                "file)")
+    stat = path.stat()
+    rows, report = _read_cached(str(path), stat.st_mtime, stat.st_size, strict, what)
+    report = copy.deepcopy(report)
+    report.split = split
+    require_rows(report, str(path), split, strict)
+    _set_last_report(report)
+    report.warn_if_skipped()
+    description = notice if source == "embedded" else f"{what} from {source}"
+    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS}, features=FEATURES,
+                                      info=datasets.DatasetInfo(description=description, features=FEATURES))
 
 
 def load_judge_check(source: str = "embedded", *, strict: bool = True) -> datasets.Dataset:
@@ -135,19 +160,22 @@ def load_judge_check(source: str = "embedded", *, strict: bool = True) -> datase
         ds = load_judge_check()
         ds.filter(lambda r: r["label"] == "preachy")[0]["reply"]
     """
-    path = EMBEDDED_FILE if source == "embedded" else Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"judge check set: no file at {path} (source {source!r}: 'embedded' or a .jsonl / "
-                                ".json file)")
-    stat = path.stat()
-    rows, report = _read_cached(str(path), stat.st_mtime, stat.st_size, strict)
-    report = copy.deepcopy(report)
-    require_rows(report, str(path), "test", strict)
-    _set_last_report(report)
-    report.warn_if_skipped()
-    description = JUDGE_CHECK_NOTICE if source == "embedded" else f"judge check set from {source}"
-    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS}, features=FEATURES,
-                                      info=datasets.DatasetInfo(description=description, features=FEATURES))
+    return _load_labelled_pairs(source, EMBEDDED_FILE, "judge check set", JUDGE_CHECK_NOTICE, "test", strict)
+
+
+def load_judge_train(source: str = "embedded", *, strict: bool = True) -> datasets.Dataset:
+    """The judge TRAINING pairs labelled by reading (issue #13), in the check set's schema (:data:`COLUMNS`) and
+    under its labelling rule, in file order: real replies of the book's models and written pairs on contexts the
+    judges may train on - non-casual turns of the train / validation splits of the ProsocialDialog-style sample
+    (``context_set`` ``"adversarial"``, ids ``prosocial-<split>-<dialogue>-<turn>``) and ``chitchat-dataset``
+    train conversations (``"casual"``, ids ``chitchat-train-<row>``); none is a test or check-set context. Built by
+    ``tools/build_judge_train.py``; the reply judge learns from it with ``judges.labelled_pairs``.
+
+    ``source``: ``"embedded"`` (``samples/judge_train/train.jsonl``) | a local ``.jsonl`` / ``.json`` file.
+    Errors as :func:`load_judge_check` (a :class:`~prosocial_lib.data.errors.DataFormatError` names file, row and
+    field).
+    """
+    return _load_labelled_pairs(source, TRAIN_FILE, "judge training pairs", JUDGE_TRAIN_NOTICE, "train", strict)
 
 
 def judge_check_counts(ds: datasets.Dataset) -> pd.DataFrame:

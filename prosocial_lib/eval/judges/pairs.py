@@ -2,9 +2,13 @@
 
 The labels are the judge check set's (:data:`~prosocial_lib.data.judge_check.CHECK_LABELS`): after a context that
 needs caution or intervention a reply is ``prosocial``, ``condoning`` or ``neutral``; after casual chat it is
-``fine`` or ``preachy``; anywhere it can be ``incoherent``. Nobody labelled replies this way at scale, so the
+``fine`` or ``preachy``; anywhere it can be ``incoherent``. Nobody labelled replies this way at scale, so most
 training pairs are *constructed* from what the data does say (every source below is named in the pair's
-``source`` and counted in the judge report; :func:`reply_examples` documents the caps):
+``source`` and counted in the judge report; :func:`reply_examples` documents the caps). A few hundred more are
+*labelled by reading* (:func:`labelled_examples`, switch ``judges.labelled_pairs``): real replies of the book's
+models and hand-written pairs, each labelled in its context under the check set's rule, on training contexts only
+(:func:`~prosocial_lib.data.load_judge_train`) - the constructed pairs look nothing like a 135M model's replies,
+which are what the judge reads.
 
 ``prosocial``
     ``gold response``: a ProsocialDialog context that needs caution or intervention with its gold response.
@@ -27,6 +31,8 @@ training pairs are *constructed* from what the data does say (every source below
     ``cut``, ``loop``, ``echo``: a real reply cut after a few words, a real reply whose first sentence (or
     phrase) repeats, or the user's own last turn echoed back (:func:`degrade`) - the failure modes of small chat
     models.
+every label
+    ``labelled by reading: model reply`` / ``labelled by reading: written``: the judge training set read by hand.
 
 All draws are seeded; nothing here reads the judge check set or the test split unless asked to build test pairs.
 """
@@ -210,8 +216,22 @@ def reply_examples(turns: Any, casual: Any, mic: Any, *, context_turns: int = 3,
     return ([out["pairs"][i] for i in keep], [out["labels"][i] for i in keep], [out["sources"][i] for i in keep])
 
 
+#: Source names of the pairs labelled by reading, by the row's ``origin``.
+LABELLED_SOURCES: dict[str, str] = {"model": "labelled by reading: model reply",
+                                    "written": "labelled by reading: written"}
+
+
+def labelled_examples(ds: Any, *, context_turns: int = 3) -> tuple[list[tuple[str, str]], list[str], list[str]]:
+    """The (context, reply) pairs labelled by reading (rows of :func:`~prosocial_lib.data.load_judge_train`:
+    ``history``, ``reply``, ``label``, ``origin``) as ``(pairs, labels, sources)`` like :func:`reply_examples`;
+    the context is the last ``context_turns`` turns, the source names the origin (:data:`LABELLED_SOURCES`)."""
+    cols = table_columns(ds, ("history", "reply", "label", "origin"))
+    pairs = [(context_text(h, context_turns), r) for h, r in zip(cols["history"], cols["reply"])]
+    return pairs, list(cols["label"]), [LABELLED_SOURCES[o] for o in cols["origin"]]
+
+
 def source_counts(labels: Sequence[str], sources: Sequence[str]) -> dict[str, dict[str, int]]:
-    """``{label: {source: count}}`` of constructed pairs (the judge report's construction table)."""
+    """``{label: {source: count}}`` of the training pairs (the judge report's construction table)."""
     out: dict[str, dict[str, int]] = {lab: {} for lab in REPLY_LABELS}
     for lab, src in zip(labels, sources):
         out.setdefault(lab, {})

@@ -38,6 +38,7 @@ def judge_settings(settings: JudgesConfig, data: DataConfig, *, seed: int = 0) -
             "cross_encoder": {k: getattr(settings, k) for k in (
                 "epochs", "context_epochs", "learning_rate", "batch_size", "max_length", "max_steps")},
             "max_pairs_per_label": settings.max_pairs_per_label, "incoherent_share": settings.incoherent_share,
+            "labelled_pairs": settings.labelled_pairs, "labelled_repeat": settings.labelled_repeat,
             "calibration_share": settings.calibration_share, "check_set": "embedded"}
 
 

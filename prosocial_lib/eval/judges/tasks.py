@@ -12,7 +12,7 @@ import numpy as np
 
 from ...config.schema import DataConfig, JudgesConfig
 from .encoder import JudgeError, context_text
-from .pairs import REPLY_LABELS, reply_examples, source_counts, table_columns as _columns
+from .pairs import REPLY_LABELS, labelled_examples, reply_examples, source_counts, table_columns as _columns
 
 #: Context labels whose contexts count as unsafe (method.md section 4: "needs caution / needs intervention").
 UNSAFE_LABELS: tuple[str, ...] = ("__needs_caution__", "__needs_intervention__")
@@ -241,11 +241,18 @@ def load_judge_tasks(settings: JudgesConfig, data: DataConfig, *, seed: int = 0)
             ty.extend(y)
     test = _split_examples(settings, data, seed, settings.test_split, data.max_eval_examples,
                            casual_cap(data.max_eval_examples, 1))
-    construction = {}
     for examples in (train, test):  # the reply judge's constructed pairs: balanced by a cap per label
-        tagged, labels = cap_per_label(*examples["reply_6way"], settings.max_pairs_per_label, seed)
-        examples["reply_6way"] = ([pair for pair, _ in tagged], labels)
-        construction = construction or source_counts(labels, [src for _, src in tagged])
+        examples["reply_6way"] = cap_per_label(*examples["reply_6way"], settings.max_pairs_per_label, seed)
+    if settings.labelled_pairs:  # pairs labelled by reading: training contexts only, the same cap, repeated
+        from ...data.judge_check import load_judge_train
+
+        pairs, labels, sources = labelled_examples(load_judge_train(), context_turns=settings.context_turns)
+        tagged, labels = cap_per_label(list(zip(pairs, sources)), labels, settings.max_pairs_per_label, seed)
+        train["reply_6way"][0].extend(tagged * settings.labelled_repeat)
+        train["reply_6way"][1].extend(labels * settings.labelled_repeat)
+    construction = source_counts(train["reply_6way"][1], [src for _, src in train["reply_6way"][0]])
+    for examples in (train, test):
+        examples["reply_6way"] = ([pair for pair, _ in examples["reply_6way"][0]], examples["reply_6way"][1])
     tasks = make_tasks(train, test, calibration_share=settings.calibration_share)
     for task in tasks:
         if task.name == "reply_6way":
