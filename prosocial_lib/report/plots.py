@@ -280,12 +280,12 @@ def plot_ablations(ablations):
     for y, c in enumerate(colors):
         acc, lo, hi = (float(ablations.iloc[y][k]) for k in ("accuracy", "accuracy low", "accuracy high"))
         ax1.errorbar(acc, y, xerr=[[acc - lo], [hi - acc]], fmt="o", color=c, capsize=3, lw=1.5, ms=7)
-    ax1.set(xlim=(-0.03, 1.03), ylim=(len(labels) - 0.5, -0.5), title="held-out contrastive accuracy")
+    ax1.set(xlim=(-0.03, 1.03), ylim=(len(labels) - 0.5, -0.5), title="held-out\ncontrastive accuracy")
     ax1.set_yticks(range(len(labels)), labels)
     ax1.xaxis.set_major_formatter(PercentFormatter(1.0))
     sns.barplot(x=ablations["margin"].to_numpy(), y=labels, hue=labels, palette=colors, legend=False, ax=ax2)
     ax2.axvline(0, color="black", lw=0.8)
-    ax2.set(title="held-out margin (s+ minus mean s-)", xlabel="", ylabel="")
+    ax2.set(title="held-out margin\n(s+ minus mean s-)", xlabel="", ylabel="")
     fig.tight_layout()
     return fig
 
