@@ -48,7 +48,7 @@ def run_cli(args: argparse.Namespace, cfg: Config) -> int:
         print(f"prosocial sweep: error: {e}", file=sys.stderr)
         return 1
     out = args.out or cfg.run_dir / "sweep" / "sweep.json"
-    command = recorded_command(sys.argv[1:])
+    command = recorded_command(getattr(args, "argv", None) or sys.argv[1:])
     save_sweep(table, cfg, grid, out, command)
     cols = ["point", "steps", "groups", "accuracy", "accuracy low", "accuracy high", "margin", "ce", "chosen"]
     print(table[cols].to_string(index=False))
