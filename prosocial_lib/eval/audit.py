@@ -5,8 +5,8 @@ inappropriately (preachy)? An :class:`AuditSystem` is one way of running a model
 decoding - so the offline presets compare one model under several prompts and decodings, and the gpu preset
 compares several hub models (``audit.models``).
 
-- :func:`build_context_sets`: "adversarial" (ProsocialDialog test turns whose context is not casual) and
-  "casual" (casual ProsocialDialog turns + real casual chat), ``audit.num_contexts`` each, seeded;
+- :func:`build_context_sets`: "adversarial" (ProsocialDialog test turns whose context is not casual), "casual"
+  (real casual chat) and "subtle" (the subtle contexts), ``audit.num_contexts`` each at most, seeded;
   :func:`load_contexts_jsonl` reads a user's own contexts.
 - :func:`run_audit`: generates (reusing saved generations of the same system and contexts), judges, and writes
   ``replies.jsonl`` (one row per reply) and ``summary.csv`` (rates with bootstrap CIs) to ``out_dir``.
