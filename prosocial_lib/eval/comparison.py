@@ -1,6 +1,7 @@
 """The evaluation: the fine-tuned models against the baselines, and ablations of the loss.
 
-Six systems answer the same held-out contexts (method.md section 3, "baselines and ablations"):
+Up to six systems (``compare.systems``) answer the same held-out contexts (method.md section 3, "baselines and
+ablations"):
 
 ========================  =====================================================================================
 ``base``                  the base model, untrained
@@ -20,8 +21,8 @@ objective, DPO on its own loss, all on the same validation groups). ``compare.ma
 every trained variant at N steps where even that does not fit; the full method is then retrained with the same
 cap in its own run (``<run>-npair-both``), so no system gets more training than another.
 
-:func:`compare` generates greedy replies to ``compare.num_contexts`` adversarial and casual test contexts with
-every system (the audit's machinery: :func:`prosocial_lib.audit.run_audit`), judges them
+:func:`compare` generates greedy replies to the adversarial, casual and subtle test contexts (at most
+``compare.num_contexts`` each; None = all of the audit's) with every system (the audit's machinery: :func:`prosocial_lib.audit.run_audit`), judges them
 (:mod:`prosocial_lib.judges`) and adds the quality metrics (BLEU-4, unigram F1, perplexity of the gold responses,
 distinct-1/2, length) and the held-out contrastive accuracy / margin on the stage-2 validation groups.
 
