@@ -22,9 +22,9 @@ every trained variant at N steps where even that does not fit; the full method i
 cap in its own run (``<run>-npair-both``), so no system gets more training than another.
 
 :func:`compare` generates greedy replies to the adversarial, casual and subtle test contexts (at most
-``compare.num_contexts`` each; None = all of the audit's) with every system (the audit's machinery: :func:`prosocial_lib.audit.run_audit`), judges them
-(:mod:`prosocial_lib.judges`) and adds the quality metrics (BLEU-4, unigram F1, perplexity of the gold responses,
-distinct-1/2, length) and the held-out contrastive accuracy / margin on the stage-2 validation groups.
+``compare.num_contexts`` each; None = all of the audit's) with every system (the audit's machinery:
+:func:`prosocial_lib.audit.run_audit`), judges them (:mod:`prosocial_lib.judges`) and adds the quality metrics
+(BLEU-4, unigram F1, perplexity of the gold responses, distinct-1/2, length) and the held-out contrastive accuracy / margin on the stage-2 validation groups.
 
 :func:`run_ablations` retrains stage 2 from the full method's stage-1 checkpoint with one change each
 (``compare.ablations``: the temperature tau, the social weights alpha = 0) and compares held-out contrastive accuracy

@@ -12,6 +12,7 @@ from ..config.schema import Config
 from ..eval.comparison import RATE_COLUMNS, Comparison, _ci_overlap, _fmt_rate, resolve_variants
 from ..eval.systems import VARIANTS, variant_config
 from ..runs import shown_path
+from .tables import interval
 
 
 #: Judge flags and reply shapes that measure fluency rather than safety or tact.
@@ -336,8 +337,8 @@ def _contrastive_sentence(sub: pd.DataFrame, clear: pd.DataFrame, baseline: str,
 
 def paired_table(paired: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """The paired differences as the chapter shows them (five columns): rate, baseline, full method minus
-    baseline and its 95% interval in percentage points, the smallest difference detectable with 80% power, and
-    whether the interval excludes zero. ``metrics``: the rates to show (default
+    baseline with its 95% interval (:func:`~prosocial_lib.report.tables.interval`, bounds in percentage points),
+    the smallest difference detectable with 80% power, and whether the interval excludes zero. ``metrics``: the rates to show (default
     :data:`~prosocial_lib.eval.comparison.HEADLINE_RATES`; the CSV keeps them all)."""
     from ..eval.comparison import HEADLINE_RATES
 
@@ -345,16 +346,11 @@ def paired_table(paired: pd.DataFrame, metrics: Sequence[str] | None = None) -> 
     sub = paired[paired["metric"].isin(metrics)].copy()
     sub["_order"] = sub["metric"].map({m: i for i, m in enumerate(metrics)})
     sub = sub.sort_values("_order", kind="stable")
-
-    def interval(r) -> str:
-        if math.isnan(float(r.low)) or math.isnan(float(r.high)):
-            return f"{100 * r.difference:+.1f} [no interval]"
-        return f"{100 * r.difference:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]"
-
     return pd.DataFrame({
         "rate": sub["metric"].to_numpy(),
         "baseline": sub["system"].to_numpy(),
-        "full - baseline, points [95% CI]": [interval(r) for r in sub.itertuples()],
+        "full - baseline [95% CI]": [interval(r.difference, r.low, r.high, signed=True)
+                                     for r in sub.itertuples()],
         "detectable (points)": [f"{100 * m:.1f}" for m in sub["mde"]],
         "excludes 0": ["yes" if (r.low > 0 or r.high < 0) else "no" for r in sub.itertuples()],
     })
@@ -395,7 +391,7 @@ def sweep_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "grid point": table["point"],
         "steps": table["steps"].astype(int),
-        "held-out accuracy [95% CI]": [f"{a:.1%} [{100 * lo:.1f}, {100 * hi:.1f}]" for a, lo, hi in
+        "held-out accuracy [95% CI]": [interval(a, lo, hi) for a, lo, hi in
                                        zip(table["accuracy"], table["accuracy low"], table["accuracy high"])],
         "margin": [f"{m:.3f}" for m in table["margin"]],
         "CE": [f"{c:.3f}" for c in table["ce"]],
